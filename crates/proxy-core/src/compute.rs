@@ -1,0 +1,131 @@
+//! `compute(&Snapshot, &NodeContext) -> Desired`: kube-proxy's decisions as a pure function.
+
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::context::{FamilyContext, NodeContext};
+use crate::desired::{Desired, Firewall, ServicePortRules};
+use crate::endpoints::{Candidate, Uses, categorize};
+use crate::model::{IpFamily, IpMode, Service, ServicePort, ServicePortName, TrafficPolicy};
+use crate::snapshot::Snapshot;
+
+/// Computes the desired rules of every Service in the snapshot for this node.
+///
+/// Pure: the same snapshot and context always give the same result.
+pub fn compute(snapshot: &Snapshot, node: &NodeContext) -> Desired {
+    let mut desired = Desired::empty(node.family(IpFamily::V4), node.family(IpFamily::V6));
+    for family in IpFamily::ALL {
+        let rules = desired.family_mut(family);
+        let context = rules.context.clone();
+        for svc in snapshot.services() {
+            for r in compute_service(snapshot, svc, node, &context) {
+                rules.service_ports.insert(r.name.clone(), Arc::new(r));
+            }
+        }
+    }
+    desired
+}
+
+/// Computes the rules of one Service's ports in one family (none if the Service has no
+/// ClusterIP of that family).
+pub fn compute_service(
+    snapshot: &Snapshot,
+    svc: &Service,
+    node: &NodeContext,
+    context: &FamilyContext,
+) -> Vec<ServicePortRules> {
+    let family = context.family;
+    let Some(cluster_ip) = svc.cluster_ip(family) else { return Vec::new() };
+    let of_family = |ips: &[IpAddr]| -> Vec<IpAddr> { ips.iter().copied().filter(|ip| IpFamily::of(ip) == family).collect() };
+    let external_ips = of_family(&svc.external_ips);
+    let lb_ips: Vec<IpAddr> = svc
+        .load_balancer_ingress
+        .iter()
+        .filter(|ing| ing.ip_mode == IpMode::Vip && IpFamily::of(&ing.ip) == family)
+        .map(|ing| ing.ip)
+        .collect();
+    let source_ranges: Vec<IpNet> =
+        svc.load_balancer_source_ranges.iter().copied().filter(|n| IpFamily::of_net(n) == family).collect();
+    let firewall = (!lb_ips.is_empty() && !source_ranges.is_empty()).then(|| firewall(&source_ranges, &lb_ips, context));
+    let external_policy_local = svc.externally_accessible() && svc.external_traffic_policy == TrafficPolicy::Local;
+    let internal_policy_local = svc.internal_traffic_policy == TrafficPolicy::Local;
+
+    svc.ports
+        .iter()
+        .map(|port| {
+            let candidates = candidates(snapshot, svc, port, family, &node.node_name);
+            let accessible = port.node_port.is_some() || !external_ips.is_empty() || !lb_ips.is_empty();
+            let uses = Uses {
+                cluster: !internal_policy_local || accessible,
+                local: internal_policy_local || (external_policy_local && accessible),
+            };
+            let cat = categorize(&candidates, uses, &node.node_name, node.zone.as_deref());
+            let local_ready: HashSet<IpAddr> =
+                candidates.iter().filter(|c| c.local && c.endpoint.ready).map(|c| c.endpoint.ip).collect();
+            ServicePortRules {
+                name: ServicePortName { service: svc.id.clone(), port: port.name.clone(), protocol: port.protocol },
+                cluster_ip,
+                port: port.port,
+                node_port: port.node_port,
+                external_ips: external_ips.clone(),
+                load_balancer_ips: lb_ips.clone(),
+                firewall: firewall.clone(),
+                affinity_timeout: svc.session_affinity,
+                internal_policy_local,
+                external_policy_local,
+                has_endpoints: cat.has_any,
+                cluster_endpoints: cat.cluster,
+                local_endpoints: cat.local,
+                health_check_node_port: svc.health_check_node_port.filter(|_| external_policy_local),
+                local_ready_endpoints: local_ready.len() as u32,
+            }
+        })
+        .collect()
+}
+
+/// The allowed sources of a source-range firewall. When a range contains the node's
+/// primary IP, the LB IPs are allowed too: a VIP-like LB loops node traffic back with the
+/// VIP as its source.
+fn firewall(ranges: &[IpNet], lb_ips: &[IpAddr], context: &FamilyContext) -> Firewall {
+    let mut allowed = ranges.to_vec();
+    if context.primary_ip().is_some_and(|ip| ranges.iter().any(|r| r.contains(&ip))) {
+        allowed.extend(lb_ips.iter().map(|ip| IpNet::from(*ip)));
+    }
+    Firewall { allowed }
+}
+
+/// The endpoints of one service port in one family, merged over the Service's slices in
+/// slice-name order. As upstream, an `ip:port` that appears again in a later slice replaces
+/// the earlier one unless the later one is terminating.
+fn candidates<'a>(
+    snapshot: &'a Snapshot,
+    svc: &Service,
+    port: &ServicePort,
+    family: IpFamily,
+    node_name: &str,
+) -> Vec<Candidate<'a>> {
+    let mut index: HashMap<(IpAddr, u16), usize> = HashMap::new();
+    let mut out: Vec<Candidate<'a>> = Vec::new();
+    for slice in snapshot.slices_of(&svc.id).filter(|s| s.family == family) {
+        let Some(ep_port) = slice.ports.iter().find(|p| p.name == port.name && p.protocol == port.protocol) else {
+            continue;
+        };
+        for endpoint in &slice.endpoints {
+            let local = endpoint.node_name.as_deref() == Some(node_name);
+            let candidate = Candidate { endpoint, port: ep_port.port, local };
+            match index.entry((endpoint.ip, ep_port.port)) {
+                Entry::Vacant(e) => {
+                    e.insert(out.len());
+                    out.push(candidate);
+                }
+                Entry::Occupied(e) if !endpoint.terminating => out[*e.get()] = candidate,
+                Entry::Occupied(_) => {}
+            }
+        }
+    }
+    out
+}

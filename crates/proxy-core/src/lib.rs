@@ -1,0 +1,73 @@
+//! # proxy-core
+//!
+//! kube-proxy's Service semantics (its nftables mode) as a pure, embeddable library. No
+//! I/O, no async, no clock: the same inputs always give the same rules.
+//!
+//! The data path, in module order:
+//!
+//! | module | what it does |
+//! |---|---|
+//! | [`model`] | typed Services, EndpointSlices and Nodes |
+//! | [`translate`], [`ingest`] | `k8s-openapi` objects → model, skipping bad parts with a [`Problem`] |
+//! | [`snapshot`] | the current objects, and which Services changed since the last sync |
+//! | [`context`] | this node: name, zone, IPs, NodePort addresses, local-traffic detection |
+//! | [`endpoints`] | readiness, terminating fallback, topology hints, traffic policy |
+//! | [`compute`] | `compute(&Snapshot, &NodeContext) -> Desired` |
+//! | [`desired`] | the desired rules per IP family and service port: plain data for backends |
+//! | [`diff`] | `diff(&applied, &desired) -> Changes`, per service port and endpoint |
+//! | [`engine`] | incremental recompute: O(changed Services) per sync |
+//! | [`backend`] | the [`Backend`] trait, the [`Syncer`] recovery contract, a model backend |
+//! | [`trace`] | a packet tracer over [`Desired`] |
+//!
+//! ```
+//! use proxy_core::{Engine, Event, NodeContext, ModelBackend, Syncer, trace};
+//! use proxy_core::model::*;
+//!
+//! let mut engine = Engine::new(NodeContext::new("node-a"));
+//! let svc = ObjectRef::new("default", "web");
+//! engine.apply(Event::ServiceApplied(Service {
+//!     id: svc.clone(),
+//!     kind: ServiceType::ClusterIp,
+//!     cluster_ips: vec!["10.96.0.10".parse().unwrap()],
+//!     ports: vec![ServicePort { name: "http".into(), protocol: Protocol::Tcp, port: 80, node_port: None, target_port: None }],
+//!     external_ips: vec![], load_balancer_ingress: vec![], load_balancer_source_ranges: vec![],
+//!     session_affinity: None, external_traffic_policy: TrafficPolicy::Cluster,
+//!     internal_traffic_policy: TrafficPolicy::Cluster, traffic_distribution: None, health_check_node_port: None,
+//! }));
+//! let mut syncer = Syncer::new(ModelBackend::default());
+//! let plan = engine.plan();
+//! syncer.sync(&plan, engine.desired()).unwrap();
+//!
+//! // No EndpointSlice yet: traffic to the ClusterIP is rejected.
+//! let t = trace::trace(engine.desired(), &trace::Packet {
+//!     source: trace::Source::pod("10.244.0.5".parse().unwrap()),
+//!     protocol: Protocol::Tcp, destination: "10.96.0.10".parse().unwrap(), port: 80,
+//! });
+//! assert_eq!(t.verdict, trace::Verdict::Reject);
+//! ```
+#![deny(missing_docs)]
+
+pub mod backend;
+pub mod compute;
+pub mod context;
+pub mod desired;
+pub mod diff;
+pub mod endpoints;
+pub mod engine;
+mod error;
+pub mod ingest;
+pub mod ip;
+pub mod model;
+pub mod snapshot;
+pub mod trace;
+pub mod translate;
+
+pub use backend::{Backend, ModelBackend, SyncStats, Syncer};
+pub use compute::compute;
+pub use context::{FamilyContext, LocalDetectMode, LocalDetector, NodeContext, NodePortIps};
+pub use desired::{Desired, FamilyRules, NoEndpoints, Policy, Route, ServicePortRules, Target};
+pub use diff::{Change, Changes, diff};
+pub use engine::{Engine, Plan};
+pub use error::{Error, ObjectKind, Problem};
+pub use model::{IpFamily, ObjectRef, Protocol, ServicePortName};
+pub use snapshot::{Event, Snapshot};

@@ -1,0 +1,272 @@
+//! The cluster snapshot and its change tracking.
+//!
+//! A [`Snapshot`] holds the current Services, EndpointSlices and this node's Node, and
+//! remembers which Services changed since the last [`Snapshot::take_pending`]: the
+//! equivalent of upstream's `ServiceChangeTracker` and `EndpointsChangeTracker`. An update
+//! that leaves an object unchanged marks nothing, so a watch relist that delivers the same
+//! objects again costs no recompute.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use k8s_openapi::jiff::Timestamp;
+
+use crate::model::{EndpointSlice, Node, ObjectRef, Service};
+
+/// A change to the snapshot.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A Service was created or updated.
+    ServiceApplied(Service),
+    /// A Service was deleted.
+    ServiceDeleted(ObjectRef),
+    /// An EndpointSlice was created or updated.
+    SliceApplied(EndpointSlice),
+    /// An EndpointSlice was deleted (by the slice's own namespace/name).
+    SliceDeleted(ObjectRef),
+    /// This node's Node object was created or updated.
+    NodeApplied(Node),
+    /// This node's Node object was deleted.
+    NodeDeleted,
+}
+
+/// What changed since the last [`Snapshot::take_pending`].
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Services whose spec or endpoints changed (including deleted ones).
+    pub services: BTreeSet<ObjectRef>,
+    /// Whether the Node object changed.
+    pub node_changed: bool,
+    /// The `last-change-trigger-time` of every EndpointSlice change, per Service.
+    pub trigger_times: BTreeMap<ObjectRef, Vec<Timestamp>>,
+    /// How many Service events changed something.
+    pub service_changes: u64,
+    /// How many EndpointSlice events changed something.
+    pub endpoint_changes: u64,
+}
+
+impl Pending {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.services.is_empty() && !self.node_changed
+    }
+}
+
+/// The Services, EndpointSlices and Node a proxy acts on.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    services: HashMap<ObjectRef, Arc<Service>>,
+    /// Slices grouped by the Service they belong to, in slice-name order.
+    slices: HashMap<ObjectRef, BTreeMap<Arc<str>, Arc<EndpointSlice>>>,
+    /// Slice id → the Service it was filed under (a slice's label may change).
+    slice_owner: HashMap<ObjectRef, ObjectRef>,
+    node: Option<Arc<Node>>,
+    pending: Pending,
+}
+
+impl Snapshot {
+    /// An empty snapshot.
+    pub fn new() -> Snapshot {
+        Snapshot::default()
+    }
+
+    /// Applies one event. Returns whether anything changed.
+    pub fn apply(&mut self, event: Event) -> bool {
+        match event {
+            Event::ServiceApplied(svc) => {
+                if self.services.get(&svc.id).is_some_and(|old| **old == svc) {
+                    return false;
+                }
+                self.mark_service(svc.id.clone());
+                self.services.insert(svc.id.clone(), Arc::new(svc));
+            }
+            Event::ServiceDeleted(id) => {
+                if self.services.remove(&id).is_none() {
+                    return false;
+                }
+                self.mark_service(id);
+            }
+            Event::SliceApplied(slice) => return self.apply_slice(slice),
+            Event::SliceDeleted(id) => {
+                let Some(owner) = self.slice_owner.remove(&id) else { return false };
+                self.remove_slice(&owner, &id.name);
+                self.mark_slice(owner, None);
+            }
+            Event::NodeApplied(node) => {
+                if self.node.as_deref() == Some(&node) {
+                    return false;
+                }
+                self.node = Some(Arc::new(node));
+                self.pending.node_changed = true;
+            }
+            Event::NodeDeleted => {
+                if self.node.take().is_none() {
+                    return false;
+                }
+                self.pending.node_changed = true;
+            }
+        }
+        true
+    }
+
+    fn apply_slice(&mut self, slice: EndpointSlice) -> bool {
+        let id = slice.id.clone();
+        let owner = slice.service.clone();
+        let unchanged = self
+            .slices
+            .get(&owner)
+            .and_then(|by_name| by_name.get(&id.name))
+            .is_some_and(|old| **old == slice);
+        if unchanged {
+            return false;
+        }
+        // A slice relabelled to another Service leaves its old Service.
+        if let Some(previous) = self.slice_owner.insert(id.clone(), owner.clone())
+            && previous != owner
+        {
+            self.remove_slice(&previous, &id.name);
+            self.mark_slice(previous, None);
+        }
+        let trigger = slice.trigger_time;
+        self.slices.entry(owner.clone()).or_default().insert(id.name.clone(), Arc::new(slice));
+        self.mark_slice(owner, trigger);
+        true
+    }
+
+    fn remove_slice(&mut self, owner: &ObjectRef, name: &str) {
+        if let Some(by_name) = self.slices.get_mut(owner) {
+            by_name.remove(name);
+            if by_name.is_empty() {
+                self.slices.remove(owner);
+            }
+        }
+    }
+
+    fn mark_service(&mut self, id: ObjectRef) {
+        self.pending.service_changes += 1;
+        self.pending.services.insert(id);
+    }
+
+    fn mark_slice(&mut self, owner: ObjectRef, trigger: Option<Timestamp>) {
+        self.pending.endpoint_changes += 1;
+        if let Some(t) = trigger {
+            self.pending.trigger_times.entry(owner.clone()).or_default().push(t);
+        }
+        self.pending.services.insert(owner);
+    }
+
+    /// Takes the record of what changed, leaving an empty one.
+    pub fn take_pending(&mut self) -> Pending {
+        std::mem::take(&mut self.pending)
+    }
+
+    /// What changed since the last [`take_pending`](Snapshot::take_pending).
+    pub fn pending(&self) -> &Pending {
+        &self.pending
+    }
+
+    /// A Service by namespace/name.
+    pub fn service(&self, id: &ObjectRef) -> Option<&Arc<Service>> {
+        self.services.get(id)
+    }
+
+    /// Every Service, in no particular order.
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+        self.services.values()
+    }
+
+    /// The number of Services.
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    /// The EndpointSlices of a Service, in slice-name order.
+    pub fn slices_of(&self, service: &ObjectRef) -> impl Iterator<Item = &Arc<EndpointSlice>> {
+        self.slices.get(service).into_iter().flat_map(|by_name| by_name.values())
+    }
+
+    /// This node's Node object, if seen.
+    pub fn node(&self) -> Option<&Node> {
+        self.node.as_deref()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{IpFamily, ServiceType, TrafficPolicy};
+
+    fn svc(name: &str, ip: &str) -> Service {
+        Service {
+            id: ObjectRef::new("ns", name),
+            kind: ServiceType::ClusterIp,
+            cluster_ips: vec![ip.parse().unwrap()],
+            ports: vec![],
+            external_ips: vec![],
+            load_balancer_ingress: vec![],
+            load_balancer_source_ranges: vec![],
+            session_affinity: None,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            traffic_distribution: None,
+            health_check_node_port: None,
+        }
+    }
+
+    fn slice(name: &str, service: &str) -> EndpointSlice {
+        EndpointSlice {
+            id: ObjectRef::new("ns", name),
+            service: ObjectRef::new("ns", service),
+            family: IpFamily::V4,
+            ports: vec![],
+            endpoints: vec![],
+            trigger_time: Some("2026-01-01T00:00:00Z".parse().unwrap()),
+        }
+    }
+
+    #[test]
+    fn unchanged_updates_mark_nothing() {
+        let mut s = Snapshot::new();
+        assert!(s.apply(Event::ServiceApplied(svc("a", "10.0.0.1"))));
+        assert!(s.apply(Event::SliceApplied(slice("a-1", "a"))));
+        let p = s.take_pending();
+        assert_eq!(p.services.len(), 1);
+        assert_eq!((p.service_changes, p.endpoint_changes), (1, 1));
+        assert_eq!(p.trigger_times[&ObjectRef::new("ns", "a")].len(), 1);
+
+        assert!(!s.apply(Event::ServiceApplied(svc("a", "10.0.0.1"))));
+        assert!(!s.apply(Event::SliceApplied(slice("a-1", "a"))));
+        assert!(!s.apply(Event::ServiceDeleted(ObjectRef::new("ns", "nope"))));
+        assert!(!s.apply(Event::SliceDeleted(ObjectRef::new("ns", "nope"))));
+        assert!(s.take_pending().is_empty());
+    }
+
+    #[test]
+    fn relabelled_slice_moves_between_services() {
+        let mut s = Snapshot::new();
+        s.apply(Event::SliceApplied(slice("x", "a")));
+        s.take_pending();
+        s.apply(Event::SliceApplied(slice("x", "b")));
+        let p = s.take_pending();
+        let touched: Vec<String> = p.services.iter().map(|r| r.to_string()).collect();
+        assert_eq!(touched, ["ns/a", "ns/b"]);
+        assert_eq!(s.slices_of(&ObjectRef::new("ns", "a")).count(), 0);
+        assert_eq!(s.slices_of(&ObjectRef::new("ns", "b")).count(), 1);
+
+        s.apply(Event::SliceDeleted(ObjectRef::new("ns", "x")));
+        assert_eq!(s.take_pending().services.len(), 1);
+        assert_eq!(s.slices_of(&ObjectRef::new("ns", "b")).count(), 0);
+    }
+
+    #[test]
+    fn node_changes_are_tracked() {
+        let mut s = Snapshot::new();
+        let node = Node { name: "n".into(), ..Node::default() };
+        assert!(s.apply(Event::NodeApplied(node.clone())));
+        assert!(!s.apply(Event::NodeApplied(node)));
+        assert!(s.take_pending().node_changed);
+        assert!(s.apply(Event::NodeDeleted));
+        assert!(s.take_pending().node_changed);
+        assert!(s.node().is_none());
+    }
+}
