@@ -1,7 +1,7 @@
 //! `compute(&Snapshot, &NodeContext) -> Desired`: kube-proxy's decisions as a pure function.
 
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -64,8 +64,10 @@ pub fn compute_service(
                 local: internal_policy_local || (external_policy_local && accessible),
             };
             let cat = categorize(&candidates, uses, &node.node_name, node.zone.as_deref());
-            let local_ready: HashSet<IpAddr> =
+            let mut local_ready: Vec<IpAddr> =
                 candidates.iter().filter(|c| c.local && c.endpoint.ready).map(|c| c.endpoint.ip).collect();
+            local_ready.sort_unstable();
+            local_ready.dedup();
             ServicePortRules {
                 name: ServicePortName { service: svc.id.clone(), port: port.name.clone(), protocol: port.protocol },
                 cluster_ip,
@@ -81,7 +83,7 @@ pub fn compute_service(
                 cluster_endpoints: cat.cluster,
                 local_endpoints: cat.local,
                 health_check_node_port: svc.health_check_node_port.filter(|_| external_policy_local),
-                local_ready_endpoints: local_ready.len() as u32,
+                local_ready,
             }
         })
         .collect()

@@ -8,7 +8,7 @@
 //! asks ("does ClusterIP traffic get endpoints or a verdict?") are methods, so the data
 //! holds each fact once.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
@@ -95,8 +95,9 @@ pub struct ServicePortRules {
     pub local_endpoints: Vec<Target>,
     /// The Service's health-check NodePort (external policy Local only).
     pub health_check_node_port: Option<u16>,
-    /// Local endpoints that are ready (terminating ones excluded), for the health check.
-    pub local_ready_endpoints: u32,
+    /// Addresses of local endpoints that are ready (terminating ones excluded), sorted:
+    /// what the health-check NodePort counts.
+    pub local_ready: Vec<IpAddr>,
 }
 
 impl ServicePortRules {
@@ -239,15 +240,28 @@ impl Desired {
         self.families.iter().map(|f| f.service_ports.len()).sum()
     }
 
-    /// Per Service with a health-check NodePort: the port and the number of distinct local
-    /// ready endpoints over all its ports and families (upstream's `LocalReadyEndpoints`).
-    pub fn health_checks(&self) -> BTreeMap<ObjectRef, (u16, u32)> {
-        let mut out: BTreeMap<ObjectRef, (u16, u32)> = BTreeMap::new();
+    /// Per Service, the number of distinct local ready endpoint addresses over all its
+    /// ports and families, for Services that have any (upstream's `LocalReadyEndpoints`).
+    pub fn local_ready_endpoints(&self) -> BTreeMap<ObjectRef, usize> {
+        let mut ips: BTreeMap<&ObjectRef, BTreeSet<IpAddr>> = BTreeMap::new();
+        for family in &self.families {
+            for rules in family.service_ports.values().filter(|r| !r.local_ready.is_empty()) {
+                ips.entry(&rules.name.service).or_default().extend(rules.local_ready.iter().copied());
+            }
+        }
+        ips.into_iter().map(|(svc, ips)| (svc.clone(), ips.len())).collect()
+    }
+
+    /// Per Service with a health-check NodePort: the port, and how many local ready
+    /// endpoints the health check reports.
+    pub fn health_checks(&self) -> BTreeMap<ObjectRef, (u16, usize)> {
+        let ready = self.local_ready_endpoints();
+        let mut out = BTreeMap::new();
         for family in &self.families {
             for rules in family.service_ports.values() {
                 if let Some(port) = rules.health_check_node_port {
-                    let entry = out.entry(rules.name.service.clone()).or_insert((port, 0));
-                    entry.1 = entry.1.max(rules.local_ready_endpoints);
+                    let count = ready.get(&rules.name.service).copied().unwrap_or(0);
+                    out.insert(rules.name.service.clone(), (port, count));
                 }
             }
         }
