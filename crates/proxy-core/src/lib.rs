@@ -18,6 +18,7 @@
 //! | [`engine`] | incremental recompute: O(changed Services) per sync |
 //! | [`backend`] | the [`Backend`] trait, the [`Syncer`] recovery contract, a model backend |
 //! | [`trace`] | a packet tracer over [`Desired`] |
+//! | `manifest` | (feature `manifests`) YAML/JSON manifests → objects, for file-fed embedders |
 //!
 //! ```
 //! use proxy_core::{Engine, Event, NodeContext, ModelBackend, Syncer, trace};
@@ -57,6 +58,8 @@ pub mod engine;
 mod error;
 pub mod ingest;
 pub mod ip;
+#[cfg(feature = "manifests")]
+pub mod manifest;
 pub mod model;
 pub mod snapshot;
 pub mod trace;

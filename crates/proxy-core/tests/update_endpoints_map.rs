@@ -14,8 +14,10 @@ use common::*;
 use k8s_openapi::api::discovery::v1 as discovery;
 use proxy_core::{Desired, IpFamily, ObjectRef, ingest};
 
-/// (namespace, service, ports as (name, service port)).
-const SERVICES: &[(&str, &str, &[(&str, i32)])] = &[
+/// A Service: (namespace, name, ports as (name, service port)).
+type ServiceSpec = (&'static str, &'static str, &'static [(&'static str, i32)]);
+
+const SERVICES: &[ServiceSpec] = &[
     ("ns1", "ep1", &[("p11", 11), ("p12", 12), ("p13", 13), ("p14", 14), ("p11-2", 1102), ("p122", 122)]),
     ("ns2", "ep2", &[("p21", 21), ("p22", 22), ("p23", 23)]),
     ("ns3", "ep3", &[("p33", 33)]),

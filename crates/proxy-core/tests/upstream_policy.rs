@@ -6,9 +6,12 @@ mod common;
 
 use common::*;
 
+/// (case, internalTrafficPolicy, endpoints as (ip, node), expected output)
+type PolicyCase = (&'static str, Option<&'static str>, [(&'static str, &'static str); 3], &'static str);
+
 #[test]
 fn internal_traffic_policy() {
-    let cases: [(&str, Option<&str>, [(&str, &str); 3], &str); 4] = [
+    let cases: [PolicyCase; 4] = [
         (
             "internalTrafficPolicy is cluster",
             Some("Cluster"),
