@@ -1,1 +1,108 @@
-//! fixtures
+//! Synthetic clusters for kproxy's benches: N Services × E endpoints, shaped like a real
+//! cluster (namespaces, one TCP port, endpoints spread over nodes, some local).
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use proxy_core::model::{
+    Endpoint, EndpointPort, EndpointSlice, IpFamily, ObjectRef, Protocol, Service, ServicePort, ServiceType,
+    TrafficPolicy,
+};
+use proxy_core::{Engine, Event, LocalDetectMode, NodeContext, Snapshot};
+
+/// This node's name in the synthetic clusters.
+pub const NODE: &str = "node-0";
+
+/// The node context the benches use: a pod-CIDR detector and NodePorts on one address.
+pub fn node_context() -> NodeContext {
+    let mut node = NodeContext::new(NODE);
+    node.node_ips = vec![IpAddr::V4(Ipv4Addr::new(192, 168, 0, 2))];
+    node.nodeport_addresses = vec!["192.168.0.2/32".parse().unwrap()];
+    node.local_detect = LocalDetectMode::ClusterCidr(vec!["10.0.0.0/8".parse().unwrap()]);
+    node.service_cidrs = vec!["172.16.0.0/12".parse().unwrap()];
+    node
+}
+
+fn service_ref(i: usize) -> ObjectRef {
+    ObjectRef::new(format!("ns-{}", i % 100), format!("svc-{i}"))
+}
+
+/// Service `i`: ClusterIP 172.16.0.0/12 + i, one TCP port 80; every tenth is a NodePort.
+pub fn service(i: usize) -> Service {
+    let ip = u32::from(Ipv4Addr::new(172, 16, 0, 0)) + i as u32;
+    let node_port = (i % 10 == 0).then(|| 30000 + (i / 10 % 2768) as u16);
+    Service {
+        id: service_ref(i),
+        kind: if node_port.is_some() { ServiceType::NodePort } else { ServiceType::ClusterIp },
+        cluster_ips: vec![IpAddr::V4(Ipv4Addr::from(ip))],
+        ports: vec![ServicePort { name: "http".into(), protocol: Protocol::Tcp, port: 80, node_port, target_port: None }],
+        external_ips: vec![],
+        load_balancer_ingress: vec![],
+        load_balancer_source_ranges: vec![],
+        session_affinity: None,
+        external_traffic_policy: TrafficPolicy::Cluster,
+        internal_traffic_policy: TrafficPolicy::Cluster,
+        traffic_distribution: None,
+        health_check_node_port: None,
+    }
+}
+
+/// The EndpointSlices of service `i` with `endpoints` endpoints (100 per slice, as the
+/// EndpointSlice controller does). `generation` shifts the first endpoint's address, so
+/// alternating generations is a one-endpoint change.
+pub fn slices(i: usize, endpoints: usize, generation: u32) -> Vec<EndpointSlice> {
+    let svc = service_ref(i);
+    let base = u32::from(Ipv4Addr::new(10, 0, 0, 0)) + (i as u32) * 64;
+    let all: Vec<Endpoint> = (0..endpoints)
+        .map(|e| {
+            let shift = if e == 0 { generation * 50 } else { 0 };
+            Endpoint {
+                ip: IpAddr::V4(Ipv4Addr::from(base + e as u32 + shift)),
+                ready: true,
+                serving: true,
+                terminating: false,
+                node_name: Some(Arc::from(format!("node-{}", (i + e) % 50))),
+                zone: None,
+                zone_hints: Default::default(),
+                node_hints: Default::default(),
+            }
+        })
+        .collect();
+    all.chunks(100)
+        .enumerate()
+        .map(|(n, chunk)| EndpointSlice {
+            id: ObjectRef::new(&*svc.namespace, format!("{}-{n}", svc.name)),
+            service: svc.clone(),
+            family: IpFamily::V4,
+            ports: vec![EndpointPort { name: "http".into(), protocol: Protocol::Tcp, port: 8080 }],
+            endpoints: chunk.to_vec(),
+            trigger_time: None,
+        })
+        .collect()
+}
+
+/// A snapshot of `services` Services with `endpoints` endpoints each.
+pub fn snapshot(services: usize, endpoints: usize) -> Snapshot {
+    let mut s = Snapshot::new();
+    for i in 0..services {
+        s.apply(Event::ServiceApplied(service(i)));
+        for slice in slices(i, endpoints, 0) {
+            s.apply(Event::SliceApplied(slice));
+        }
+    }
+    s.take_pending();
+    s
+}
+
+/// An engine holding the same cluster, after its first (full) plan.
+pub fn engine(services: usize, endpoints: usize) -> Engine {
+    let mut engine = Engine::new(node_context());
+    for i in 0..services {
+        engine.apply(Event::ServiceApplied(service(i)));
+        for slice in slices(i, endpoints, 0) {
+            engine.apply(Event::SliceApplied(slice));
+        }
+    }
+    engine.plan();
+    engine
+}
