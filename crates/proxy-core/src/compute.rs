@@ -1,7 +1,5 @@
 //! `compute(&Snapshot, &NodeContext) -> Desired`: kube-proxy's decisions as a pure function.
 
-use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -11,7 +9,7 @@ use crate::context::{FamilyContext, NodeContext};
 use crate::desired::{Desired, Firewall, ServicePortRules};
 use crate::endpoints::{Candidate, Uses, categorize};
 use crate::model::{IpFamily, IpMode, Service, ServicePort, ServicePortName, TrafficPolicy};
-use crate::snapshot::Snapshot;
+use crate::snapshot::{Slices, Snapshot};
 
 /// Computes the desired rules of every Service in the snapshot for this node.
 ///
@@ -21,11 +19,13 @@ pub fn compute(snapshot: &Snapshot, node: &NodeContext) -> Desired {
     for family in IpFamily::ALL {
         let rules = desired.family_mut(family);
         let context = rules.context.clone();
-        for svc in snapshot.services() {
-            for r in compute_service(snapshot, svc, node, &context) {
-                rules.service_ports.insert(r.name.clone(), Arc::new(r));
-            }
-        }
+        // Services come in name order and each one's ports are sorted, so the entries
+        // arrive sorted and the map is bulk-built rather than inserted into one by one.
+        rules.service_ports = snapshot
+            .services_with_slices()
+            .flat_map(|(svc, slices)| service_ports(svc, slices, node, &context))
+            .map(|r| (r.name.clone(), Arc::new(r)))
+            .collect();
     }
     desired
 }
@@ -35,6 +35,16 @@ pub fn compute(snapshot: &Snapshot, node: &NodeContext) -> Desired {
 pub fn compute_service(
     snapshot: &Snapshot,
     svc: &Service,
+    node: &NodeContext,
+    context: &FamilyContext,
+) -> Vec<ServicePortRules> {
+    service_ports(svc, snapshot.slices(&svc.id), node, context)
+}
+
+/// The rules of one Service's ports in one family, sorted by port name and protocol.
+fn service_ports(
+    svc: &Service,
+    slices: Option<&Slices>,
     node: &NodeContext,
     context: &FamilyContext,
 ) -> Vec<ServicePortRules> {
@@ -54,10 +64,11 @@ pub fn compute_service(
     let external_policy_local = svc.externally_accessible() && svc.external_traffic_policy == TrafficPolicy::Local;
     let internal_policy_local = svc.internal_traffic_policy == TrafficPolicy::Local;
 
-    svc.ports
+    let mut out: Vec<ServicePortRules> = svc
+        .ports
         .iter()
         .map(|port| {
-            let candidates = candidates(snapshot, svc, port, family, &node.node_name);
+            let candidates = candidates(slices, port, family, &node.node_name);
             let accessible = port.node_port.is_some() || !external_ips.is_empty() || !lb_ips.is_empty();
             let uses = Uses {
                 cluster: !internal_policy_local || accessible,
@@ -86,7 +97,9 @@ pub fn compute_service(
                 local_ready,
             }
         })
-        .collect()
+        .collect();
+    out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    out
 }
 
 /// The allowed sources of a source-range firewall. When a range contains the node's
@@ -103,31 +116,36 @@ fn firewall(ranges: &[IpNet], lb_ips: &[IpAddr], context: &FamilyContext) -> Fir
 /// The endpoints of one service port in one family, merged over the Service's slices in
 /// slice-name order. As upstream, an `ip:port` that appears again in a later slice replaces
 /// the earlier one unless the later one is terminating.
-fn candidates<'a>(
-    snapshot: &'a Snapshot,
-    svc: &Service,
-    port: &ServicePort,
-    family: IpFamily,
-    node_name: &str,
-) -> Vec<Candidate<'a>> {
-    let mut index: HashMap<(IpAddr, u16), usize> = HashMap::new();
+fn candidates<'a>(slices: Option<&'a Slices>, port: &ServicePort, family: IpFamily, node_name: &str) -> Vec<Candidate<'a>> {
     let mut out: Vec<Candidate<'a>> = Vec::new();
-    for slice in snapshot.slices_of(&svc.id).filter(|s| s.family == family) {
+    for slice in slices.into_iter().flat_map(|s| s.values()).filter(|s| s.family == family) {
         let Some(ep_port) = slice.ports.iter().find(|p| p.name == port.name && p.protocol == port.protocol) else {
             continue;
         };
         for endpoint in &slice.endpoints {
             let local = endpoint.node_name.as_deref() == Some(node_name);
-            let candidate = Candidate { endpoint, port: ep_port.port, local };
-            match index.entry((endpoint.ip, ep_port.port)) {
-                Entry::Vacant(e) => {
-                    e.insert(out.len());
-                    out.push(candidate);
-                }
-                Entry::Occupied(e) if !endpoint.terminating => out[*e.get()] = candidate,
-                Entry::Occupied(_) => {}
-            }
+            out.push(Candidate { endpoint, port: ep_port.port, local });
         }
     }
+    // Duplicates are rare: sort (stably, keeping slice order among equals) only if needed.
+    if out.len() > 1 && !out.windows(2).all(|w| key(&w[0]) < key(&w[1])) {
+        out.sort_by_key(key);
+        let mut deduped: Vec<Candidate<'a>> = Vec::with_capacity(out.len());
+        for c in out {
+            match deduped.last_mut() {
+                Some(last) if key(last) == key(&c) => {
+                    if !c.endpoint.terminating {
+                        *last = c;
+                    }
+                }
+                _ => deduped.push(c),
+            }
+        }
+        out = deduped;
+    }
     out
+}
+
+fn key(c: &Candidate<'_>) -> (IpAddr, u16) {
+    (c.endpoint.ip, c.port)
 }

@@ -6,6 +6,7 @@
 //! name appear in every port and endpoint of a Service, and a 44k-Service cluster should
 //! not copy them 44k × N times.
 
+use std::cmp::Ordering;
 use std::collections::BTreeSet;
 use std::fmt;
 use std::net::IpAddr;
@@ -107,8 +108,17 @@ impl fmt::Display for Protocol {
     }
 }
 
+/// Compares shared strings, skipping the bytes when both sides are the same allocation.
+///
+/// The [`Snapshot`](crate::Snapshot) shares one allocation per namespace, port name and
+/// Service name among all objects that use it, so most comparisons on the hot paths of a
+/// full compute never touch the string bytes (and their cache lines).
+fn cmp_shared(a: &Arc<str>, b: &Arc<str>) -> Ordering {
+    if Arc::ptr_eq(a, b) { Ordering::Equal } else { a.cmp(b) }
+}
+
 /// A namespaced object name, as `namespace/name`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, Hash)]
 pub struct ObjectRef {
     /// The namespace.
     pub namespace: Arc<str>,
@@ -123,6 +133,26 @@ impl ObjectRef {
     }
 }
 
+impl Ord for ObjectRef {
+    fn cmp(&self, other: &ObjectRef) -> Ordering {
+        cmp_shared(&self.namespace, &other.namespace).then_with(|| cmp_shared(&self.name, &other.name))
+    }
+}
+
+impl PartialOrd for ObjectRef {
+    fn partial_cmp(&self, other: &ObjectRef) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for ObjectRef {
+    fn eq(&self, other: &ObjectRef) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for ObjectRef {}
+
 impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
@@ -133,7 +163,7 @@ impl fmt::Display for ObjectRef {
 ///
 /// This is kube-proxy's `ServicePortName`, the unit everything else is keyed by: one
 /// Service with ports `http`/TCP and `dns`/UDP yields two independent service ports.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Debug, Hash)]
 pub struct ServicePortName {
     /// The Service.
     pub service: ObjectRef,
@@ -158,6 +188,29 @@ impl ServicePortName {
         }
     }
 }
+
+impl Ord for ServicePortName {
+    fn cmp(&self, other: &ServicePortName) -> Ordering {
+        self.service
+            .cmp(&other.service)
+            .then_with(|| cmp_shared(&self.port, &other.port))
+            .then_with(|| self.protocol.cmp(&other.protocol))
+    }
+}
+
+impl PartialOrd for ServicePortName {
+    fn partial_cmp(&self, other: &ServicePortName) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl PartialEq for ServicePortName {
+    fn eq(&self, other: &ServicePortName) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for ServicePortName {}
 
 impl fmt::Display for ServicePortName {
     /// Formats as upstream does: `ns/name:port` (without the port part when unnamed).

@@ -6,7 +6,8 @@
 //! that leaves an object unchanged marks nothing, so a watch relist that delivers the same
 //! objects again costs no recompute.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::iter::Peekable;
 use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
@@ -29,6 +30,9 @@ pub enum Event {
     /// This node's Node object was deleted.
     NodeDeleted,
 }
+
+/// The EndpointSlices of one Service, by slice name.
+pub type Slices = BTreeMap<Arc<str>, Arc<EndpointSlice>>;
 
 /// What changed since the last [`Snapshot::take_pending`].
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -55,13 +59,19 @@ impl Pending {
 /// The Services, EndpointSlices and Node a proxy acts on.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    services: HashMap<ObjectRef, Arc<Service>>,
+    /// Ordered, so a full compute walks Services and their slices side by side and emits
+    /// service ports already sorted.
+    services: BTreeMap<ObjectRef, Arc<Service>>,
     /// Slices grouped by the Service they belong to, in slice-name order.
-    slices: HashMap<ObjectRef, BTreeMap<Arc<str>, Arc<EndpointSlice>>>,
+    slices: BTreeMap<ObjectRef, Slices>,
     /// Slice id → the Service it was filed under (a slice's label may change).
     slice_owner: HashMap<ObjectRef, ObjectRef>,
     node: Option<Arc<Node>>,
     pending: Pending,
+    /// One shared allocation per namespace and port name (see [`Snapshot::canonical`]).
+    /// These sets are small (namespaces and port names, not objects), so they are never
+    /// pruned.
+    interned: HashSet<Arc<str>>,
 }
 
 impl Snapshot {
@@ -73,10 +83,11 @@ impl Snapshot {
     /// Applies one event. Returns whether anything changed.
     pub fn apply(&mut self, event: Event) -> bool {
         match event {
-            Event::ServiceApplied(svc) => {
+            Event::ServiceApplied(mut svc) => {
                 if self.services.get(&svc.id).is_some_and(|old| **old == svc) {
                     return false;
                 }
+                self.canonical_service(&mut svc);
                 self.mark_service(svc.id.clone());
                 self.services.insert(svc.id.clone(), Arc::new(svc));
             }
@@ -109,7 +120,8 @@ impl Snapshot {
         true
     }
 
-    fn apply_slice(&mut self, slice: EndpointSlice) -> bool {
+    fn apply_slice(&mut self, mut slice: EndpointSlice) -> bool {
+        self.canonical_slice(&mut slice);
         let id = slice.id.clone();
         let owner = slice.service.clone();
         let unchanged = self
@@ -131,6 +143,44 @@ impl Snapshot {
         self.slices.entry(owner.clone()).or_default().insert(id.name.clone(), Arc::new(slice));
         self.mark_slice(owner, trigger);
         true
+    }
+
+    fn intern(&mut self, s: &mut Arc<str>) {
+        match self.interned.get(s) {
+            Some(shared) => *s = shared.clone(),
+            None => {
+                self.interned.insert(s.clone());
+            }
+        }
+    }
+
+    /// Makes a Service share allocations with what the snapshot already holds: its
+    /// namespace and port names are interned, and its id takes over the key its slices are
+    /// filed under (so the full compute's merge of Services and slices compares pointers).
+    fn canonical_service(&mut self, svc: &mut Service) {
+        self.intern(&mut svc.id.namespace);
+        for port in &mut svc.ports {
+            self.intern(&mut port.name);
+        }
+        if let Some((key, _)) = self.slices.get_key_value(&svc.id) {
+            svc.id = key.clone();
+        } else if let Some((key, _)) = self.services.get_key_value(&svc.id) {
+            svc.id = key.clone();
+        }
+    }
+
+    /// The slice-side counterpart of [`canonical_service`](Snapshot::canonical_service).
+    fn canonical_slice(&mut self, slice: &mut EndpointSlice) {
+        self.intern(&mut slice.id.namespace);
+        slice.service.namespace = slice.id.namespace.clone();
+        for port in &mut slice.ports {
+            self.intern(&mut port.name);
+        }
+        if let Some((key, _)) = self.services.get_key_value(&slice.service) {
+            slice.service = key.clone();
+        } else if let Some((key, _)) = self.slices.get_key_value(&slice.service) {
+            slice.service = key.clone();
+        }
     }
 
     fn remove_slice(&mut self, owner: &ObjectRef, name: &str) {
@@ -170,9 +220,20 @@ impl Snapshot {
         self.services.get(id)
     }
 
-    /// Every Service, in no particular order.
+    /// Every Service, in namespace/name order.
     pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
         self.services.values()
+    }
+
+    /// Every Service with its slices, in namespace/name order: a merge of two ordered maps,
+    /// with no per-Service lookup.
+    pub fn services_with_slices(&self) -> impl Iterator<Item = (&Arc<Service>, Option<&Slices>)> {
+        ServicesWithSlices { services: self.services.iter(), slices: self.slices.iter().peekable() }
+    }
+
+    /// The slices of one Service, by slice name.
+    pub fn slices(&self, service: &ObjectRef) -> Option<&Slices> {
+        self.slices.get(service)
     }
 
     /// The number of Services.
@@ -188,6 +249,24 @@ impl Snapshot {
     /// This node's Node object, if seen.
     pub fn node(&self) -> Option<&Node> {
         self.node.as_deref()
+    }
+}
+
+/// The merge behind [`Snapshot::services_with_slices`].
+struct ServicesWithSlices<'a> {
+    services: std::collections::btree_map::Iter<'a, ObjectRef, Arc<Service>>,
+    slices: Peekable<std::collections::btree_map::Iter<'a, ObjectRef, Slices>>,
+}
+
+impl<'a> Iterator for ServicesWithSlices<'a> {
+    type Item = (&'a Arc<Service>, Option<&'a Slices>);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (id, svc) = self.services.next()?;
+        // Skip slices of Services that do not exist (yet).
+        while self.slices.next_if(|(owner, _)| *owner < id).is_some() {}
+        let slices = self.slices.next_if(|(owner, _)| *owner == id).map(|(_, s)| s);
+        Some((svc, slices))
     }
 }
 
