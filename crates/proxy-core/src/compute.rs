@@ -16,16 +16,19 @@ use crate::snapshot::{Slices, Snapshot};
 /// Pure: the same snapshot and context always give the same result.
 pub fn compute(snapshot: &Snapshot, node: &NodeContext) -> Desired {
     let mut desired = Desired::empty(node.family(IpFamily::V4), node.family(IpFamily::V6));
-    for family in IpFamily::ALL {
-        let rules = desired.family_mut(family);
-        let context = rules.context.clone();
-        // Services come in name order and each one's ports are sorted, so the entries
-        // arrive sorted and the map is bulk-built rather than inserted into one by one.
-        rules.service_ports = snapshot
-            .services_with_slices()
-            .flat_map(|(svc, slices)| service_ports(svc, slices, node, &context))
-            .map(|r| (r.name.clone(), Arc::new(r)))
-            .collect();
+    let local_node = snapshot.shared_name(&node.node_name);
+    let contexts = IpFamily::ALL.map(|family| desired.family(family).context.clone());
+    let mut ports: [Vec<(ServicePortName, Arc<ServicePortRules>)>; 2] = Default::default();
+    for (svc, slices) in snapshot.services_with_slices() {
+        for context in &contexts {
+            let out = &mut ports[context.family.index()];
+            out.extend(service_ports(svc, slices, local_node, node, context).into_iter().map(|r| (r.name.clone(), Arc::new(r))));
+        }
+    }
+    // Services come in name order and each one's ports are sorted, so the entries arrive
+    // sorted and each map is bulk-built rather than inserted into one by one.
+    for (family, ports) in IpFamily::ALL.into_iter().zip(ports) {
+        desired.family_mut(family).service_ports = ports.into_iter().collect();
     }
     desired
 }
@@ -38,13 +41,14 @@ pub fn compute_service(
     node: &NodeContext,
     context: &FamilyContext,
 ) -> Vec<ServicePortRules> {
-    service_ports(svc, snapshot.slices(&svc.id), node, context)
+    service_ports(svc, snapshot.slices(&svc.id), snapshot.shared_name(&node.node_name), node, context)
 }
 
 /// The rules of one Service's ports in one family, sorted by port name and protocol.
 fn service_ports(
     svc: &Service,
     slices: Option<&Slices>,
+    local_node: Option<&Arc<str>>,
     node: &NodeContext,
     context: &FamilyContext,
 ) -> Vec<ServicePortRules> {
@@ -68,7 +72,7 @@ fn service_ports(
         .ports
         .iter()
         .map(|port| {
-            let candidates = candidates(slices, port, family, &node.node_name);
+            let candidates = candidates(slices, port, family, local_node);
             let accessible = port.node_port.is_some() || !external_ips.is_empty() || !lb_ips.is_empty();
             let uses = Uses {
                 cluster: !internal_policy_local || accessible,
@@ -116,14 +120,22 @@ fn firewall(ranges: &[IpNet], lb_ips: &[IpAddr], context: &FamilyContext) -> Fir
 /// The endpoints of one service port in one family, merged over the Service's slices in
 /// slice-name order. As upstream, an `ip:port` that appears again in a later slice replaces
 /// the earlier one unless the later one is terminating.
-fn candidates<'a>(slices: Option<&'a Slices>, port: &ServicePort, family: IpFamily, node_name: &str) -> Vec<Candidate<'a>> {
+///
+/// `local_node` is the snapshot's shared allocation of this node's name: endpoints whose
+/// `nodeName` points to it are local (no string comparison per endpoint).
+fn candidates<'a>(
+    slices: Option<&'a Slices>,
+    port: &ServicePort,
+    family: IpFamily,
+    local_node: Option<&Arc<str>>,
+) -> Vec<Candidate<'a>> {
     let mut out: Vec<Candidate<'a>> = Vec::new();
     for slice in slices.into_iter().flat_map(|s| s.values()).filter(|s| s.family == family) {
         let Some(ep_port) = slice.ports.iter().find(|p| p.name == port.name && p.protocol == port.protocol) else {
             continue;
         };
         for endpoint in &slice.endpoints {
-            let local = endpoint.node_name.as_deref() == Some(node_name);
+            let local = matches!((&endpoint.node_name, local_node), (Some(a), Some(b)) if Arc::ptr_eq(a, b));
             out.push(Candidate { endpoint, port: ep_port.port, local });
         }
     }

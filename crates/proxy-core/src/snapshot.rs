@@ -68,9 +68,8 @@ pub struct Snapshot {
     slice_owner: HashMap<ObjectRef, ObjectRef>,
     node: Option<Arc<Node>>,
     pending: Pending,
-    /// One shared allocation per namespace and port name (see [`Snapshot::canonical`]).
-    /// These sets are small (namespaces and port names, not objects), so they are never
-    /// pruned.
+    /// One shared allocation per namespace, port name and endpoint node name. These are
+    /// few (not one per object), so the set is never pruned.
     interned: HashSet<Arc<str>>,
 }
 
@@ -176,6 +175,11 @@ impl Snapshot {
         for port in &mut slice.ports {
             self.intern(&mut port.name);
         }
+        for endpoint in &mut slice.endpoints {
+            if let Some(node) = &mut endpoint.node_name {
+                self.intern(node);
+            }
+        }
         if let Some((key, _)) = self.services.get_key_value(&slice.service) {
             slice.service = key.clone();
         } else if let Some((key, _)) = self.slices.get_key_value(&slice.service) {
@@ -229,6 +233,12 @@ impl Snapshot {
     /// with no per-Service lookup.
     pub fn services_with_slices(&self) -> impl Iterator<Item = (&Arc<Service>, Option<&Slices>)> {
         ServicesWithSlices { services: self.services.iter(), slices: self.slices.iter().peekable() }
+    }
+
+    /// The snapshot's shared allocation of a namespace, port name or node name, if any
+    /// object uses it: compare with [`Arc::ptr_eq`] instead of by content.
+    pub fn shared_name(&self, name: &str) -> Option<&Arc<str>> {
+        self.interned.get(name)
     }
 
     /// The slices of one Service, by slice name.
