@@ -30,12 +30,18 @@ fn service_ref(i: usize) -> ObjectRef {
 /// Service `i`: ClusterIP 172.16.0.0/12 + i, one TCP port 80; every tenth is a NodePort.
 pub fn service(i: usize) -> Service {
     let ip = u32::from(Ipv4Addr::new(172, 16, 0, 0)) + i as u32;
-    let node_port = (i % 10 == 0).then(|| 30000 + (i / 10 % 2768) as u16);
+    let node_port = i.is_multiple_of(10).then(|| 30000 + (i / 10 % 2768) as u16);
     Service {
         id: service_ref(i),
         kind: if node_port.is_some() { ServiceType::NodePort } else { ServiceType::ClusterIp },
         cluster_ips: vec![IpAddr::V4(Ipv4Addr::from(ip))],
-        ports: vec![ServicePort { name: "http".into(), protocol: Protocol::Tcp, port: 80, node_port, target_port: None }],
+        ports: vec![ServicePort {
+            name: "http".into(),
+            protocol: Protocol::Tcp,
+            port: 80,
+            node_port,
+            target_port: None,
+        }],
         external_ips: vec![],
         load_balancer_ingress: vec![],
         load_balancer_source_ranges: vec![],

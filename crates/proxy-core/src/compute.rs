@@ -22,7 +22,11 @@ pub fn compute(snapshot: &Snapshot, node: &NodeContext) -> Desired {
     for (svc, slices) in snapshot.services_with_slices() {
         for context in &contexts {
             let out = &mut ports[context.family.index()];
-            out.extend(service_ports(svc, slices, local_node, node, context).into_iter().map(|r| (r.name.clone(), Arc::new(r))));
+            out.extend(
+                service_ports(svc, slices, local_node, node, context)
+                    .into_iter()
+                    .map(|r| (r.name.clone(), Arc::new(r))),
+            );
         }
     }
     // Services come in name order and each one's ports are sorted, so the entries arrive
@@ -54,7 +58,8 @@ fn service_ports(
 ) -> Vec<ServicePortRules> {
     let family = context.family;
     let Some(cluster_ip) = svc.cluster_ip(family) else { return Vec::new() };
-    let of_family = |ips: &[IpAddr]| -> Vec<IpAddr> { ips.iter().copied().filter(|ip| IpFamily::of(ip) == family).collect() };
+    let of_family =
+        |ips: &[IpAddr]| -> Vec<IpAddr> { ips.iter().copied().filter(|ip| IpFamily::of(ip) == family).collect() };
     let external_ips = of_family(&svc.external_ips);
     let lb_ips: Vec<IpAddr> = svc
         .load_balancer_ingress
@@ -64,7 +69,8 @@ fn service_ports(
         .collect();
     let source_ranges: Vec<IpNet> =
         svc.load_balancer_source_ranges.iter().copied().filter(|n| IpFamily::of_net(n) == family).collect();
-    let firewall = (!lb_ips.is_empty() && !source_ranges.is_empty()).then(|| firewall(&source_ranges, &lb_ips, context));
+    let firewall =
+        (!lb_ips.is_empty() && !source_ranges.is_empty()).then(|| firewall(&source_ranges, &lb_ips, context));
     let external_policy_local = svc.externally_accessible() && svc.external_traffic_policy == TrafficPolicy::Local;
     let internal_policy_local = svc.internal_traffic_policy == TrafficPolicy::Local;
 

@@ -155,12 +155,15 @@ impl NodeContext {
         } else {
             // nftables mode does not support NodePorts on loopback (KEP-3866).
             NodePortIps::Only(
-                node_ips.iter().copied().filter(|ip| !ip.is_loopback() && cidrs.iter().any(|n| n.contains(ip))).collect(),
+                node_ips
+                    .iter()
+                    .copied()
+                    .filter(|ip| !ip.is_loopback() && cidrs.iter().any(|n| n.contains(ip)))
+                    .collect(),
             )
         };
-        let in_family = |nets: &[IpNet]| -> Vec<IpNet> {
-            nets.iter().copied().filter(|n| IpFamily::of_net(n) == family).collect()
-        };
+        let in_family =
+            |nets: &[IpNet]| -> Vec<IpNet> { nets.iter().copied().filter(|n| IpFamily::of_net(n) == family).collect() };
         let local_detector = match &self.local_detect {
             LocalDetectMode::ClusterCidr(nets) | LocalDetectMode::NodeCidr(nets) => {
                 let nets = in_family(nets);

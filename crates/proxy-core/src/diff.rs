@@ -58,9 +58,11 @@ impl Change {
             (None, Some(new)) => Some(Change::Added(new.clone())),
             (Some(old), None) => Some(Change::Removed(old.clone())),
             (Some(old), Some(new)) if Arc::ptr_eq(old, new) || old == new => None,
-            (Some(old), Some(new)) => {
-                Some(Change::Updated { old: old.clone(), new: new.clone(), endpoints: EndpointDelta::between(old, new) })
-            }
+            (Some(old), Some(new)) => Some(Change::Updated {
+                old: old.clone(),
+                new: new.clone(),
+                endpoints: EndpointDelta::between(old, new),
+            }),
         }
     }
 
@@ -126,7 +128,12 @@ impl Changes {
 
     /// Records the change of one service port between `applied` and `desired` (used by
     /// incremental recomputes that know which ports may have changed).
-    pub fn record(&mut self, family: IpFamily, applied: Option<&Arc<ServicePortRules>>, desired: Option<&Arc<ServicePortRules>>) {
+    pub fn record(
+        &mut self,
+        family: IpFamily,
+        applied: Option<&Arc<ServicePortRules>>,
+        desired: Option<&Arc<ServicePortRules>>,
+    ) {
         if let Some(change) = Change::between(applied, desired) {
             let name = change.new_rules().or(change.old_rules()).map(|r| r.name.clone()).expect("a change has a side");
             self.family_mut(family).service_ports.insert(name, change);

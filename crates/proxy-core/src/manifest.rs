@@ -62,7 +62,13 @@ pub fn parse(text: &str) -> Vec<Result<Object, ManifestError>> {
             Ok(Value::Null) => continue,
             Ok(v) => v,
             Err(e) => {
-                out.push(Err(ManifestError { document, item: None, kind: None, name: None, error: Error::Manifest(e.to_string()) }));
+                out.push(Err(ManifestError {
+                    document,
+                    item: None,
+                    kind: None,
+                    name: None,
+                    error: Error::Manifest(e.to_string()),
+                }));
                 // A syntax error leaves the parser unable to find the next document.
                 break;
             }

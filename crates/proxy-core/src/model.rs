@@ -118,7 +118,7 @@ fn cmp_shared(a: &Arc<str>, b: &Arc<str>) -> Ordering {
 }
 
 /// A namespaced object name, as `namespace/name`.
-#[derive(Clone, Debug, Hash)]
+#[derive(Clone, Debug)]
 pub struct ObjectRef {
     /// The namespace.
     pub namespace: Arc<str>,
@@ -153,6 +153,14 @@ impl PartialEq for ObjectRef {
 
 impl Eq for ObjectRef {}
 
+/// Hashes the contents, consistent with the pointer-or-content equality above.
+impl std::hash::Hash for ObjectRef {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.namespace.hash(state);
+        self.name.hash(state);
+    }
+}
+
 impl fmt::Display for ObjectRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.namespace, self.name)
@@ -163,7 +171,7 @@ impl fmt::Display for ObjectRef {
 ///
 /// This is kube-proxy's `ServicePortName`, the unit everything else is keyed by: one
 /// Service with ports `http`/TCP and `dns`/UDP yields two independent service ports.
-#[derive(Clone, Debug, Hash)]
+#[derive(Clone, Debug)]
 pub struct ServicePortName {
     /// The Service.
     pub service: ObjectRef,
@@ -181,11 +189,7 @@ impl ServicePortName {
         port: impl AsRef<str>,
         protocol: Protocol,
     ) -> ServicePortName {
-        ServicePortName {
-            service: ObjectRef::new(namespace, name),
-            port: Arc::from(port.as_ref()),
-            protocol,
-        }
+        ServicePortName { service: ObjectRef::new(namespace, name), port: Arc::from(port.as_ref()), protocol }
     }
 }
 
@@ -212,14 +216,18 @@ impl PartialEq for ServicePortName {
 
 impl Eq for ServicePortName {}
 
+impl std::hash::Hash for ServicePortName {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.service.hash(state);
+        self.port.hash(state);
+        self.protocol.hash(state);
+    }
+}
+
 impl fmt::Display for ServicePortName {
     /// Formats as upstream does: `ns/name:port` (without the port part when unnamed).
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.port.is_empty() {
-            write!(f, "{}", self.service)
-        } else {
-            write!(f, "{}:{}", self.service, self.port)
-        }
+        if self.port.is_empty() { write!(f, "{}", self.service) } else { write!(f, "{}:{}", self.service, self.port) }
     }
 }
 
@@ -346,8 +354,7 @@ impl Service {
     /// Whether the Service accepts traffic from outside the cluster network: it has a
     /// NodePort, external IPs or load-balancer IPs (upstream's `ExternallyAccessible`).
     pub fn externally_accessible(&self) -> bool {
-        matches!(self.kind, ServiceType::NodePort | ServiceType::LoadBalancer)
-            || !self.external_ips.is_empty()
+        matches!(self.kind, ServiceType::NodePort | ServiceType::LoadBalancer) || !self.external_ips.is_empty()
     }
 }
 

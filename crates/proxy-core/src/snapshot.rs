@@ -123,11 +123,8 @@ impl Snapshot {
         self.canonical_slice(&mut slice);
         let id = slice.id.clone();
         let owner = slice.service.clone();
-        let unchanged = self
-            .slices
-            .get(&owner)
-            .and_then(|by_name| by_name.get(&id.name))
-            .is_some_and(|old| **old == slice);
+        let unchanged =
+            self.slices.get(&owner).and_then(|by_name| by_name.get(&id.name)).is_some_and(|old| **old == slice);
         if unchanged {
             return false;
         }

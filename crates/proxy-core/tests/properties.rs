@@ -259,7 +259,10 @@ fn a_failed_partial_sync_is_followed_by_a_full_one() {
     let mut syncer = Syncer::new(ModelBackend::default());
     let plan = engine.plan();
     syncer.sync(&plan, engine.desired()).unwrap();
-    apply_op(&mut engine, &Op::Service { svc: 0, ip: 0, ports: vec![(0, false)], local_policy: (false, false), node_port: false });
+    apply_op(
+        &mut engine,
+        &Op::Service { svc: 0, ip: 0, ports: vec![(0, false)], local_policy: (false, false), node_port: false },
+    );
     let plan = engine.plan();
     assert!(!plan.full);
     syncer.backend_mut().fail_next = 1;
@@ -280,7 +283,16 @@ fn a_failed_partial_sync_is_followed_by_a_full_one() {
 fn plans_touch_only_changed_services() {
     let mut engine = Engine::new(upstream_node());
     for svc in 0..4 {
-        apply_op(&mut engine, &Op::Service { svc, ip: svc, ports: vec![(0, false), (1, true)], local_policy: (false, false), node_port: false });
+        apply_op(
+            &mut engine,
+            &Op::Service {
+                svc,
+                ip: svc,
+                ports: vec![(0, false), (1, true)],
+                local_policy: (false, false),
+                node_port: false,
+            },
+        );
     }
     engine.plan();
     apply_op(&mut engine, &Op::Slice { svc: 2, n: 0, endpoints: vec![(1, true, false, false)], ports: vec![(0, 1)] });

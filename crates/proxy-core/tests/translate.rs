@@ -23,7 +23,10 @@ fn service_parts_are_dropped_alone() {
         (
             "port 0 and port 70000 are dropped, the good port stays",
             "spec: {clusterIP: 10.96.0.1, ports: [{name: a, port: 0}, {name: b, port: 70000}, {name: c, port: 80}]}",
-            vec![("spec.ports[0].port", Error::PortOutOfRange(0)), ("spec.ports[1].port", Error::PortOutOfRange(70000))],
+            vec![
+                ("spec.ports[0].port", Error::PortOutOfRange(0)),
+                ("spec.ports[1].port", Error::PortOutOfRange(70000)),
+            ],
         ),
         (
             "unknown protocol",
@@ -33,7 +36,10 @@ fn service_parts_are_dropped_alone() {
         (
             "duplicate name and duplicate number",
             "spec: {clusterIP: 10.96.0.1, ports: [{name: a, port: 80}, {name: a, port: 81}, {name: b, port: 80}, {name: c, port: 82}]}",
-            vec![("spec.ports[1]", Error::DuplicatePort(String::new())), ("spec.ports[2]", Error::DuplicatePort(String::new()))],
+            vec![
+                ("spec.ports[1]", Error::DuplicatePort(String::new())),
+                ("spec.ports[2]", Error::DuplicatePort(String::new())),
+            ],
         ),
         (
             "bad external IP",
@@ -81,8 +87,9 @@ fn service_parts_are_dropped_alone() {
 
 #[test]
 fn problems_name_the_object_and_field() {
-    let svc: core::Service =
-        from_yaml("metadata: {namespace: shop, name: cart}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 0}, {port: 80}]}");
+    let svc: core::Service = from_yaml(
+        "metadata: {namespace: shop, name: cart}\nspec: {clusterIP: 10.96.0.1, ports: [{port: 0}, {port: 80}]}",
+    );
     let t = translate::service(&svc).unwrap();
     assert_eq!(t.problems[0].to_string(), "Service shop/cart: spec.ports[0].port: port 0 is outside 1-65535");
 }
@@ -170,7 +177,10 @@ endpoints:
     );
     let t = translate::endpoint_slice(&slice).unwrap();
     let fields: Vec<&str> = t.problems.iter().map(|p| p.field.as_str()).collect();
-    assert_eq!(fields, ["ports[1].port", "endpoints[1].addresses", "endpoints[2].addresses[0]", "endpoints[3].addresses[0]"]);
+    assert_eq!(
+        fields,
+        ["ports[1].port", "endpoints[1].addresses", "endpoints[2].addresses[0]", "endpoints[3].addresses[0]"]
+    );
     let s = t.value;
     assert_eq!(s.service.to_string(), "ns/web");
     assert_eq!(s.ports.len(), 2);

@@ -24,7 +24,13 @@ fn cluster_ip_general() {
         "ns2",
         "svc2",
         1,
-        &[("http", 80, "TCP"), ("https", 8443, "TCP"), ("dns-udp", 53, "UDP"), ("dns-tcp", 5353, "TCP"), ("dns-sctp", 53, "SCTP")],
+        &[
+            ("http", 80, "TCP"),
+            ("https", 8443, "TCP"),
+            ("dns-udp", 53, "UDP"),
+            ("dns-tcp", 5353, "TCP"),
+            ("dns-sctp", 53, "SCTP"),
+        ],
         &[ep("10.180.0.1").local(), ep("10.180.2.1").node("node2")],
     ));
     let flow = |name, proto, dst, port, output| Flow { name, src: "10.180.0.2", proto, dst, port, output, masq: false };
@@ -35,9 +41,27 @@ fn cluster_ip_general() {
             tcp("hairpin to cluster IP", "10.180.0.1", "172.30.0.41", 80, "10.180.0.1:80", true),
             flow("clusterIP with multiple endpoints", Protocol::Tcp, "172.30.0.42", 80, "10.180.0.1:80, 10.180.2.1:80"),
             flow("clusterIP with TargetPort", Protocol::Tcp, "172.30.0.42", 443, "10.180.0.1:8443, 10.180.2.1:8443"),
-            flow("TCP, UDP and SCTP on the same port (TCP)", Protocol::Tcp, "172.30.0.42", 53, "10.180.0.1:5353, 10.180.2.1:5353"),
-            flow("TCP, UDP and SCTP on the same port (UDP)", Protocol::Udp, "172.30.0.42", 53, "10.180.0.1:53, 10.180.2.1:53"),
-            flow("TCP, UDP and SCTP on the same port (SCTP)", Protocol::Sctp, "172.30.0.42", 53, "10.180.0.1:53, 10.180.2.1:53"),
+            flow(
+                "TCP, UDP and SCTP on the same port (TCP)",
+                Protocol::Tcp,
+                "172.30.0.42",
+                53,
+                "10.180.0.1:5353, 10.180.2.1:5353",
+            ),
+            flow(
+                "TCP, UDP and SCTP on the same port (UDP)",
+                Protocol::Udp,
+                "172.30.0.42",
+                53,
+                "10.180.0.1:53, 10.180.2.1:53",
+            ),
+            flow(
+                "TCP, UDP and SCTP on the same port (SCTP)",
+                Protocol::Sctp,
+                "172.30.0.42",
+                53,
+                "10.180.0.1:53, 10.180.2.1:53",
+            ),
             flow("TCP-only port does not match UDP traffic", Protocol::Udp, "172.30.0.42", 80, "REJECT"),
             flow("svc1 does not accept svc2's ports", Protocol::Tcp, "172.30.0.41", 443, "REJECT"),
             flow("packet to unallocated cluster ip", Protocol::Tcp, "172.30.0.50", 80, "DROP"),
@@ -118,6 +142,9 @@ fn load_balancer_ingress_ip_mode_proxy_is_not_programmed() {
         ));
         c.add_slice(slice("ns1", "svc1", 1, &[("p80", 80, "TCP")], &[ep("10.180.0.1")]));
         let masq = !output.is_empty();
-        run_flows(c.sync(), &[Flow { name, src: "203.0.113.2", proto: Protocol::Tcp, dst: lb_ip, port: 80, output, masq }]);
+        run_flows(
+            c.sync(),
+            &[Flow { name, src: "203.0.113.2", proto: Protocol::Tcp, dst: lb_ip, port: 80, output, masq }],
+        );
     }
 }

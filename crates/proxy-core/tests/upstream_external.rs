@@ -169,9 +169,23 @@ fn external_traffic_policy_local() {
             tcp("pod to external IP hits both endpoints, unmasqueraded", "10.0.0.2", "192.168.99.11", 80, both, false),
             tcp("external to external IP hits only local endpoint", "203.0.113.2", "192.168.99.11", 80, local, false),
             tcp("pod to LB IP hits both endpoints, unmasqueraded", "10.0.0.2", "1.2.3.4", 80, both, false),
-            tcp("external to LB IP hits only local endpoint, unmasqueraded", "203.0.113.2", "1.2.3.4", 80, local, false),
+            tcp(
+                "external to LB IP hits only local endpoint, unmasqueraded",
+                "203.0.113.2",
+                "1.2.3.4",
+                80,
+                local,
+                false,
+            ),
             tcp("pod to NodePort hits both endpoints, unmasqueraded", "10.0.0.2", NODE_IP, 3001, both, false),
-            tcp("external to NodePort hits only local endpoint, unmasqueraded", "203.0.113.2", NODE_IP, 3001, local, false),
+            tcp(
+                "external to NodePort hits only local endpoint, unmasqueraded",
+                "203.0.113.2",
+                NODE_IP,
+                3001,
+                local,
+                false,
+            ),
         ],
     );
     let health = desired.health_checks();
@@ -188,7 +202,14 @@ fn external_traffic_policy_cluster() {
         &[
             tcp("pod to cluster IP hits both endpoints, unmasqueraded", "10.0.0.2", "172.30.0.41", 80, both, false),
             tcp("pod to external IP hits both endpoints, masqueraded", "10.0.0.2", "192.168.99.11", 80, both, true),
-            tcp("external to external IP hits both endpoints, masqueraded", "203.0.113.2", "192.168.99.11", 80, both, true),
+            tcp(
+                "external to external IP hits both endpoints, masqueraded",
+                "203.0.113.2",
+                "192.168.99.11",
+                80,
+                both,
+                true,
+            ),
             tcp("pod to LB IP hits both endpoints, masqueraded", "10.0.0.2", "1.2.3.4", 80, both, true),
             tcp("external to LB IP hits both endpoints, masqueraded", "203.0.113.2", "1.2.3.4", 80, both, true),
             tcp("pod to NodePort hits both endpoints, masqueraded", "10.0.0.2", NODE_IP, 3001, both, true),

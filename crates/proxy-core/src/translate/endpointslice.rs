@@ -6,8 +6,8 @@ use std::sync::Arc;
 use k8s_openapi::api::discovery::v1 as k8s;
 
 use super::{
-    Ignored, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, Problems, Rejected, Translated,
-    object_ref, port_number,
+    Ignored, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, Problems, Rejected, Translated, object_ref,
+    port_number,
 };
 use crate::error::{Error, ObjectKind};
 use crate::ip::parse_ip_sloppy;
@@ -94,10 +94,18 @@ pub fn endpoint_slice(slice: &k8s::EndpointSlice) -> Result<Translated<EndpointS
         let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
         let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
         let hints = ep.hints.as_ref();
-        let zone_hints: BTreeSet<Arc<str>> =
-            hints.and_then(|h| h.for_zones.as_ref()).into_iter().flatten().map(|z| Arc::from(z.name.as_str())).collect();
-        let node_hints: BTreeSet<Arc<str>> =
-            hints.and_then(|h| h.for_nodes.as_ref()).into_iter().flatten().map(|n| Arc::from(n.name.as_str())).collect();
+        let zone_hints: BTreeSet<Arc<str>> = hints
+            .and_then(|h| h.for_zones.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|z| Arc::from(z.name.as_str()))
+            .collect();
+        let node_hints: BTreeSet<Arc<str>> = hints
+            .and_then(|h| h.for_nodes.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|n| Arc::from(n.name.as_str()))
+            .collect();
         endpoints.push(Endpoint {
             ip,
             ready,

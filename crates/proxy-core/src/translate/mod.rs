@@ -71,13 +71,7 @@ impl Problems {
     }
 
     fn problem(&self, field: impl Into<String>, error: Error, object_skipped: bool) -> Problem {
-        Problem {
-            kind: self.kind,
-            object: self.object.clone(),
-            field: field.into(),
-            error,
-            object_skipped,
-        }
+        Problem { kind: self.kind, object: self.object.clone(), field: field.into(), error, object_skipped }
     }
 
     /// Records a dropped part.

@@ -18,7 +18,8 @@ pub fn node(node: &k8s::Node) -> Result<Translated<Node>, Rejected> {
     if name.is_empty() {
         return Err(problems.reject("metadata.name", Error::MissingField));
     }
-    let zone = node.metadata.labels.as_ref().and_then(|l| l.get(LABEL_TOPOLOGY_ZONE)).filter(|z| !z.is_empty()).cloned();
+    let zone =
+        node.metadata.labels.as_ref().and_then(|l| l.get(LABEL_TOPOLOGY_ZONE)).filter(|z| !z.is_empty()).cloned();
 
     let mut addresses = Vec::new();
     let statuses = node.status.as_ref().and_then(|s| s.addresses.as_deref()).unwrap_or_default();

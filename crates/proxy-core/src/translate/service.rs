@@ -10,8 +10,8 @@ use super::{Ignored, LABEL_SERVICE_PROXY_NAME, Problems, Rejected, Translated, o
 use crate::error::{Error, ObjectKind};
 use crate::ip::{parse_cidr_sloppy, parse_ip_sloppy};
 use crate::model::{
-    DEFAULT_AFFINITY_TIMEOUT_SECONDS, IpFamily, IpMode, LoadBalancerIngress, Protocol, Service,
-    ServicePort, ServiceType, TargetPort, TrafficDistribution, TrafficPolicy,
+    DEFAULT_AFFINITY_TIMEOUT_SECONDS, IpFamily, IpMode, LoadBalancerIngress, Protocol, Service, ServicePort,
+    ServiceType, TargetPort, TrafficDistribution, TrafficPolicy,
 };
 
 /// The largest ClientIP affinity timeout the API allows (one day).
@@ -49,8 +49,10 @@ pub fn service(svc: &k8s::Service) -> Result<Translated<Service>, Rejected> {
     let load_balancer_ingress = ingress(svc, &mut problems);
     let load_balancer_source_ranges = source_ranges(spec.load_balancer_source_ranges.as_deref(), &mut problems);
     let session_affinity = session_affinity(spec, &mut problems);
-    let external_traffic_policy = policy(spec.external_traffic_policy.as_deref(), "spec.externalTrafficPolicy", &mut problems);
-    let internal_traffic_policy = policy(spec.internal_traffic_policy.as_deref(), "spec.internalTrafficPolicy", &mut problems);
+    let external_traffic_policy =
+        policy(spec.external_traffic_policy.as_deref(), "spec.externalTrafficPolicy", &mut problems);
+    let internal_traffic_policy =
+        policy(spec.internal_traffic_policy.as_deref(), "spec.internalTrafficPolicy", &mut problems);
     let traffic_distribution = spec.traffic_distribution.as_deref().map(|d| match d {
         "PreferClose" => TrafficDistribution::PreferClose,
         "PreferSameZone" => TrafficDistribution::PreferSameZone,

@@ -163,7 +163,13 @@ impl Ep {
 
 /// A slice named `<service>-<n>` in `ns`, of the family of its first endpoint (IPv4 if
 /// empty), with ports given as (name, port, protocol).
-pub fn slice(ns: &str, service: &str, n: u32, ports: &[(&str, i32, &str)], endpoints: &[Ep]) -> discovery::EndpointSlice {
+pub fn slice(
+    ns: &str,
+    service: &str,
+    n: u32,
+    ports: &[(&str, i32, &str)],
+    endpoints: &[Ep],
+) -> discovery::EndpointSlice {
     let family = match endpoints.first().map(|e| e.0.addresses[0].contains(':')) {
         Some(true) => "IPv6",
         _ => "IPv4",
@@ -252,7 +258,15 @@ pub fn run_flows(desired: &Desired, flows: &[Flow]) {
         if got.verdict != want || got.masquerade != f.masq {
             failures.push(format!(
                 "{}: {} -> {}:{}/{}: got {:?} masq={}, want {:?} masq={}",
-                f.name, f.src, f.dst, f.port, f.proto, got.verdict.to_string(), got.masquerade, f.output, f.masq
+                f.name,
+                f.src,
+                f.dst,
+                f.port,
+                f.proto,
+                got.verdict.to_string(),
+                got.masquerade,
+                f.output,
+                f.masq
             ));
         }
     }
