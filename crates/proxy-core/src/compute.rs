@@ -18,21 +18,17 @@ pub fn compute(snapshot: &Snapshot, node: &NodeContext) -> Desired {
     let mut desired = Desired::empty(node.family(IpFamily::V4), node.family(IpFamily::V6));
     let local_node = snapshot.shared_name(&node.node_name);
     let contexts = IpFamily::ALL.map(|family| desired.family(family).context.clone());
-    let mut ports: [Vec<(ServicePortName, Arc<ServicePortRules>)>; 2] = Default::default();
+    let mut ports: [Vec<ServicePortRules>; 2] = Default::default();
+    let mut scratch = Vec::new();
     for (svc, slices) in snapshot.services_with_slices() {
         for context in &contexts {
-            let out = &mut ports[context.family.index()];
-            out.extend(
-                service_ports(svc, slices, local_node, node, context)
-                    .into_iter()
-                    .map(|r| (r.name.clone(), Arc::new(r))),
-            );
+            service_ports(svc, slices, local_node, node, context, &mut scratch, &mut ports[context.family.index()]);
         }
     }
     // Services come in name order and each one's ports are sorted, so the entries arrive
     // sorted and each map is bulk-built rather than inserted into one by one.
     for (family, ports) in IpFamily::ALL.into_iter().zip(ports) {
-        desired.family_mut(family).service_ports = ports.into_iter().collect();
+        desired.family_mut(family).service_ports = ports.into_iter().map(|r| (r.name.clone(), Arc::new(r))).collect();
     }
     desired
 }
@@ -45,19 +41,25 @@ pub fn compute_service(
     node: &NodeContext,
     context: &FamilyContext,
 ) -> Vec<ServicePortRules> {
-    service_ports(svc, snapshot.slices(&svc.id), snapshot.shared_name(&node.node_name), node, context)
+    let mut out = Vec::new();
+    let local_node = snapshot.shared_name(&node.node_name);
+    service_ports(svc, snapshot.slices(&svc.id), local_node, node, context, &mut Vec::new(), &mut out);
+    out
 }
 
-/// The rules of one Service's ports in one family, sorted by port name and protocol.
-fn service_ports(
+/// Appends the rules of one Service's ports in one family to `out`, sorted by port name
+/// and protocol. `scratch` is a reusable buffer for endpoint candidates.
+fn service_ports<'a>(
     svc: &Service,
-    slices: Option<&Slices>,
+    slices: Option<&'a Slices>,
     local_node: Option<&Arc<str>>,
     node: &NodeContext,
     context: &FamilyContext,
-) -> Vec<ServicePortRules> {
+    scratch: &mut Vec<Candidate<'a>>,
+    out: &mut Vec<ServicePortRules>,
+) {
     let family = context.family;
-    let Some(cluster_ip) = svc.cluster_ip(family) else { return Vec::new() };
+    let Some(cluster_ip) = svc.cluster_ip(family) else { return };
     let of_family =
         |ips: &[IpAddr]| -> Vec<IpAddr> { ips.iter().copied().filter(|ip| IpFamily::of(ip) == family).collect() };
     let external_ips = of_family(&svc.external_ips);
@@ -74,42 +76,39 @@ fn service_ports(
     let external_policy_local = svc.externally_accessible() && svc.external_traffic_policy == TrafficPolicy::Local;
     let internal_policy_local = svc.internal_traffic_policy == TrafficPolicy::Local;
 
-    let mut out: Vec<ServicePortRules> = svc
-        .ports
-        .iter()
-        .map(|port| {
-            let candidates = candidates(slices, port, family, local_node);
-            let accessible = port.node_port.is_some() || !external_ips.is_empty() || !lb_ips.is_empty();
-            let uses = Uses {
-                cluster: !internal_policy_local || accessible,
-                local: internal_policy_local || (external_policy_local && accessible),
-            };
-            let cat = categorize(&candidates, uses, &node.node_name, node.zone.as_deref());
-            let mut local_ready: Vec<IpAddr> =
-                candidates.iter().filter(|c| c.local && c.endpoint.ready).map(|c| c.endpoint.ip).collect();
-            local_ready.sort_unstable();
-            local_ready.dedup();
-            ServicePortRules {
-                name: ServicePortName { service: svc.id.clone(), port: port.name.clone(), protocol: port.protocol },
-                cluster_ip,
-                port: port.port,
-                node_port: port.node_port,
-                external_ips: external_ips.clone(),
-                load_balancer_ips: lb_ips.clone(),
-                firewall: firewall.clone(),
-                affinity_timeout: svc.session_affinity,
-                internal_policy_local,
-                external_policy_local,
-                has_endpoints: cat.has_any,
-                cluster_endpoints: cat.cluster,
-                local_endpoints: cat.local,
-                health_check_node_port: svc.health_check_node_port.filter(|_| external_policy_local),
-                local_ready,
-            }
-        })
-        .collect();
-    out.sort_unstable_by(|a, b| a.name.cmp(&b.name));
-    out
+    let first = out.len();
+    for port in &svc.ports {
+        candidates(slices, port, family, local_node, scratch);
+        let candidates = &scratch[..];
+        let accessible = port.node_port.is_some() || !external_ips.is_empty() || !lb_ips.is_empty();
+        let uses = Uses {
+            cluster: !internal_policy_local || accessible,
+            local: internal_policy_local || (external_policy_local && accessible),
+        };
+        let cat = categorize(candidates, uses, &node.node_name, node.zone.as_deref());
+        let mut local_ready: Vec<IpAddr> =
+            candidates.iter().filter(|c| c.local && c.endpoint.ready).map(|c| c.endpoint.ip).collect();
+        local_ready.sort_unstable();
+        local_ready.dedup();
+        out.push(ServicePortRules {
+            name: ServicePortName { service: svc.id.clone(), port: port.name.clone(), protocol: port.protocol },
+            cluster_ip,
+            port: port.port,
+            node_port: port.node_port,
+            external_ips: external_ips.clone(),
+            load_balancer_ips: lb_ips.clone(),
+            firewall: firewall.clone(),
+            affinity_timeout: svc.session_affinity,
+            internal_policy_local,
+            external_policy_local,
+            has_endpoints: cat.has_any,
+            cluster_endpoints: cat.cluster,
+            local_endpoints: cat.local,
+            health_check_node_port: svc.health_check_node_port.filter(|_| external_policy_local),
+            local_ready,
+        });
+    }
+    out[first..].sort_unstable_by(|a, b| a.name.cmp(&b.name));
 }
 
 /// The allowed sources of a source-range firewall. When a range contains the node's
@@ -134,8 +133,9 @@ fn candidates<'a>(
     port: &ServicePort,
     family: IpFamily,
     local_node: Option<&Arc<str>>,
-) -> Vec<Candidate<'a>> {
-    let mut out: Vec<Candidate<'a>> = Vec::new();
+    out: &mut Vec<Candidate<'a>>,
+) {
+    out.clear();
     for slice in slices.into_iter().flat_map(|s| s.values()).filter(|s| s.family == family) {
         let Some(ep_port) = slice.ports.iter().find(|p| p.name == port.name && p.protocol == port.protocol) else {
             continue;
@@ -149,7 +149,7 @@ fn candidates<'a>(
     if out.len() > 1 && !out.windows(2).all(|w| key(&w[0]) < key(&w[1])) {
         out.sort_by_key(key);
         let mut deduped: Vec<Candidate<'a>> = Vec::with_capacity(out.len());
-        for c in out {
+        for c in out.drain(..) {
             match deduped.last_mut() {
                 Some(last) if key(last) == key(&c) => {
                     if !c.endpoint.terminating {
@@ -159,9 +159,8 @@ fn candidates<'a>(
                 _ => deduped.push(c),
             }
         }
-        out = deduped;
+        *out = deduped;
     }
-    out
 }
 
 fn key(c: &Candidate<'_>) -> (IpAddr, u16) {

@@ -150,36 +150,42 @@ pub fn diff(applied: &Desired, desired: &Desired) -> Changes {
         if a.context != d.context {
             out.context = Some(d.context.clone());
         }
-        diff_ports(a, d, out);
+        out.service_ports = diff_ports(a, d).collect();
     }
     changes
 }
 
-/// Merge-walks two name-ordered maps: O(n) with a pointer-equality fast path.
-fn diff_ports(applied: &FamilyRules, desired: &FamilyRules, out: &mut FamilyChanges) {
+/// Merge-walks two name-ordered maps: O(n) with a pointer-equality fast path. The changes
+/// come out in name order, so collecting them bulk-builds the map.
+fn diff_ports<'a>(
+    applied: &'a FamilyRules,
+    desired: &'a FamilyRules,
+) -> impl Iterator<Item = (ServicePortName, Change)> + 'a {
     let mut a = applied.service_ports.iter().peekable();
     let mut d = desired.service_ports.iter().peekable();
-    loop {
-        let (name, old, new) = match (a.peek(), d.peek()) {
-            (None, None) => break,
-            (Some((name, old)), None) => (*name, Some(*old), None),
-            (None, Some((name, new))) => (*name, None, Some(*new)),
-            (Some((an, old)), Some((dn, new))) => match an.cmp(dn) {
-                std::cmp::Ordering::Less => (*an, Some(*old), None),
-                std::cmp::Ordering::Greater => (*dn, None, Some(*new)),
-                std::cmp::Ordering::Equal => (*an, Some(*old), Some(*new)),
-            },
-        };
-        if old.is_some() {
-            a.next();
+    std::iter::from_fn(move || {
+        loop {
+            let (name, old, new) = match (a.peek(), d.peek()) {
+                (None, None) => return None,
+                (Some((name, old)), None) => (*name, Some(*old), None),
+                (None, Some((name, new))) => (*name, None, Some(*new)),
+                (Some((an, old)), Some((dn, new))) => match an.cmp(dn) {
+                    std::cmp::Ordering::Less => (*an, Some(*old), None),
+                    std::cmp::Ordering::Greater => (*dn, None, Some(*new)),
+                    std::cmp::Ordering::Equal => (*an, Some(*old), Some(*new)),
+                },
+            };
+            if old.is_some() {
+                a.next();
+            }
+            if new.is_some() {
+                d.next();
+            }
+            if let Some(change) = Change::between(old, new) {
+                return Some((name.clone(), change));
+            }
         }
-        if new.is_some() {
-            d.next();
-        }
-        if let Some(change) = Change::between(old, new) {
-            out.service_ports.insert(name.clone(), change);
-        }
-    }
+    })
 }
 
 impl Desired {
