@@ -1,0 +1,297 @@
+//! [`NftBackend`]: proxy-core's [`Backend`] over nftables.
+//!
+//! A full sync replaces each family's table atomically: `add table`, `delete table`,
+//! then everything, in one batch with both families. A partial sync touches only the
+//! changed service ports. It diffs their rendered objects against an in-memory record of
+//! what was committed, so it never lists the kernel. The record is updated only after the
+//! kernel accepted the batch, so a failed batch leaves both the kernel and the record as
+//! they were.
+
+use std::collections::{BTreeMap, HashMap};
+
+use proxy_core::{Backend, Changes, Desired, IpFamily, ServicePortName, SyncStats};
+
+use crate::error::Error;
+use crate::netlink::{self, socket::Socket};
+use crate::render::{self, PortObjects, Slots};
+use crate::ruleset::{Key, Verdict};
+use crate::tx::{Op, Transaction};
+
+/// The default table name.
+pub const DEFAULT_TABLE: &str = "kproxy";
+
+/// What was committed for one family.
+#[derive(Debug, Default)]
+struct Committed {
+    /// Objects of each service port, as last committed.
+    ports: HashMap<ServicePortName, PortObjects>,
+    /// Which service port owns each shared element (the first to claim it).
+    owners: HashMap<(&'static str, Key), ServicePortName>,
+}
+
+#[derive(Debug, Default)]
+struct FamilyState {
+    slots: Slots,
+    committed: Option<Committed>,
+}
+
+/// The nftables backend.
+pub struct NftBackend {
+    table: String,
+    socket: Option<Socket>,
+    families: [FamilyState; 2],
+    generation: Option<u32>,
+    last_transaction_bytes: usize,
+}
+
+impl NftBackend {
+    /// A backend writing to table `table` (in families `ip` and `ip6`).
+    pub fn new(table: &str) -> NftBackend {
+        NftBackend {
+            table: table.to_string(),
+            socket: None,
+            families: Default::default(),
+            generation: None,
+            last_transaction_bytes: 0,
+        }
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The ruleset generation after our last successful transaction.
+    pub fn generation(&self) -> Option<u32> {
+        self.generation
+    }
+
+    /// The size in bytes of the last transaction sent.
+    pub fn last_transaction_bytes(&self) -> usize {
+        self.last_transaction_bytes
+    }
+
+    fn socket(&mut self) -> Result<&mut Socket, Error> {
+        if self.socket.is_none() {
+            self.socket = Some(Socket::open().map_err(Error::Socket)?);
+        }
+        Ok(self.socket.as_mut().expect("just opened"))
+    }
+
+    /// Sends the transactions as one batch.
+    fn commit(&mut self, txs: &[Transaction]) -> Result<usize, Error> {
+        let ops: usize = txs.iter().map(|t| t.ops.len()).sum();
+        if ops == 0 {
+            return Ok(0);
+        }
+        let encoded = netlink::encode(txs);
+        self.last_transaction_bytes = encoded.bytes;
+        let outcome = self.socket()?.send(&encoded).map_err(Error::Socket)?;
+        if let Some(first) = outcome.errors.first() {
+            let failed = encoded.seqs.iter().find(|(seq, _)| *seq == first.seq).map(|(_, op)| *op);
+            let op = failed.and_then(|i| op_at(txs, i)).unwrap_or_else(|| "(unknown message)".into());
+            return Err(Error::Transaction { errno: first.errno, op, errors: outcome.errors.len() });
+        }
+        self.generation = Some(outcome.generation);
+        Ok(encoded.messages)
+    }
+
+    /// Renders the full rule set of every family as nft text (`kproxy plan`).
+    pub fn plan(&mut self, desired: &Desired) -> String {
+        let mut out = String::new();
+        for rules in desired.families() {
+            let state = &mut self.families[rules.context.family.index()];
+            let ruleset = render::family(&rules.context, &rules.service_ports, &mut state.slots);
+            out.push_str(&crate::text::table(rules.context.family, &self.table, &ruleset));
+        }
+        out
+    }
+}
+
+/// The `nft` command of the operation at a global index over several transactions.
+fn op_at(txs: &[Transaction], mut i: usize) -> Option<String> {
+    for tx in txs {
+        if i < tx.ops.len() {
+            let single = Transaction { family: tx.family, table: tx.table.clone(), ops: vec![tx.ops[i].clone()] };
+            return Some(single.to_string().lines().next().unwrap_or_default().to_string());
+        }
+        i -= tx.ops.len();
+    }
+    None
+}
+
+impl Backend for NftBackend {
+    type Error = Error;
+
+    fn sync_full(&mut self, desired: &Desired) -> Result<SyncStats, Error> {
+        let mut txs = Vec::new();
+        let mut records = Vec::new();
+        for rules in desired.families() {
+            let family = rules.context.family;
+            let state = &mut self.families[family.index()];
+            let mut committed = Committed::default();
+            let mut ruleset = render::skeleton(&rules.context);
+            for r in rules.service_ports.values() {
+                let objects = render::service_port(r, &rules.context, &mut state.slots);
+                for key in objects.elements.keys() {
+                    committed.owners.entry(*key).or_insert_with(|| r.name.clone());
+                }
+                render::merge(&mut ruleset, objects.clone());
+                committed.ports.insert(r.name.clone(), objects);
+            }
+            state.slots.retain(|chain| ruleset.chains.contains_key(chain));
+            txs.push(Transaction::replace(family, &self.table, &ruleset));
+            records.push((family, committed));
+        }
+        let operations = self.commit(&txs)?;
+        for (family, committed) in records {
+            self.families[family.index()].committed = Some(committed);
+        }
+        Ok(SyncStats { full: true, operations })
+    }
+
+    fn sync_partial(&mut self, changes: &Changes, desired: &Desired) -> Result<SyncStats, Error> {
+        if IpFamily::ALL
+            .iter()
+            .any(|f| changes.family(*f).context.is_some() || self.families[f.index()].committed.is_none())
+        {
+            return self.sync_full(desired);
+        }
+        let mut txs = Vec::new();
+        let mut updates = Vec::new();
+        for family in IpFamily::ALL {
+            let fc = changes.family(family);
+            if fc.service_ports.is_empty() {
+                continue;
+            }
+            let ctx = desired.family(family).context.clone();
+            let state = &mut self.families[family.index()];
+            let committed = state.committed.as_ref().expect("checked above");
+            let mut plan = PortPlan::default();
+            let mut new_objects = Vec::new();
+            for (name, change) in &fc.service_ports {
+                let new = change.new_rules().map(|r| render::service_port(r, &ctx, &mut state.slots));
+                plan.port(name, committed.ports.get(name), new.as_ref(), &committed.owners);
+                new_objects.push((name.clone(), new));
+            }
+            let mut tx = Transaction::new(family, &self.table);
+            let (claimed, released) = plan.emit(&mut tx);
+            txs.push(tx);
+            updates.push((family, new_objects, claimed, released));
+        }
+        let operations = self.commit(&txs)?;
+        for (family, new_objects, claimed, released) in updates {
+            let committed = self.families[family.index()].committed.as_mut().expect("checked above");
+            for key in released {
+                committed.owners.remove(&key);
+            }
+            for (key, owner) in claimed {
+                committed.owners.insert(key, owner);
+            }
+            for (name, objects) in new_objects {
+                match objects {
+                    Some(o) => committed.ports.insert(name, o),
+                    None => committed.ports.remove(&name),
+                };
+            }
+        }
+        Ok(SyncStats { full: false, operations })
+    }
+
+    fn cleanup(&mut self) -> Result<(), Error> {
+        for family in IpFamily::ALL {
+            // `add` then `delete`: removes the table whether or not it exists.
+            let mut tx = Transaction::new(family, &self.table);
+            tx.push(Op::AddTable);
+            tx.push(Op::DeleteTable);
+            self.commit(&[tx])?;
+            self.families[family.index()] = FamilyState::default();
+        }
+        Ok(())
+    }
+}
+
+/// The operations of a partial sync, bucketed so they can be emitted in an order the
+/// kernel accepts: new objects before references to them, references removed before the
+/// objects they point to.
+#[derive(Default)]
+struct PortPlan {
+    add_sets: Vec<Op>,
+    add_chains: Vec<Op>,
+    rewrite: Vec<Op>,
+    delete_elements: BTreeMap<&'static str, Vec<Key>>,
+    add_elements: BTreeMap<&'static str, Vec<(Key, Option<Verdict>)>>,
+    flush_removed: Vec<Op>,
+    delete_chains: Vec<Op>,
+    delete_sets: Vec<Op>,
+    claimed: Vec<((&'static str, Key), ServicePortName)>,
+    released: Vec<(&'static str, Key)>,
+}
+
+impl PortPlan {
+    fn port(
+        &mut self,
+        name: &ServicePortName,
+        old: Option<&PortObjects>,
+        new: Option<&PortObjects>,
+        owners: &HashMap<(&'static str, Key), ServicePortName>,
+    ) {
+        let empty = PortObjects::default();
+        let (old, new) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
+        for (set_name, set) in &new.sets {
+            if !old.sets.contains_key(set_name) {
+                self.add_sets.push(Op::AddSet(set_name.clone(), set.clone()));
+            }
+        }
+        for (chain_name, chain) in &new.chains {
+            match old.chains.get(chain_name) {
+                None => self.add_chains.push(Op::AddChain(chain_name.clone(), chain.base)),
+                Some(old_chain) if old_chain == chain => continue,
+                Some(_) => self.rewrite.push(Op::FlushChain(chain_name.clone())),
+            }
+            for rule in &chain.rules {
+                self.rewrite.push(Op::AddRule(chain_name.clone(), rule.clone()));
+            }
+        }
+        let owned_by_us = |key: &(&'static str, Key)| owners.get(key).is_none_or(|o| o == name);
+        for (key, verdict) in &old.elements {
+            if new.elements.get(key) != Some(verdict) && owners.get(key) == Some(name) {
+                self.delete_elements.entry(key.0).or_default().push(key.1);
+                self.released.push(*key);
+            }
+        }
+        for (key, verdict) in &new.elements {
+            let changed = old.elements.get(key) != Some(verdict);
+            if changed && owned_by_us(key) {
+                self.add_elements.entry(key.0).or_default().push((key.1, verdict.clone()));
+                self.claimed.push((*key, name.clone()));
+            }
+        }
+        for chain_name in old.chains.keys().filter(|c| !new.chains.contains_key(*c)) {
+            self.flush_removed.push(Op::FlushChain(chain_name.clone()));
+            self.delete_chains.push(Op::DeleteChain(chain_name.clone()));
+        }
+        for set_name in old.sets.keys().filter(|s| !new.sets.contains_key(*s)) {
+            self.delete_sets.push(Op::DeleteSet(set_name.clone()));
+        }
+    }
+
+    /// Appends the operations; returns the element ownership changes to record once
+    /// the transaction is committed.
+    #[allow(clippy::type_complexity)]
+    fn emit(self, tx: &mut Transaction) -> (Vec<((&'static str, Key), ServicePortName)>, Vec<(&'static str, Key)>) {
+        tx.ops.extend(self.add_sets);
+        tx.ops.extend(self.add_chains);
+        tx.ops.extend(self.rewrite);
+        for (set, keys) in self.delete_elements {
+            tx.push(Op::DeleteElements(set.to_string(), keys));
+        }
+        for (set, elements) in self.add_elements {
+            tx.push(Op::AddElements(set.to_string(), elements));
+        }
+        tx.ops.extend(self.flush_removed);
+        tx.ops.extend(self.delete_chains);
+        tx.ops.extend(self.delete_sets);
+        (self.claimed, self.released)
+    }
+}

@@ -1,0 +1,28 @@
+//! # nft-backend
+//!
+//! kproxy's nftables backend. It renders proxy-core's [`Desired`](proxy_core::Desired)
+//! rules into one table per IP family (default name `kproxy`) and writes them to the
+//! kernel over netlink, one atomic transaction per sync.
+//!
+//! | module | what it does |
+//! |---|---|
+//! | [`ruleset`] | the objects: chains, rules from a closed vocabulary, sets and maps |
+//! | [`names`] | upstream's chain names (`service-HASH-ns/svc/proto/port`, …) |
+//! | [`render`] | `Desired` → `Ruleset` (pure), with the shared load-balancing map |
+//! | [`text`] | `Ruleset` → nft syntax (`kproxy plan`, golden tests) |
+//! | [`tx`] | a transaction: the operations of one sync, as data |
+//! | [`netlink`] | transactions → one netlink batch, sent in one `sendmsg` |
+//! | [`NftBackend`] | proxy-core's `Backend`: full and partial syncs, committed-state record |
+#![deny(missing_docs)]
+
+mod backend;
+mod error;
+pub mod names;
+pub mod netlink;
+pub mod render;
+pub mod ruleset;
+pub mod text;
+pub mod tx;
+
+pub use backend::{DEFAULT_TABLE, NftBackend};
+pub use error::Error;

@@ -1,0 +1,208 @@
+//! Sending a batch and reading its outcome.
+//!
+//! The whole batch goes out in one `sendmsg` whose iovec holds every page: the kernel
+//! treats each `sendmsg` as its own batch, so sending page by page would split one
+//! transaction into several (and the first, lacking its END, would be aborted). Right
+//! behind it goes a `GETGEN` request. Replies arrive in order, so once the generation
+//! reply is in, every error the batch produced has been read; the generation id it carries
+//! is what drift detection compares later.
+
+use std::io;
+use std::os::fd::AsRawFd;
+
+use nftnl::nftnl_sys as sys;
+
+use super::Encoded;
+
+/// `NFNL_SUBSYS_NFTABLES`.
+const SUBSYS_NFTABLES: u16 = 10;
+/// `NFTA_GEN_ID`.
+const NFTA_GEN_ID: u16 = 1;
+
+/// A netfilter netlink socket in the current network namespace.
+pub struct Socket {
+    sock: mnl::Socket,
+    seq: u32,
+}
+
+/// One failed message of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MessageError {
+    /// The message's sequence number.
+    pub seq: u32,
+    /// The errno the kernel reported.
+    pub errno: i32,
+}
+
+/// The outcome of sending a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// Failed messages; empty when the batch was committed.
+    pub errors: Vec<MessageError>,
+    /// The ruleset generation after the batch.
+    pub generation: u32,
+}
+
+impl Socket {
+    /// Opens a socket.
+    pub fn open() -> io::Result<Socket> {
+        let sock = mnl::Socket::new(mnl::Bus::Netfilter)?;
+        let socket = Socket { sock, seq: 0x4b50_0000 };
+        // The kernel answers within the sendmsg that carried the batch; a reply that does
+        // not come is a bug to report, not a reason to hang a node's sync loop.
+        let timeout = libc::timeval { tv_sec: 30, tv_usec: 0 };
+        // SAFETY: setsockopt with a timeval-sized value on our own fd.
+        unsafe {
+            libc::setsockopt(
+                socket.sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&timeout as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            );
+        }
+        Ok(socket)
+    }
+
+    fn setsockopt(&self, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
+        // SAFETY: plain setsockopt on our own fd with an int-sized value.
+        let rc = unsafe {
+            libc::setsockopt(
+                self.sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                option,
+                (&value as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+    }
+
+    /// Raises the socket buffers to `bytes`: with `SO_*BUFFORCE` where we may (root in the
+    /// initial user namespace), else as far as `net.core.[rw]mem_max` allows.
+    fn size_buffers(&self, send: usize, recv: usize) {
+        let clamp = |n: usize| n.min(i32::MAX as usize / 2) as libc::c_int;
+        if self.setsockopt(libc::SO_SNDBUFFORCE, clamp(send)).is_err() {
+            let _ = self.setsockopt(libc::SO_SNDBUF, clamp(send));
+        }
+        if self.setsockopt(libc::SO_RCVBUFFORCE, clamp(recv)).is_err() {
+            let _ = self.setsockopt(libc::SO_RCVBUF, clamp(recv));
+        }
+    }
+
+    /// Sends a batch and waits for its outcome.
+    pub fn send(&mut self, encoded: &Encoded) -> io::Result<Outcome> {
+        // Room for the batch plus the kernel's per-skb overhead; on the receive side, room
+        // for an error report per message in the worst case, within reason.
+        self.size_buffers(encoded.bytes + (1 << 16), (encoded.messages * 256).clamp(1 << 20, 64 << 20));
+        let pages: Vec<&[u8]> = encoded.batch.iter().collect();
+        let mut iov: Vec<libc::iovec> =
+            pages.iter().map(|p| libc::iovec { iov_base: p.as_ptr() as *mut _, iov_len: p.len() }).collect();
+        // SAFETY: a zeroed sockaddr_nl is valid; we set the family (pid 0 = the kernel).
+        let mut addr: libc::sockaddr_nl = unsafe { std::mem::zeroed() };
+        addr.nl_family = libc::AF_NETLINK as u16;
+        // SAFETY: a zeroed msghdr is valid; the pointers we set outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut addr as *mut libc::sockaddr_nl).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_nl>() as u32;
+        msg.msg_iov = iov.as_mut_ptr();
+        msg.msg_iovlen = iov.len();
+        // SAFETY: msg describes buffers that stay alive for the call.
+        let sent = unsafe { libc::sendmsg(self.sock.as_raw_fd(), &msg, 0) };
+        if sent < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let gen_seq = self.request_generation()?;
+        self.read_until_generation(gen_seq)
+    }
+
+    /// Reads the current ruleset generation.
+    pub fn generation(&mut self) -> io::Result<u32> {
+        let seq = self.request_generation()?;
+        let outcome = self.read_until_generation(seq)?;
+        Ok(outcome.generation)
+    }
+
+    fn request_generation(&mut self) -> io::Result<u32> {
+        self.seq = self.seq.wrapping_add(1);
+        let seq = self.seq;
+        let mut buf = vec![0u8; 64];
+        // SAFETY: the buffer holds a header plus the nfgenmsg nftnl appends.
+        let len = unsafe {
+            let nlh = sys::nftnl_nlmsg_build_hdr(
+                buf.as_mut_ptr().cast(),
+                libc::NFT_MSG_GETGEN as u16,
+                libc::AF_UNSPEC as u16,
+                0,
+                seq,
+            );
+            (*nlh).nlmsg_len as usize
+        };
+        self.sock.send(&buf[..len])?;
+        Ok(seq)
+    }
+
+    fn read_until_generation(&mut self, gen_seq: u32) -> io::Result<Outcome> {
+        let mut errors = Vec::new();
+        // u64 storage keeps the buffer aligned for netlink headers.
+        let mut storage = vec![0u64; 1 << 16];
+        loop {
+            // SAFETY: reinterpreting the u64 buffer as bytes of the same length.
+            let buf = unsafe { std::slice::from_raw_parts_mut(storage.as_mut_ptr().cast::<u8>(), storage.len() * 8) };
+            let n = match self.sock.recv_raw(buf) {
+                Ok(n) => n,
+                // Too many error reports to buffer: the batch failed; keep reading.
+                Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
+                    errors.push(MessageError { seq: 0, errno: libc::ENOBUFS });
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut off = 0;
+            while off + std::mem::size_of::<libc::nlmsghdr>() <= n {
+                // SAFETY: bounds checked above; read_unaligned tolerates any offset.
+                let hdr: libc::nlmsghdr = unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
+                let len = hdr.nlmsg_len as usize;
+                if len < std::mem::size_of::<libc::nlmsghdr>() || off + len > n {
+                    break;
+                }
+                let body = &buf[off + std::mem::size_of::<libc::nlmsghdr>()..off + len];
+                if std::env::var_os("KPROXY_NETLINK_DEBUG").is_some() {
+                    eprintln!("netlink reply: type {:#x} seq {} len {len}", hdr.nlmsg_type, hdr.nlmsg_seq);
+                }
+                if hdr.nlmsg_type == libc::NLMSG_ERROR as u16 && body.len() >= 4 {
+                    let code = i32::from_ne_bytes(body[..4].try_into().unwrap());
+                    if code != 0 {
+                        if hdr.nlmsg_seq == gen_seq {
+                            return Err(io::Error::from_raw_os_error(-code));
+                        }
+                        errors.push(MessageError { seq: hdr.nlmsg_seq, errno: -code });
+                    }
+                } else if hdr.nlmsg_seq == gen_seq
+                    && hdr.nlmsg_type == (SUBSYS_NFTABLES << 8) | libc::NFT_MSG_NEWGEN as u16
+                {
+                    let generation = parse_generation(body).unwrap_or(0);
+                    return Ok(Outcome { errors, generation });
+                }
+                off += (len + 3) & !3;
+            }
+        }
+    }
+}
+
+/// The `NFTA_GEN_ID` attribute after the 4-byte `nfgenmsg`.
+fn parse_generation(body: &[u8]) -> Option<u32> {
+    let mut attrs = body.get(4..)?;
+    while attrs.len() >= 4 {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if kind == NFTA_GEN_ID && len >= 8 {
+            return Some(u32::from_be_bytes(attrs[4..8].try_into().ok()?));
+        }
+        attrs = attrs.get((len + 3) & !3..)?;
+    }
+    None
+}

@@ -1,0 +1,146 @@
+//! A transaction: the list of operations one sync sends, as plain data.
+//!
+//! Building a transaction cannot fail; [`crate::netlink`] turns it into one netlink batch.
+//! Its `Display` is the same operations as `nft` commands, for logs and `kproxy plan`.
+
+use std::fmt;
+
+use proxy_core::IpFamily;
+
+use crate::ruleset::{BaseChain, ChainType, Key, Rule, Ruleset, Set, Verdict, nft_family};
+use crate::text;
+
+/// One operation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// `add table` (a no-op if it exists).
+    AddTable,
+    /// `delete table`.
+    DeleteTable,
+    /// `add chain` (a no-op if it exists with the same definition).
+    AddChain(String, Option<BaseChain>),
+    /// `flush chain`: delete every rule of the chain.
+    FlushChain(String),
+    /// `delete chain`.
+    DeleteChain(String),
+    /// `add rule`: append to the chain.
+    AddRule(String, Rule),
+    /// `add set` / `add map` (a no-op if it exists with the same definition).
+    AddSet(String, Set),
+    /// `flush set`: delete every element.
+    FlushSet(String),
+    /// `delete set`.
+    DeleteSet(String),
+    /// `add element`.
+    AddElements(String, Vec<(Key, Option<Verdict>)>),
+    /// `delete element`.
+    DeleteElements(String, Vec<Key>),
+}
+
+/// The operations of one sync on one table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transaction {
+    /// The table's family.
+    pub family: IpFamily,
+    /// The table's name.
+    pub table: String,
+    /// The operations, in order.
+    pub ops: Vec<Op>,
+}
+
+impl Transaction {
+    /// An empty transaction.
+    pub fn new(family: IpFamily, table: &str) -> Transaction {
+        Transaction { family, table: table.to_string(), ops: Vec::new() }
+    }
+
+    /// Appends an operation.
+    pub fn push(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+
+    /// Whether there is nothing to do.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Appends the creation of a whole ruleset into an empty table: sets, then chains,
+    /// then rules and elements (which refer to both).
+    pub fn create_all(&mut self, ruleset: &Ruleset) {
+        for (name, set) in &ruleset.sets {
+            let definition = Set { elements: Default::default(), ..set.clone() };
+            self.push(Op::AddSet(name.clone(), definition));
+        }
+        for (name, chain) in &ruleset.chains {
+            self.push(Op::AddChain(name.clone(), chain.base));
+        }
+        for (name, chain) in &ruleset.chains {
+            for rule in &chain.rules {
+                self.push(Op::AddRule(name.clone(), rule.clone()));
+            }
+        }
+        for (name, set) in &ruleset.sets {
+            if !set.elements.is_empty() {
+                self.push(Op::AddElements(name.clone(), set.elements.iter().map(|(k, v)| (*k, v.clone())).collect()));
+            }
+        }
+    }
+
+    /// A transaction that atomically replaces the table with `ruleset`: the table is
+    /// created if missing, deleted, and created again with everything in it.
+    pub fn replace(family: IpFamily, table: &str, ruleset: &Ruleset) -> Transaction {
+        let mut tx = Transaction::new(family, table);
+        tx.push(Op::AddTable);
+        tx.push(Op::DeleteTable);
+        tx.push(Op::AddTable);
+        tx.create_all(ruleset);
+        tx
+    }
+}
+
+impl fmt::Display for Transaction {
+    /// The operations as `nft` commands, one per line.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let t = format!("{} {}", nft_family(self.family), self.table);
+        for op in &self.ops {
+            match op {
+                Op::AddTable => writeln!(f, "add table {t} {{ comment \"rules for kproxy\" ; }}")?,
+                Op::DeleteTable => writeln!(f, "delete table {t}")?,
+                Op::AddChain(name, None) => writeln!(f, "add chain {t} {name}")?,
+                Op::AddChain(name, Some(b)) => {
+                    let kind = match b.kind {
+                        ChainType::Filter => "filter",
+                        ChainType::Nat => "nat",
+                    };
+                    let hook = format!("{:?}", b.hook).to_lowercase();
+                    writeln!(f, "add chain {t} {name} {{ type {kind} hook {hook} priority {} ; }}", b.priority)?
+                }
+                Op::FlushChain(name) => writeln!(f, "flush chain {t} {name}")?,
+                Op::DeleteChain(name) => writeln!(f, "delete chain {t} {name}")?,
+                Op::AddRule(chain, rule) => writeln!(f, "add rule {t} {chain} {}", text::rule(self.family, rule))?,
+                Op::AddSet(name, set) => {
+                    let kind = if set.map { "map" } else { "set" };
+                    writeln!(f, "add {kind} {t} {name}")?
+                }
+                Op::FlushSet(name) => writeln!(f, "flush set {t} {name}")?,
+                Op::DeleteSet(name) => writeln!(f, "delete set {t} {name}")?,
+                Op::AddElements(set, elements) => {
+                    for (k, v) in elements {
+                        match v {
+                            Some(v) => {
+                                writeln!(f, "add element {t} {set} {{ {} : {} }}", text::key(k), text::verdict(v))?
+                            }
+                            None => writeln!(f, "add element {t} {set} {{ {} }}", text::key(k))?,
+                        }
+                    }
+                }
+                Op::DeleteElements(set, keys) => {
+                    for k in keys {
+                        writeln!(f, "delete element {t} {set} {{ {} }}", text::key(k))?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
