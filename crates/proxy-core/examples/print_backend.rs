@@ -61,6 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         ingest::slice_applied(&s)
                     }
                     Ok(Object::Node(n)) => ingest::node_applied(&n),
+                    Ok(Object::ServiceCidr(_)) => continue,
                     Err(e) => {
                         eprintln!("{}: {e}", file.display());
                         continue;

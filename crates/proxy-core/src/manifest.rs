@@ -20,6 +20,8 @@ pub enum Object {
     EndpointSlice(Box<discovery::EndpointSlice>),
     /// A Node.
     Node(Box<core::Node>),
+    /// A `networking.k8s.io/v1` ServiceCIDR: a range ClusterIPs are allocated from.
+    ServiceCidr(Box<k8s_openapi::api::networking::v1::ServiceCIDR>),
 }
 
 /// A manifest entry that could not be used.
@@ -105,6 +107,7 @@ fn object(document: usize, item: Option<usize>, value: Value) -> Option<Result<O
         }
         Some("EndpointSlice") => return Some(Err(fail(Error::UnknownValue(format!("apiVersion {api_version}"))))),
         Some("Node") => serde_json::from_value(value).map(|n| Object::Node(Box::new(n))),
+        Some("ServiceCIDR") => serde_json::from_value(value).map(|c| Object::ServiceCidr(Box::new(c))),
         Some(_) => return None,
         None => return Some(Err(fail(Error::MissingField))),
     };
@@ -145,6 +148,7 @@ metadata: {name: kindless}
                 Ok(Object::Service(s)) => format!("Service {}", s.metadata.name.as_deref().unwrap()),
                 Ok(Object::EndpointSlice(s)) => format!("EndpointSlice {}", s.metadata.name.as_deref().unwrap()),
                 Ok(Object::Node(n)) => format!("Node {}", n.metadata.name.as_deref().unwrap()),
+                Ok(Object::ServiceCidr(c)) => format!("ServiceCIDR {}", c.metadata.name.as_deref().unwrap()),
                 Err(e) => format!("error {}", e.to_string().split(':').next().unwrap()),
             })
             .collect();

@@ -62,6 +62,7 @@ pub fn engine(node: NodeContext, yaml: &str) -> Engine {
             Object::Service(s) => ingest::service_applied(&s),
             Object::EndpointSlice(s) => ingest::slice_applied(&s),
             Object::Node(n) => ingest::node_applied(&n),
+            Object::ServiceCidr(_) => continue,
         };
         assert!(ingested.problems.is_empty(), "{:?}", ingested.problems);
         engine.apply(ingested.event);

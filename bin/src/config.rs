@@ -1,0 +1,315 @@
+//! kube-proxy's configuration: the node flags and the `--config` file
+//! (`KubeProxyConfiguration`, `kubeproxy.config.k8s.io/v1alpha1`).
+//!
+//! Flags override the file, as in kube-proxy. Unknown or invalid fields in the file are
+//! errors naming the field; fields kube-proxy has but kproxy does not act on (iptables,
+//! IPVS, Windows, logging options) are accepted and ignored.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::Args;
+use serde::Deserialize;
+use serde_yaml_ng::Value;
+
+/// The node flags every subcommand that computes rules takes (`run`, `sync`, `plan`,
+/// `trace`). Names and defaults follow kube-proxy.
+#[derive(Args, Debug, Clone, Default)]
+pub struct NodeFlags {
+    /// A KubeProxyConfiguration file; flags given on the command line override it.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The name of this node (default: the host name).
+    #[arg(long)]
+    pub hostname_override: Option<String>,
+    /// The cluster's pod CIDRs (comma-separated, one per family), for local-traffic
+    /// detection in ClusterCIDR mode.
+    #[arg(long, value_delimiter = ',')]
+    pub cluster_cidr: Vec<String>,
+    /// CIDRs (comma-separated) whose node addresses accept NodePorts, or `primary` (the
+    /// default): the node's primary IP of each family.
+    #[arg(long, value_delimiter = ',')]
+    pub nodeport_addresses: Vec<String>,
+    /// Masquerade all traffic sent to ClusterIPs.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub masquerade_all: Option<bool>,
+    /// How to tell pod traffic: ClusterCIDR, NodeCIDR, BridgeInterface or
+    /// InterfaceNamePrefix.
+    #[arg(long)]
+    pub detect_local_mode: Option<String>,
+    /// The pod bridge, with --detect-local-mode=BridgeInterface.
+    #[arg(long)]
+    pub pod_bridge_interface: Option<String>,
+    /// The pod interface name prefix, with --detect-local-mode=InterfaceNamePrefix.
+    #[arg(long)]
+    pub pod_interface_name_prefix: Option<String>,
+    /// The proxy mode: nftables (default) or ipvs.
+    #[arg(long)]
+    pub proxy_mode: Option<String>,
+    /// The nftables table kproxy owns (in families ip and ip6).
+    #[arg(long, default_value = nft_backend::DEFAULT_TABLE)]
+    pub table: String,
+    /// Log verbosity, as kube-proxy's `-v`.
+    #[arg(short = 'v', long = "v", default_value_t = 0)]
+    pub verbosity: u8,
+}
+
+/// How pod traffic is recognised.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DetectLocal {
+    /// By `--cluster-cidr`.
+    ClusterCidr,
+    /// By the Node's `spec.podCIDRs`.
+    NodeCidr,
+    /// By arrival on this bridge.
+    BridgeInterface(String),
+    /// By arrival on interfaces with this prefix.
+    InterfaceNamePrefix(String),
+}
+
+/// The effective configuration: file, then flags.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub hostname_override: Option<String>,
+    pub cluster_cidrs: Vec<ipnet::IpNet>,
+    /// `None` means `primary`.
+    pub nodeport_cidrs: Option<Vec<ipnet::IpNet>>,
+    pub masquerade_all: bool,
+    pub detect_local: DetectLocal,
+    pub proxy_mode: String,
+    pub table: String,
+}
+
+/// The subset of `KubeProxyConfiguration` kproxy reads, with every other known field
+/// accepted as opaque (declared only so that `deny_unknown_fields` lets them through).
+#[derive(Deserialize, Default)]
+#[allow(dead_code)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct File {
+    api_version: Option<String>,
+    kind: Option<String>,
+    hostname_override: Option<String>,
+    #[serde(rename = "clusterCIDR")]
+    cluster_cidr: Option<String>,
+    node_port_addresses: Option<Vec<String>>,
+    masquerade_all: Option<bool>,
+    detect_local_mode: Option<String>,
+    detect_local: Option<FileDetectLocal>,
+    mode: Option<String>,
+    healthz_bind_address: Option<String>,
+    metrics_bind_address: Option<String>,
+    sync_period: Option<String>,
+    min_sync_period: Option<String>,
+    nftables: Option<FileNftables>,
+    // Known to kube-proxy, not acted on by kproxy.
+    bind_address: Option<Value>,
+    bind_address_hard_fail: Option<Value>,
+    client_connection: Option<Value>,
+    config_sync_period: Option<Value>,
+    conntrack: Option<Value>,
+    enable_profiling: Option<Value>,
+    feature_gates: Option<Value>,
+    iptables: Option<Value>,
+    ipvs: Option<Value>,
+    linux: Option<Value>,
+    logging: Option<Value>,
+    oom_score_adj: Option<Value>,
+    port_range: Option<Value>,
+    show_hidden_metrics_for_version: Option<Value>,
+    windows: Option<Value>,
+    winkernel: Option<Value>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FileDetectLocal {
+    bridge_interface: Option<String>,
+    interface_name_prefix: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct FileNftables {
+    masquerade_all: Option<bool>,
+    masquerade_bit: Option<i32>,
+    sync_period: Option<String>,
+    min_sync_period: Option<String>,
+}
+
+/// Parses a Go duration (`1h0m0s`, `30s`, `500ms`).
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let s = s.trim();
+    if s == "0" {
+        return Ok(Duration::ZERO);
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    if rest.is_empty() {
+        bail!("empty duration");
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(rest.len());
+        let (number, tail) = rest.split_at(digits);
+        let number: f64 = number.parse().with_context(|| format!("invalid duration {s:?}"))?;
+        let unit_len = tail.find(|c: char| c.is_ascii_digit()).unwrap_or(tail.len());
+        let (unit, tail) = tail.split_at(unit_len);
+        let seconds = match unit {
+            "h" => 3600.0,
+            "m" => 60.0,
+            "s" => 1.0,
+            "ms" => 1e-3,
+            "us" | "µs" => 1e-6,
+            "ns" => 1e-9,
+            _ => bail!("invalid duration {s:?}: unknown unit {unit:?}"),
+        };
+        total += Duration::from_secs_f64(number * seconds);
+        rest = tail;
+    }
+    Ok(total)
+}
+
+fn parse_cidrs(values: &[String], what: &str) -> Result<Vec<ipnet::IpNet>> {
+    values
+        .iter()
+        .map(|v| v.trim())
+        .filter(|v| !v.is_empty())
+        .map(|v| proxy_core::ip::parse_cidr_sloppy(v).with_context(|| format!("{what}: invalid CIDR {v:?}")))
+        .collect()
+}
+
+impl NodeFlags {
+    /// The effective configuration.
+    pub fn resolve(&self) -> Result<Config> {
+        let file: File = match &self.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+                let file: File = serde_yaml_ng::from_str(&text)
+                    .with_context(|| format!("invalid config file {}", path.display()))?;
+                if let Some(kind) = file.kind.as_deref().filter(|k| *k != "KubeProxyConfiguration") {
+                    bail!("{}: kind is {kind:?}, expected KubeProxyConfiguration", path.display());
+                }
+                if let Some(v) = file.api_version.as_deref().filter(|v| *v != "kubeproxy.config.k8s.io/v1alpha1") {
+                    bail!("{}: apiVersion is {v:?}, expected kubeproxy.config.k8s.io/v1alpha1", path.display());
+                }
+                file
+            }
+            None => File::default(),
+        };
+        let nft = file.nftables.unwrap_or_default();
+        if let Some(bit) = nft.masquerade_bit
+            && bit != 14
+        {
+            bail!("nftables.masqueradeBit: kproxy uses bit 14 (0x4000), got {bit}");
+        }
+        let cluster_cidr: Vec<String> = if self.cluster_cidr.is_empty() {
+            file.cluster_cidr.iter().flat_map(|c| c.split(',')).map(str::to_string).collect()
+        } else {
+            self.cluster_cidr.clone()
+        };
+        let nodeport: Vec<String> = if self.nodeport_addresses.is_empty() {
+            file.node_port_addresses.unwrap_or_default()
+        } else {
+            self.nodeport_addresses.clone()
+        };
+        let nodeport_cidrs = if nodeport.is_empty() || nodeport.iter().any(|v| v == "primary") {
+            if nodeport.len() > 1 {
+                bail!("--nodeport-addresses: 'primary' cannot be combined with CIDRs");
+            }
+            None
+        } else {
+            Some(parse_cidrs(&nodeport, "--nodeport-addresses")?)
+        };
+        let mode = self.detect_local_mode.clone().or(file.detect_local_mode).unwrap_or_else(|| "ClusterCIDR".into());
+        let detect = file.detect_local.unwrap_or_default();
+        let detect_local = match mode.as_str() {
+            "ClusterCIDR" | "" => DetectLocal::ClusterCidr,
+            "NodeCIDR" => DetectLocal::NodeCidr,
+            "BridgeInterface" => DetectLocal::BridgeInterface(
+                self.pod_bridge_interface
+                    .clone()
+                    .or(detect.bridge_interface)
+                    .context("--detect-local-mode=BridgeInterface needs --pod-bridge-interface")?,
+            ),
+            "InterfaceNamePrefix" => DetectLocal::InterfaceNamePrefix(
+                self.pod_interface_name_prefix
+                    .clone()
+                    .or(detect.interface_name_prefix)
+                    .context("--detect-local-mode=InterfaceNamePrefix needs --pod-interface-name-prefix")?,
+            ),
+            other => bail!("--detect-local-mode: unknown mode {other:?}"),
+        };
+        let proxy_mode =
+            self.proxy_mode.clone().or(file.mode).filter(|m| !m.is_empty()).unwrap_or_else(|| "nftables".into());
+        if proxy_mode != "nftables" && proxy_mode != "ipvs" {
+            bail!("--proxy-mode: kproxy supports nftables and ipvs, not {proxy_mode:?}");
+        }
+        for (value, what) in [
+            (&nft.sync_period, "nftables.syncPeriod"),
+            (&nft.min_sync_period, "nftables.minSyncPeriod"),
+            (&file.sync_period, "syncPeriod"),
+            (&file.min_sync_period, "minSyncPeriod"),
+        ] {
+            if let Some(v) = value {
+                parse_duration(v).with_context(|| what.to_string())?;
+            }
+        }
+        Ok(Config {
+            hostname_override: self.hostname_override.clone().or(file.hostname_override).filter(|h| !h.is_empty()),
+            cluster_cidrs: parse_cidrs(&cluster_cidr, "--cluster-cidr")?,
+            nodeport_cidrs,
+            masquerade_all: self.masquerade_all.or(file.masquerade_all).or(nft.masquerade_all).unwrap_or(false),
+            detect_local,
+            proxy_mode,
+            table: self.table.clone(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1h0m0s").unwrap(), Duration::from_secs(3600));
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("1.5s").unwrap(), Duration::from_millis(1500));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(parse_duration("5 minutes").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    fn with_file(yaml: &str) -> Result<Config> {
+        let path = std::env::temp_dir().join(format!("kproxy-config-test-{}-{}.yaml", std::process::id(), yaml.len()));
+        std::fs::write(&path, yaml).unwrap();
+        let flags = NodeFlags { config: Some(path.clone()), table: "kproxy".into(), ..NodeFlags::default() };
+        let result = flags.resolve();
+        std::fs::remove_file(path).ok();
+        result
+    }
+
+    #[test]
+    fn config_file() {
+        let c = with_file(
+            "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nclusterCIDR: 10.244.0.0/16\n\
+             mode: nftables\nnodePortAddresses: [192.168.0.0/24]\nnftables: {masqueradeAll: true, syncPeriod: 1m0s}\n\
+             iptables: {masqueradeBit: 14}\nconntrack: {maxPerCore: 0}\n",
+        )
+        .unwrap();
+        assert_eq!(c.cluster_cidrs, ["10.244.0.0/16".parse::<ipnet::IpNet>().unwrap()]);
+        assert!(c.masquerade_all);
+        assert_eq!(c.nodeport_cidrs.unwrap().len(), 1);
+    }
+
+    #[test]
+    fn unknown_and_invalid_fields_name_the_field() {
+        let err = format!("{:#}", with_file("clusterCIDR: 10.0.0.0/8\nbogusField: 1\n").unwrap_err());
+        assert!(err.contains("bogusField"), "{err}");
+        let err = format!("{:#}", with_file("masqueradeAll: sometimes\n").unwrap_err());
+        assert!(err.contains("masqueradeAll"), "{err}");
+        let err = format!("{:#}", with_file("clusterCIDR: 10.0.0.0/88\n").unwrap_err());
+        assert!(err.contains("--cluster-cidr"), "{err}");
+    }
+}

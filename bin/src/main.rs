@@ -1,0 +1,153 @@
+//! `kproxy`: a drop-in replacement for kube-proxy, with kube-proxy's nftables-mode
+//! semantics.
+
+mod config;
+mod manifests;
+mod node;
+mod trace_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use nft_backend::NftBackend;
+use proxy_core::{Backend, IpFamily};
+
+use crate::config::NodeFlags;
+
+/// kproxy: Kubernetes Services on a node, with kube-proxy's nftables semantics.
+#[derive(Parser, Debug)]
+#[command(name = "kproxy", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Applies the rules for the Services, EndpointSlices and Node in the manifests to the
+    /// current network namespace, once, and exits.
+    Sync {
+        /// Manifest files or directories (YAML or JSON; multi-document and `kind: List`).
+        #[arg(long, num_args = 1.., required = true)]
+        manifests: Vec<PathBuf>,
+        #[command(flatten)]
+        node: NodeFlags,
+    },
+    /// Prints the nftables ruleset `sync` would write, without touching the kernel.
+    Plan {
+        /// Manifest files or directories.
+        #[arg(long, num_args = 1.., required = true)]
+        manifests: Vec<PathBuf>,
+        #[command(flatten)]
+        node: NodeFlags,
+    },
+    /// Says where a packet would go: its possible endpoints, or REJECT / DROP, and whether
+    /// it is masqueraded.
+    Trace(trace_cmd::TraceArgs),
+    /// Removes everything kproxy created (its nftables tables).
+    Cleanup {
+        /// Also remove upstream kube-proxy's nftables tables (`ip kube-proxy` and
+        /// `ip6 kube-proxy`), when migrating from it.
+        #[arg(long)]
+        include_kube_proxy: bool,
+        /// The nftables table kproxy owns.
+        #[arg(long, default_value = nft_backend::DEFAULT_TABLE)]
+        table: String,
+    },
+    /// Prints the version.
+    Version,
+}
+
+fn init_logging(verbosity: u8) {
+    let level = match verbosity {
+        0..=1 => "warn",
+        2..=3 => "info",
+        4..=5 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KPROXY_LOG").unwrap_or_else(|_| level.into());
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kproxy: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Sync { manifests, node } => sync(&manifests, &node),
+        Command::Plan { manifests, node } => plan(&manifests, &node),
+        Command::Trace(args) => trace_cmd::run(&args),
+        Command::Cleanup { include_kube_proxy, table } => cleanup(&table, include_kube_proxy),
+        Command::Version => {
+            println!("kproxy {}", env!("CARGO_PKG_VERSION"));
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Prints the problems found in the manifests, one per line, on standard error.
+fn report(problems: &[String]) {
+    for p in problems {
+        eprintln!("warning: skipped {p}");
+    }
+}
+
+fn sync(paths: &[PathBuf], flags: &NodeFlags) -> Result<ExitCode> {
+    init_logging(flags.verbosity);
+    let config = flags.resolve()?;
+    anyhow::ensure!(config.proxy_mode == "nftables", "kproxy sync supports --proxy-mode=nftables only for now");
+    let start = Instant::now();
+    let loaded = manifests::load(paths)?;
+    let mut problems = loaded.problems;
+    let engine = manifests::engine(&config, &loaded.objects, &mut problems)?;
+    report(&problems);
+    let desired = engine.desired();
+    let mut backend = NftBackend::new(&config.table);
+    let stats = backend.sync_full(desired).context("applying the rules")?;
+    let ports = |f: IpFamily| desired.family(f).service_ports.len();
+    println!(
+        "kproxy: synced {} service ports (IPv4 {}, IPv6 {}) for node {} into table {}: {} netlink messages, {} bytes, {:.1} ms; {} problem(s)",
+        desired.service_port_count(),
+        ports(IpFamily::V4),
+        ports(IpFamily::V6),
+        engine.node_context().node_name,
+        config.table,
+        stats.operations,
+        backend.last_transaction_bytes(),
+        start.elapsed().as_secs_f64() * 1e3,
+        problems.len(),
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn plan(paths: &[PathBuf], flags: &NodeFlags) -> Result<ExitCode> {
+    init_logging(flags.verbosity);
+    let config = flags.resolve()?;
+    let loaded = manifests::load(paths)?;
+    let mut problems = loaded.problems;
+    let engine = manifests::engine(&config, &loaded.objects, &mut problems)?;
+    report(&problems);
+    print!("{}", NftBackend::new(&config.table).plan(engine.desired()));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn cleanup(table: &str, include_kube_proxy: bool) -> Result<ExitCode> {
+    NftBackend::new(table).cleanup().with_context(|| format!("removing table {table}"))?;
+    println!("kproxy: removed tables ip {table} and ip6 {table}");
+    if include_kube_proxy {
+        NftBackend::new("kube-proxy").cleanup().context("removing kube-proxy's tables")?;
+        println!("kproxy: removed tables ip kube-proxy and ip6 kube-proxy");
+    }
+    Ok(ExitCode::SUCCESS)
+}
