@@ -1,0 +1,226 @@
+//! `kproxy sync` against real packets: a node namespace with two pods on a bridge and an
+//! external client, traffic sent with socat, answers checked for which pod replied and
+//! which source address it saw (masquerade or not).
+
+mod common;
+
+use common::*;
+
+const CLUSTER: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: kubernetes}
+spec: {cidrs: [10.96.0.0/16]}
+---
+apiVersion: v1
+kind: Service
+metadata: {namespace: default, name: web}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {namespace: default, name: dns}
+spec:
+  clusterIP: 10.96.0.53
+  ports: [{name: dns, port: 53, protocol: UDP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {namespace: default, name: np}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.20
+  ports: [{name: http, port: 80, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {namespace: default, name: empty}
+spec:
+  clusterIP: 10.96.0.99
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: List
+items:
+  - apiVersion: discovery.k8s.io/v1
+    kind: EndpointSlice
+    metadata: {namespace: default, name: web-1, labels: {kubernetes.io/service-name: web}}
+    addressType: IPv4
+    ports: [{name: http, port: 8080}]
+    endpoints:
+      - {addresses: [10.244.0.11], nodeName: node-a}
+      - {addresses: [10.244.0.12], nodeName: node-a}
+  - apiVersion: discovery.k8s.io/v1
+    kind: EndpointSlice
+    metadata: {namespace: default, name: dns-1, labels: {kubernetes.io/service-name: dns}}
+    addressType: IPv4
+    ports: [{name: dns, port: 5353, protocol: UDP}]
+    endpoints:
+      - {addresses: [10.244.0.11], nodeName: node-a}
+      - {addresses: [10.244.0.12], nodeName: node-a}
+  - apiVersion: discovery.k8s.io/v1
+    kind: EndpointSlice
+    metadata: {namespace: default, name: np-1, labels: {kubernetes.io/service-name: np}}
+    addressType: IPv4
+    ports: [{name: http, port: 8080}]
+    endpoints:
+      - {addresses: [10.244.0.11], nodeName: node-a}
+      - {addresses: [10.244.0.12], nodeName: node-a}
+"#;
+
+fn both() -> std::collections::BTreeSet<String> {
+    ["pod1", "pod2"].iter().map(|s| s.to_string()).collect()
+}
+
+fn peers(replies: &[Reply]) -> std::collections::BTreeSet<String> {
+    replies
+        .iter()
+        .filter_map(|r| match r {
+            Reply::From { peer, .. } => Some(peer.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn cluster_ips_node_ports_and_verdicts() {
+    in_sandbox("cluster_ips_node_ports_and_verdicts", || {
+        let node = Node::new();
+        let summary = node.sync(CLUSTER, &[]);
+        assert!(summary.contains("synced 4 service ports"), "{summary}");
+
+        // External client to a ClusterIP: both pods, masqueraded (off-cluster source).
+        let replies = requests(16, Some("client"), "10.96.0.10:80", false);
+        assert!(replies.iter().all(|r| matches!(r, Reply::From { .. })), "{replies:?}");
+        assert_eq!(pods(&replies), both());
+        assert_eq!(peers(&replies), [BRIDGE_IP.to_string()].into());
+
+        // A pod to the ClusterIP: the other pod sees the pod's own address; reaching itself
+        // (hairpin) is masqueraded.
+        let replies = requests(16, Some("pod1"), "10.96.0.10:80", false);
+        assert_eq!(pods(&replies), both(), "{replies:?}");
+        for r in &replies {
+            match r {
+                Reply::From { pod, peer } if pod == "pod2" => assert_eq!(peer, "10.244.0.11"),
+                Reply::From { pod, peer } if pod == "pod1" => assert_eq!(peer, BRIDGE_IP),
+                other => panic!("{other:?}"),
+            }
+        }
+
+        // The node itself to the ClusterIP (output hook).
+        assert_eq!(pods(&requests(12, None, "10.96.0.10:80", false)), both());
+
+        // UDP.
+        let replies = requests(16, Some("client"), "10.96.0.53:53", true);
+        assert_eq!(pods(&replies), both(), "{replies:?}");
+
+        // NodePort on the node's primary IP: both pods, masqueraded (Cluster policy).
+        let replies = requests(16, Some("client"), &format!("{NODE_IP}:30080"), false);
+        assert_eq!(pods(&replies), both(), "{replies:?}");
+        assert_eq!(peers(&replies), [BRIDGE_IP.to_string()].into());
+
+        // No endpoints: REJECT. A wrong port on a ClusterIP: REJECT. An unallocated IP in
+        // the service CIDR: DROP.
+        assert_eq!(request(Some("client"), "10.96.0.99:80", false, None), Reply::Refused);
+        assert_eq!(request(Some("client"), "10.96.0.10:81", false, None), Reply::Refused);
+        assert_eq!(request(Some("client"), "10.96.0.77:80", false, None), Reply::Timeout);
+    });
+}
+
+const LOCAL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {namespace: default, name: local}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.30
+  externalTrafficPolicy: Local
+  ports: [{name: http, port: 80, nodePort: 30030}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {namespace: default, name: local-1, labels: {kubernetes.io/service-name: local}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+  - {addresses: [10.244.0.11], nodeName: node-a}
+  - {addresses: [10.244.9.9], nodeName: node-b}
+"#;
+
+#[test]
+fn external_traffic_policy_local_keeps_the_source() {
+    in_sandbox("external_traffic_policy_local_keeps_the_source", || {
+        let node = Node::new();
+        node.sync(LOCAL, &[]);
+        // Only the local endpoint (the remote one is unreachable here, so any request sent
+        // there would time out), and the client's address is preserved.
+        let replies = requests(12, Some("client"), &format!("{NODE_IP}:30030"), false);
+        assert!(
+            replies.iter().all(|r| matches!(r, Reply::From { pod, peer } if pod == "pod1" && peer == CLIENT_IP)),
+            "{replies:?}"
+        );
+    });
+}
+
+const RANGES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {namespace: default, name: lb}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.40
+  loadBalancerSourceRanges: [10.200.0.2/32]
+  ports: [{name: http, port: 80, nodePort: 30040}]
+status: {loadBalancer: {ingress: [{ip: 192.0.2.10}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {namespace: default, name: lb-1, labels: {kubernetes.io/service-name: lb}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.244.0.12], nodeName: node-a}]
+"#;
+
+#[test]
+fn load_balancer_source_ranges() {
+    in_sandbox("load_balancer_source_ranges", || {
+        let node = Node::new();
+        node.sync(RANGES, &[]);
+        let allowed = request(Some("client"), "192.0.2.10:80", false, Some("10.200.0.2"));
+        assert!(matches!(&allowed, Reply::From { pod, .. } if pod == "pod2"), "{allowed:?}");
+        assert_eq!(request(Some("client"), "192.0.2.10:80", false, Some("10.200.0.3")), Reply::Timeout);
+        // NodePorts are not subject to the ranges.
+        let np = request(Some("client"), &format!("{NODE_IP}:30040"), false, Some("10.200.0.3"));
+        assert!(matches!(&np, Reply::From { .. }), "{np:?}");
+    });
+}
+
+#[test]
+fn resync_converges_and_removed_endpoints_never_answer() {
+    in_sandbox("resync_converges_and_removed_endpoints_never_answer", || {
+        let node = Node::new();
+        node.sync(CLUSTER, &[]);
+        assert_eq!(pods(&requests(12, Some("client"), "10.96.0.10:80", false)), both());
+
+        let only_pod2 = CLUSTER.replacen("      - {addresses: [10.244.0.11], nodeName: node-a}\n", "", 1);
+        node.sync(&only_pod2, &[]);
+        let replies = requests(16, Some("client"), "10.96.0.10:80", false);
+        assert!(replies.iter().all(|r| matches!(r, Reply::From { pod, .. } if pod == "pod2")), "{replies:?}");
+
+        // The Service gone: its ClusterIP is now unallocated within the service CIDR.
+        let without_web =
+            CLUSTER.replace("name: web}", "name: web, labels: {service.kubernetes.io/service-proxy-name: other}}");
+        node.sync(&without_web, &[]);
+        assert_eq!(request(Some("client"), "10.96.0.10:80", false, None), Reply::Timeout);
+
+        // A bad object is reported by file and name, and the rest still applies.
+        let broken = format!(
+            "{CLUSTER}\n---\napiVersion: v1\nkind: Service\nmetadata: {{namespace: default, name: bad}}\nspec: {{clusterIP: 10.96.0.300, ports: [{{port: 80}}]}}\n"
+        );
+        let out = node.sync(&broken, &[]);
+        assert!(out.contains("Service default/bad: spec.clusterIP: invalid IP address"), "{out}");
+        assert_eq!(pods(&requests(12, Some("client"), "10.96.0.10:80", false)), both());
+    });
+}
