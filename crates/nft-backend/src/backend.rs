@@ -171,6 +171,13 @@ impl Backend for NftBackend {
             let mut new_objects = Vec::new();
             for (name, change) in &fc.service_ports {
                 let new = change.new_rules().map(|r| render::service_port(r, &ctx, &mut state.slots));
+                if new.is_none()
+                    && let Some(old) = committed.ports.get(name)
+                {
+                    for chain in old.chains.keys() {
+                        state.slots.release(chain);
+                    }
+                }
                 plan.port(name, committed.ports.get(name), new.as_ref(), &committed.owners);
                 new_objects.push((name.clone(), new));
             }

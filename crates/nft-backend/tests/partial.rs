@@ -1,0 +1,179 @@
+//! Partial syncs against the kernel: each incremental change lands as a small transaction
+//! and leaves exactly the ruleset a full sync of the same state writes; a transaction the
+//! kernel rejects changes nothing.
+
+mod common;
+
+use common::*;
+use nft_backend::NftBackend;
+use nft_backend::netlink::{self, socket::Socket};
+use nft_backend::tx::{Op, Transaction};
+use proxy_core::{Backend, Event, IpFamily, ObjectRef, Syncer, ingest};
+
+fn list() -> String {
+    sh("nft list ruleset")
+}
+
+/// The listing with each table's sets and chains sorted: the kernel lists chains in
+/// creation order, so chains a partial sync added come last until the next full sync.
+fn normalized() -> String {
+    list()
+        .split("\ntable ")
+        .map(|table| {
+            let mut blocks: Vec<String> =
+                table.split("\n\n").map(|b| b.trim_end_matches(['\n', '}']).to_string()).collect();
+            let head = blocks.remove(0);
+            blocks.sort();
+            format!("{head}\n{}", blocks.join("\n"))
+        })
+        .collect::<Vec<_>>()
+        .join("\ntable ")
+}
+
+fn apply_yaml(engine: &mut proxy_core::Engine, yaml: &str) {
+    for object in proxy_core::manifest::parse(yaml) {
+        let ingested = match object.unwrap() {
+            proxy_core::manifest::Object::Service(s) => ingest::service_applied(&s),
+            proxy_core::manifest::Object::EndpointSlice(s) => ingest::slice_applied(&s),
+            _ => continue,
+        };
+        engine.apply(ingested.event);
+    }
+}
+
+#[test]
+fn partial_syncs_equal_full_syncs() {
+    in_netns("partial_syncs_equal_full_syncs", || {
+        let mut engine = engine(node(), include_str!("fixtures/cluster.yaml"));
+        let mut syncer = Syncer::new(NftBackend::new("kproxy"));
+        let plan = proxy_core::Plan { full: true, ..Default::default() };
+        syncer.sync(&plan, engine.desired()).expect("full sync");
+
+        let steps: Vec<(&str, Box<dyn Fn(&mut proxy_core::Engine)>)> = vec![
+            (
+                "endpoint added",
+                Box::new(|e| {
+                    apply_yaml(
+                        e,
+                        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {namespace: ns1, name: svc1-1, labels: {kubernetes.io/service-name: svc1}}\naddressType: IPv4\nports: [{name: p80, port: 80}]\nendpoints: [{addresses: [10.180.0.1]}, {addresses: [10.180.0.9]}, {addresses: [10.180.0.10]}]\n",
+                    )
+                }),
+            ),
+            (
+                "endpoint removed",
+                Box::new(|e| {
+                    apply_yaml(
+                        e,
+                        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {namespace: ns1, name: svc1-1, labels: {kubernetes.io/service-name: svc1}}\naddressType: IPv4\nports: [{name: p80, port: 80}]\nendpoints: [{addresses: [10.180.0.9]}, {addresses: [10.180.0.10]}]\n",
+                    )
+                }),
+            ),
+            (
+                "service added",
+                Box::new(|e| {
+                    apply_yaml(
+                        e,
+                        "apiVersion: v1\nkind: Service\nmetadata: {namespace: ns8, name: new}\nspec: {clusterIP: 172.30.0.48, type: NodePort, ports: [{name: p, port: 8080, nodePort: 3008}]}\n",
+                    )
+                }),
+            ),
+            (
+                "endpoints of the new service",
+                Box::new(|e| {
+                    apply_yaml(
+                        e,
+                        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {namespace: ns8, name: new-1, labels: {kubernetes.io/service-name: new}}\naddressType: IPv4\nports: [{name: p, port: 80}]\nendpoints: [{addresses: [10.180.8.1], nodeName: test-node}, {addresses: [10.180.8.2]}]\n",
+                    )
+                }),
+            ),
+            (
+                "policy flipped to Local",
+                Box::new(|e| {
+                    apply_yaml(
+                        e,
+                        "apiVersion: v1\nkind: Service\nmetadata: {namespace: ns8, name: new}\nspec: {clusterIP: 172.30.0.48, type: NodePort, externalTrafficPolicy: Local, ports: [{name: p, port: 8080, nodePort: 3008}]}\n",
+                    )
+                }),
+            ),
+            (
+                "affinity service loses its endpoints",
+                Box::new(|e| {
+                    e.apply(Event::SliceDeleted(ObjectRef::new("ns5", "svc5-1")));
+                }),
+            ),
+            (
+                "service removed",
+                Box::new(|e| {
+                    e.apply(Event::ServiceDeleted(ObjectRef::new("ns4", "svc4")));
+                }),
+            ),
+            (
+                "dual-stack service removed",
+                Box::new(|e| {
+                    e.apply(Event::ServiceDeleted(ObjectRef::new("ns7", "dual")));
+                }),
+            ),
+        ];
+        for (name, step) in steps {
+            step(&mut engine);
+            let plan = engine.plan();
+            assert!(!plan.full && !plan.changes.is_empty(), "{name}: expected a partial plan");
+            let stats = syncer.sync(&plan, engine.desired()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(!stats.full, "{name}");
+            let after_partial = normalized();
+            // A full sync by the same backend (same load-balancing slots) must write the same.
+            syncer.backend_mut().sync_full(engine.desired()).expect("full sync");
+            assert!(normalized() == after_partial, "{name}: partial sync left a different ruleset:\n{after_partial}");
+            eprintln!("{name}: {} operations", stats.operations);
+        }
+        assert!(!list().contains("svc4"), "the removed service left objects behind");
+        assert!(!list().contains("affinity-"), "affinity sets of a service without endpoints remain");
+        let _ = IpFamily::V4;
+    });
+}
+
+#[test]
+fn a_rejected_transaction_changes_nothing() {
+    in_netns("a_rejected_transaction_changes_nothing", || {
+        let desired = fixture();
+        let mut backend = NftBackend::new("kproxy");
+        backend.sync_full(&desired).expect("sync");
+        let before = list();
+
+        // A valid chain plus a rule jumping to a chain that does not exist.
+        let mut tx = Transaction::new(IpFamily::V4, "kproxy");
+        tx.push(Op::AddChain("new-chain".into(), None));
+        tx.push(Op::AddElements(
+            "cluster-ips".into(),
+            vec![(nft_backend::ruleset::Key::Addr("172.30.9.9".parse().unwrap()), None)],
+        ));
+        tx.push(Op::AddRule(
+            "new-chain".into(),
+            nft_backend::ruleset::Rule::always(nft_backend::ruleset::Action::Verdict(
+                nft_backend::ruleset::Verdict::Goto("no-such-chain".into()),
+            )),
+        ));
+        let outcome = Socket::open().unwrap().send(&netlink::encode(std::slice::from_ref(&tx))).unwrap();
+        assert!(!outcome.errors.is_empty(), "the kernel accepted a jump to a missing chain");
+        assert_eq!(list(), before, "a rejected transaction changed the ruleset");
+
+        // Through the backend: a partial sync that has to delete an element someone else
+        // already removed fails whole, says which operation failed, and leaves the kernel
+        // as it was; the next (full) sync repairs everything.
+        let mut engine = engine(node(), include_str!("fixtures/cluster.yaml"));
+        let mut syncer = Syncer::new(NftBackend::new("kproxy"));
+        syncer.sync(&proxy_core::Plan { full: true, ..Default::default() }, engine.desired()).unwrap();
+        sh("nft delete element ip kproxy service-ips '{ 172.30.0.41 . tcp . 80 }'");
+        let tampered = list();
+        engine.apply(Event::ServiceDeleted(ObjectRef::new("ns1", "svc1")));
+        let plan = engine.plan();
+        let err = syncer.sync(&plan, engine.desired()).expect_err("deleting a missing element must fail");
+        assert!(err.is_not_found(), "{err}");
+        assert!(err.to_string().contains("service-ips"), "{err}");
+        assert_eq!(list(), tampered, "a failed partial sync changed the ruleset");
+        assert!(syncer.needs_full());
+        let stats = syncer.sync(&engine.plan(), engine.desired()).expect("repair");
+        assert!(stats.full);
+        assert!(!list().contains("ns1/svc1"));
+    });
+}
