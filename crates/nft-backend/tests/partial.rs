@@ -49,7 +49,8 @@ fn partial_syncs_equal_full_syncs() {
         let plan = proxy_core::Plan { full: true, ..Default::default() };
         syncer.sync(&plan, engine.desired()).expect("full sync");
 
-        let steps: Vec<(&str, Box<dyn Fn(&mut proxy_core::Engine)>)> = vec![
+        type Step = (&'static str, Box<dyn Fn(&mut proxy_core::Engine)>);
+        let steps: Vec<Step> = vec![
             (
                 "endpoint added",
                 Box::new(|e| {
@@ -128,7 +129,6 @@ fn partial_syncs_equal_full_syncs() {
         }
         assert!(!list().contains("svc4"), "the removed service left objects behind");
         assert!(!list().contains("affinity-"), "affinity sets of a service without endpoints remain");
-        let _ = IpFamily::V4;
     });
 }
 
