@@ -79,6 +79,10 @@ pub struct Config {
     pub detect_local: DetectLocal,
     pub proxy_mode: String,
     pub table: String,
+    /// How often the daemon runs a full resync.
+    pub sync_period: Duration,
+    /// The shortest time between two syncs.
+    pub min_sync_period: Duration,
 }
 
 /// The subset of `KubeProxyConfiguration` kproxy reads, with every other known field
@@ -245,16 +249,12 @@ impl NodeFlags {
         if proxy_mode != "nftables" && proxy_mode != "ipvs" {
             bail!("--proxy-mode: kproxy supports nftables and ipvs, not {proxy_mode:?}");
         }
-        for (value, what) in [
-            (&nft.sync_period, "nftables.syncPeriod"),
-            (&nft.min_sync_period, "nftables.minSyncPeriod"),
-            (&file.sync_period, "syncPeriod"),
-            (&file.min_sync_period, "minSyncPeriod"),
-        ] {
-            if let Some(v) = value {
-                parse_duration(v).with_context(|| what.to_string())?;
-            }
-        }
+        let duration = |v: Option<String>, default: Duration, what: &str| -> Result<Duration> {
+            v.map(|v| parse_duration(&v).with_context(|| what.to_string())).transpose().map(|d| d.unwrap_or(default))
+        };
+        let sync_period = duration(nft.sync_period.or(file.sync_period), Duration::from_secs(30), "syncPeriod")?;
+        let min_sync_period =
+            duration(nft.min_sync_period.or(file.min_sync_period), Duration::from_secs(1), "minSyncPeriod")?;
         Ok(Config {
             hostname_override: self.hostname_override.clone().or(file.hostname_override).filter(|h| !h.is_empty()),
             cluster_cidrs: parse_cidrs(&cluster_cidr, "--cluster-cidr")?,
@@ -263,6 +263,8 @@ impl NodeFlags {
             detect_local,
             proxy_mode,
             table: self.table.clone(),
+            sync_period,
+            min_sync_period,
         })
     }
 }
@@ -301,6 +303,7 @@ mod tests {
         assert_eq!(c.cluster_cidrs, ["10.244.0.0/16".parse::<ipnet::IpNet>().unwrap()]);
         assert!(c.masquerade_all);
         assert_eq!(c.nodeport_cidrs.unwrap().len(), 1);
+        assert_eq!(c.sync_period, Duration::from_secs(60));
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! semantics.
 
 mod config;
+mod daemon;
 mod manifests;
 mod node;
 mod trace_cmd;
@@ -27,6 +28,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Runs the node daemon: keeps the rules in step with a directory of manifests,
+    /// resyncs periodically and repairs foreign changes to its tables.
+    Run(daemon::RunArgs),
     /// Applies the rules for the Services, EndpointSlices and Node in the manifests to the
     /// current network namespace, once, and exits.
     Sync {
@@ -61,7 +65,7 @@ enum Command {
     Version,
 }
 
-fn init_logging(verbosity: u8) {
+pub(crate) fn init_logging(verbosity: u8) {
     let level = match verbosity {
         0..=1 => "warn",
         2..=3 => "info",
@@ -85,6 +89,7 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
+        Command::Run(args) => daemon::run(&args),
         Command::Sync { manifests, node } => sync(&manifests, &node),
         Command::Plan { manifests, node } => plan(&manifests, &node),
         Command::Trace(args) => trace_cmd::run(&args),
@@ -97,7 +102,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// Prints the problems found in the manifests, one per line, on standard error.
-fn report(problems: &[String]) {
+pub(crate) fn report(problems: &[String]) {
     for p in problems {
         eprintln!("warning: skipped {p}");
     }

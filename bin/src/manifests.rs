@@ -63,9 +63,8 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded> {
     Ok(loaded)
 }
 
-/// The engine holding the manifests' objects, planned once, with this node's context.
-/// Problems found while translating are appended to `problems`.
-pub fn engine(config: &Config, objects: &[Object], problems: &mut Vec<String>) -> Result<Engine> {
+/// This node's context from the configuration and the manifests' Node and ServiceCIDRs.
+pub fn context(config: &Config, objects: &[Object], problems: &mut Vec<String>) -> Result<proxy_core::NodeContext> {
     let name = node::node_name(config);
     let mut node_obj = None;
     let mut service_cidrs = Vec::new();
@@ -93,8 +92,13 @@ pub fn engine(config: &Config, objects: &[Object], problems: &mut Vec<String>) -
             _ => {}
         }
     }
-    let context = node::context(config, node_obj.as_ref(), service_cidrs)?;
-    let mut engine = Engine::new(context);
+    node::context(config, node_obj.as_ref(), service_cidrs)
+}
+
+/// The engine holding the manifests' objects, planned once, with this node's context.
+/// Problems found while translating are appended to `problems`.
+pub fn engine(config: &Config, objects: &[Object], problems: &mut Vec<String>) -> Result<Engine> {
+    let mut engine = Engine::new(context(config, objects, problems)?);
     for object in objects {
         let ingested = match object {
             Object::Service(s) => ingest::service_applied(s),

@@ -66,9 +66,21 @@ impl NftBackend {
         self.generation
     }
 
+    /// The netlink port id our transactions come from (see
+    /// [`Monitor`](crate::netlink::monitor::Monitor)), once a socket is open.
+    pub fn port_id(&self) -> Option<u32> {
+        self.socket.as_ref().map(Socket::port_id)
+    }
+
     /// The size in bytes of the last transaction sent.
     pub fn last_transaction_bytes(&self) -> usize {
         self.last_transaction_bytes
+    }
+
+    /// Opens the netlink socket now (instead of at the first sync) and returns its port
+    /// id, so a drift monitor can tell our changes from others' from the start.
+    pub fn connect(&mut self) -> Result<u32, Error> {
+        Ok(self.socket()?.port_id())
     }
 
     fn socket(&mut self) -> Result<&mut Socket, Error> {

@@ -8,6 +8,7 @@
 //! generation request queued behind it.
 
 mod expr;
+pub mod monitor;
 pub mod socket;
 
 use std::cell::Cell;

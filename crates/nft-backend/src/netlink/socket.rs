@@ -90,6 +90,12 @@ impl Socket {
         }
     }
 
+    /// The socket's netlink port id: the sender the kernel names in the change
+    /// notifications of our transactions.
+    pub fn port_id(&self) -> u32 {
+        self.sock.portid()
+    }
+
     /// Sends a batch and waits for its outcome.
     pub fn send(&mut self, encoded: &Encoded) -> io::Result<Outcome> {
         // Room for the batch plus the kernel's per-skb overhead; on the receive side, room
@@ -110,7 +116,20 @@ impl Socket {
         // SAFETY: msg describes buffers that stay alive for the call.
         let sent = unsafe { libc::sendmsg(self.sock.as_raw_fd(), &msg, 0) };
         if sent < 0 {
-            return Err(io::Error::last_os_error());
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EMSGSIZE) {
+                // Without CAP_NET_ADMIN in the initial user namespace the send buffer
+                // stops at net.core.wmem_max, and one batch cannot exceed it.
+                return Err(io::Error::new(
+                    err.kind(),
+                    format!(
+                        "a {} byte transaction exceeds this socket's send buffer (net.core.wmem_max); \
+                         run as root in the initial user namespace or raise net.core.wmem_max",
+                        encoded.bytes
+                    ),
+                ));
+            }
+            return Err(err);
         }
         let gen_seq = self.request_generation()?;
         self.read_until_generation(gen_seq)

@@ -20,8 +20,12 @@ pub fn in_netns(test: &str, body: impl FnOnce()) {
         return;
     }
     let exe = std::env::current_exe().expect("test binary");
+    // As root, a plain network namespace keeps CAP_NET_ADMIN over the initial user
+    // namespace, which large batches need (SO_SNDBUFFORCE); otherwise map ourselves to
+    // root in a new user namespace.
+    let flags = if nix_is_root() { "-n" } else { "-rn" };
     let out = Command::new("unshare")
-        .args(["-rn", "--"])
+        .args([flags, "--"])
         .arg(exe)
         .args(["--exact", test, "--nocapture", "--test-threads=1"])
         .env(IN_NETNS, "1")
@@ -33,6 +37,10 @@ pub fn in_netns(test: &str, body: impl FnOnce()) {
         out.status.success() && stdout.contains("1 passed"),
         "{test} failed in its network namespace:\n{stdout}\n{stderr}"
     );
+}
+
+fn nix_is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0\n"))
 }
 
 /// Runs a shell command (in the current namespace), returning stdout; panics on failure.

@@ -1,0 +1,92 @@
+//! Applies synthetic clusters to the kernel through `NftBackend` and times it: the bench
+//! behind `benches/nft.sh`, which runs it in a throwaway network namespace.
+//!
+//! `nft_sync SERVICES ENDPOINTS [CHANGES]` prints one `key=value` line:
+//! cold full sync, full resync of an existing table, one-endpoint-change and
+//! one-service-added partial syncs (median and p99 over CHANGES runs), transaction sizes,
+//! and peak RSS.
+
+use std::time::{Duration, Instant};
+
+use kproxy_benches::{engine, service, slices};
+use nft_backend::NftBackend;
+use proxy_core::{Backend, Event};
+
+fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    samples.sort_unstable();
+    samples[((samples.len() - 1) as f64 * p).round() as usize]
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.3}", d.as_secs_f64() * 1e3)
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn main() {
+    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("numbers")).collect();
+    let (services, endpoints) = (args[0], args[1]);
+    let changes = args.get(2).copied().unwrap_or(100);
+    let mut e = engine(services, endpoints);
+    let mut backend = NftBackend::new("kproxy-bench");
+
+    // Cold: the table does not exist yet. Time includes render, encode, send and commit.
+    let start = Instant::now();
+    let stats = backend.sync_full(e.desired()).expect("cold full sync");
+    let cold = start.elapsed();
+    let (cold_bytes, cold_messages) = (backend.last_transaction_bytes(), stats.operations);
+
+    let start = Instant::now();
+    backend.sync_full(e.desired()).expect("full resync");
+    let resync = start.elapsed();
+
+    let target = services / 2;
+    let mut endpoint_change = Vec::new();
+    let mut endpoint_change_bytes = 0;
+    for i in 0..changes {
+        for slice in slices(target, endpoints.max(2), (i % 2 == 0) as u32) {
+            e.apply(Event::SliceApplied(slice));
+        }
+        let start = Instant::now();
+        let plan = e.plan();
+        backend.sync_partial(&plan.changes, e.desired()).expect("partial sync");
+        endpoint_change.push(start.elapsed());
+        endpoint_change_bytes = backend.last_transaction_bytes();
+    }
+    let mut service_added = Vec::new();
+    for i in 0..changes {
+        let extra = service(services + 1);
+        if i % 2 == 0 {
+            e.apply(Event::ServiceApplied(extra));
+            for slice in slices(services + 1, 2, 0) {
+                e.apply(Event::SliceApplied(slice));
+            }
+        } else {
+            e.apply(Event::ServiceDeleted(extra.id));
+        }
+        let start = Instant::now();
+        let plan = e.plan();
+        backend.sync_partial(&plan.changes, e.desired()).expect("partial sync");
+        service_added.push(start.elapsed());
+    }
+    backend.cleanup().expect("cleanup");
+    println!(
+        "services={services} endpoints={endpoints} cold_full_ms={} cold_bytes={cold_bytes} cold_messages={cold_messages} \
+         resync_ms={} endpoint_change_p50_ms={} endpoint_change_p99_ms={} endpoint_change_bytes={endpoint_change_bytes} \
+         service_change_p50_ms={} service_change_p99_ms={} peak_rss_mib={:.1}",
+        ms(cold),
+        ms(resync),
+        ms(percentile(&mut endpoint_change.clone(), 0.5)),
+        ms(percentile(&mut endpoint_change, 0.99)),
+        ms(percentile(&mut service_added.clone(), 0.5)),
+        ms(percentile(&mut service_added, 0.99)),
+        peak_rss_mib(),
+    );
+}

@@ -1,0 +1,254 @@
+//! `kproxy run --manifests DIR`: the node daemon fed from a directory of manifests.
+//!
+//! The sync loop keeps upstream kube-proxy's contract:
+//!
+//! - nothing is programmed until the sources have been read once;
+//! - syncs are rate-limited by `--min-sync-period`;
+//! - a full resync runs every `--sync-period`;
+//! - a failed sync is retried with exponential backoff, as a full sync;
+//! - rules are never flushed on start or exit, so they outlive the process.
+//!
+//! Beyond upstream, a foreign change to kproxy's tables is detected from nf_tables
+//! notifications and repaired at once by a full sync, instead of at the next periodic one.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant, SystemTime};
+
+use anyhow::{Context, Result};
+use clap::Args;
+use nft_backend::NftBackend;
+use nft_backend::netlink::monitor::Monitor;
+use proxy_core::manifest::Object;
+use proxy_core::{Event, ObjectRef, Syncer, ingest};
+use tracing::{info, warn};
+
+use crate::config::{NodeFlags, parse_duration};
+use crate::manifests;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Watch this directory (or files) of manifests instead of the Kubernetes API.
+    #[arg(long, num_args = 1.., required = true)]
+    manifests: Vec<PathBuf>,
+    /// The shortest time between two syncs (kube-proxy's default: 1s).
+    #[arg(long)]
+    min_sync_period: Option<String>,
+    /// How often to run a full resync (kube-proxy's default: 30s).
+    #[arg(long)]
+    sync_period: Option<String>,
+    /// How often to look for manifest changes.
+    #[arg(long, default_value = "200ms")]
+    poll_interval: String,
+    #[command(flatten)]
+    node: NodeFlags,
+}
+
+/// What wakes the sync loop.
+enum Trigger {
+    /// The manifests changed.
+    Manifests,
+    /// Someone else changed our tables.
+    Drift,
+}
+
+/// A cheap fingerprint of the manifest files: names, sizes and modification times.
+fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
+    manifests::files(paths)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|f| {
+            let meta = std::fs::metadata(&f).ok();
+            let size = meta.as_ref().map_or(0, |m| m.len());
+            let modified = meta.and_then(|m| m.modified().ok());
+            (f, size, modified)
+        })
+        .collect()
+}
+
+fn watch_manifests(paths: Vec<PathBuf>, interval: Duration, tx: Sender<Trigger>) {
+    let mut last = fingerprint(&paths);
+    loop {
+        std::thread::sleep(interval);
+        let now = fingerprint(&paths);
+        if now != last {
+            last = now;
+            if tx.send(Trigger::Manifests).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn watch_drift(table: String, own_port: Arc<AtomicU32>, tx: Sender<Trigger>) {
+    let mut monitor = match Monitor::open(&table) {
+        Ok(m) => m,
+        Err(e) => {
+            warn!("drift detection disabled: {e}");
+            return;
+        }
+    };
+    loop {
+        let own = [own_port.load(Ordering::Relaxed)];
+        match monitor.wait(Duration::from_millis(500), &own) {
+            Ok(true) => {
+                if tx.send(Trigger::Drift).is_err() {
+                    return;
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                warn!("drift detection stopped: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// The identity of a manifest object, to notice deletions between reloads.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Service(ObjectRef),
+    Slice(ObjectRef),
+}
+
+fn object_ref(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectRef {
+    ObjectRef::new(meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref().unwrap_or(""))
+}
+
+pub fn run(args: &RunArgs) -> Result<ExitCode> {
+    crate::init_logging(args.node.verbosity.max(2));
+    let config = args.node.resolve()?;
+    anyhow::ensure!(config.proxy_mode == "nftables", "kproxy run supports --proxy-mode=nftables only for now");
+    let min_sync_period = match &args.min_sync_period {
+        Some(v) => parse_duration(v).context("--min-sync-period")?,
+        None => config.min_sync_period,
+    };
+    let sync_period = match &args.sync_period {
+        Some(v) => parse_duration(v).context("--sync-period")?,
+        None => config.sync_period,
+    };
+    let poll = parse_duration(&args.poll_interval).context("--poll-interval")?;
+
+    let mut backend = NftBackend::new(&config.table);
+    let own_port = Arc::new(AtomicU32::new(backend.connect().context("opening the nftables netlink socket")?));
+    let (tx, rx) = mpsc::channel();
+    {
+        let (paths, tx) = (args.manifests.clone(), tx.clone());
+        std::thread::spawn(move || watch_manifests(paths, poll, tx));
+    }
+    {
+        let (table, port, tx) = (config.table.clone(), own_port.clone(), tx.clone());
+        std::thread::spawn(move || watch_drift(table, port, tx));
+    }
+
+    // The first read of the sources: nothing is programmed before it completes.
+    let loaded = manifests::load(&args.manifests)?;
+    let mut problems = loaded.problems;
+    let mut engine = manifests::engine(&config, &loaded.objects, &mut problems)?;
+    crate::report(&problems);
+    let mut known = keys(&loaded.objects);
+    let mut syncer = Syncer::new(backend);
+    let mut last_sync: Option<Instant> = None;
+    let mut next_full = Instant::now() + sync_period;
+    let mut retry_at: Option<Instant> = None;
+    let mut backoff = Duration::from_secs(1);
+    let mut pending = true;
+    let mut drift_repairs = 0u64;
+    info!(node = %engine.node_context().node_name, table = %config.table, "kproxy started");
+
+    loop {
+        let now = Instant::now();
+        let earliest = last_sync.map_or(now, |t| t + min_sync_period).max(retry_at.unwrap_or(now));
+        if pending && now >= earliest {
+            let plan = engine.plan();
+            let full = syncer.needs_full() || plan.full;
+            let start = Instant::now();
+            match syncer.sync(&plan, engine.desired()) {
+                Ok(stats) => {
+                    info!(
+                        full,
+                        operations = stats.operations,
+                        service_ports = engine.desired().service_port_count(),
+                        ms = start.elapsed().as_secs_f64() * 1e3,
+                        "synced"
+                    );
+                    pending = false;
+                    retry_at = None;
+                    backoff = Duration::from_secs(1);
+                    if full {
+                        next_full = Instant::now() + sync_period;
+                    }
+                }
+                Err(e) => {
+                    warn!("sync failed, retrying in {backoff:?} with a full sync: {e}");
+                    retry_at = Some(Instant::now() + backoff);
+                    backoff = (backoff * 2).min(sync_period.max(Duration::from_secs(1)));
+                }
+            }
+            last_sync = Some(Instant::now());
+            if let Some(port) = syncer.backend().port_id() {
+                own_port.store(port, Ordering::Relaxed);
+            }
+        }
+        let now = Instant::now();
+        if now >= next_full {
+            syncer.request_full();
+            pending = true;
+            next_full = now + sync_period;
+        }
+        let wake = if pending { earliest.max(now) } else { next_full };
+        match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
+            Ok(Trigger::Manifests) => {
+                let loaded = manifests::load(&args.manifests)?;
+                let mut problems = loaded.problems;
+                let current = keys(&loaded.objects);
+                for gone in known.difference(&current) {
+                    engine.apply(match gone {
+                        Key::Service(id) => Event::ServiceDeleted(id.clone()),
+                        Key::Slice(id) => Event::SliceDeleted(id.clone()),
+                    });
+                }
+                for object in &loaded.objects {
+                    let ingested = match object {
+                        Object::Service(s) => ingest::service_applied(s),
+                        Object::EndpointSlice(s) => ingest::slice_applied(s),
+                        Object::Node(_) | Object::ServiceCidr(_) => continue,
+                    };
+                    problems.extend(ingested.problems.iter().map(ToString::to_string));
+                    engine.apply(ingested.event);
+                }
+                crate::report(&problems);
+                known = current;
+                // The Node and ServiceCIDRs shape the node context.
+                engine.set_node_context(manifests::context(&config, &loaded.objects, &mut Vec::new())?);
+                pending = true;
+            }
+            Ok(Trigger::Drift) => {
+                drift_repairs += 1;
+                warn!(drift_repairs, "table {} was changed by someone else; repairing with a full sync", config.table);
+                syncer.request_full();
+                pending = true;
+                // Repair at once, without waiting for the min sync period.
+                last_sync = None;
+            }
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Ok(ExitCode::FAILURE),
+        }
+    }
+}
+
+fn keys(objects: &[Object]) -> HashSet<Key> {
+    objects
+        .iter()
+        .filter_map(|o| match o {
+            Object::Service(s) => Some(Key::Service(object_ref(&s.metadata))),
+            Object::EndpointSlice(s) => Some(Key::Slice(object_ref(&s.metadata))),
+            _ => None,
+        })
+        .collect()
+}

@@ -1,0 +1,153 @@
+//! `kproxy run --manifests DIR` in a throwaway node: edits converge, a foreign flush is
+//! repaired within a second, a restart under continuous traffic loses nothing, and a bad
+//! configuration is refused with a clear message.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const WEB: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {namespace: default, name: web}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {namespace: default, name: web-1, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+  - {addresses: [10.244.0.11], nodeName: node-a}
+  - {addresses: [10.244.0.12], nodeName: node-a}
+"#;
+
+struct Daemon(Child);
+
+impl Daemon {
+    fn start(dir: &std::path::Path) -> Daemon {
+        let child = Command::new(env!("CARGO_BIN_EXE_kproxy"))
+            .args(["run", "--manifests"])
+            .arg(dir)
+            .args(["--hostname-override", "node-a", "--cluster-cidr", "10.244.0.0/16"])
+            .args(["--min-sync-period", "100ms", "--poll-interval", "100ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kproxy run");
+        Daemon(child)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn table_exists() -> bool {
+    Command::new("nft").args(["list", "table", "ip", "kproxy"]).output().is_ok_and(|o| o.status.success())
+}
+
+#[track_caller]
+fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}
+
+fn write(node: &Node, yaml: &str) -> std::path::PathBuf {
+    let dir = node.dir.join("watched");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("cluster.yaml"), yaml).unwrap();
+    dir
+}
+
+#[test]
+fn edits_converge_and_drift_is_repaired() {
+    in_sandbox("edits_converge_and_drift_is_repaired", || {
+        let node = Node::new();
+        let dir = write(&node, WEB);
+        let _daemon = Daemon::start(&dir);
+        wait_for("first sync", Duration::from_secs(10), table_exists);
+        let all = ["pod1", "pod2"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(pods(&requests(12, Some("client"), "10.96.0.10:80", false)), all);
+
+        // An edit: pod1 leaves. Within a couple of seconds only pod2 answers.
+        write(&node, &WEB.replace("  - {addresses: [10.244.0.11], nodeName: node-a}\n", ""));
+        wait_for("the edit", Duration::from_secs(5), || {
+            sh("nft list ruleset").contains("10.244.0.12") && !sh("nft list ruleset").contains("10.244.0.11")
+        });
+        let replies = requests(12, Some("client"), "10.96.0.10:80", false);
+        assert!(replies.iter().all(|r| matches!(r, Reply::From { pod, .. } if pod == "pod2")), "{replies:?}");
+
+        // Someone flushes the whole ruleset: repaired in under a second.
+        sh("nft flush ruleset");
+        let took = wait_for("repair after nft flush ruleset", Duration::from_secs(1), table_exists);
+        eprintln!("repaired in {took:?}");
+        wait_for("service reachable again", Duration::from_secs(1), || {
+            matches!(request(Some("client"), "10.96.0.10:80", false, None), Reply::From { .. })
+        });
+    });
+}
+
+#[test]
+fn restart_under_traffic_loses_no_connection() {
+    in_sandbox("restart_under_traffic_loses_no_connection", || {
+        let node = Node::new();
+        let dir = write(&node, WEB);
+        let daemon = Daemon::start(&dir);
+        wait_for("first sync", Duration::from_secs(10), table_exists);
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let traffic = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut replies = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    replies.push(request(Some("client"), "10.96.0.10:80", false, None));
+                }
+                replies
+            })
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        drop(daemon); // killed: the rules stay
+        std::thread::sleep(Duration::from_millis(500));
+        let _restarted = Daemon::start(&dir);
+        std::thread::sleep(Duration::from_millis(1500));
+        stop.store(true, Ordering::Relaxed);
+        let replies = traffic.join().unwrap();
+        assert!(replies.len() >= 10, "too little traffic: {}", replies.len());
+        assert!(replies.iter().all(|r| matches!(r, Reply::From { .. })), "{replies:?}");
+    });
+}
+
+#[test]
+fn a_bad_config_exits_with_a_clear_message() {
+    let dir = std::env::temp_dir().join(format!("kproxy-badconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("config.yaml");
+    std::fs::write(&config, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: nftables\nclusterCIDRs: 10.0.0.0/8\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_kproxy"))
+        .args(["run", "--manifests"])
+        .arg(&dir)
+        .arg("--config")
+        .arg(&config)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("clusterCIDRs") && stderr.contains("config.yaml"), "{stderr}");
+}

@@ -1,0 +1,130 @@
+//! Drift detection: nf_tables change notifications that touch our table but were not sent
+//! by us.
+//!
+//! The kernel multicasts every committed change to the `NFNLGRP_NFTABLES` group, with the
+//! port id of the socket that made it. A [`Monitor`] listens there and reports a change
+//! to a table of ours from any other port: another program flushing the ruleset, deleting
+//! a chain, editing a map. Upstream kube-proxy finds such drift at its next periodic full
+//! sync (about an hour); a daemon blocked on [`Monitor::wait`] can repair it at once.
+
+use std::io;
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+/// `NFNLGRP_NFTABLES`.
+const GROUP_NFTABLES: u32 = 7;
+/// `NFNL_SUBSYS_NFTABLES`.
+const SUBSYS_NFTABLES: u16 = 10;
+/// The first attribute of table, chain, rule, set and element messages names the table.
+const ATTR_TABLE: u16 = 1;
+
+/// A subscription to nf_tables change notifications.
+pub struct Monitor {
+    sock: mnl::Socket,
+    table: String,
+}
+
+impl Monitor {
+    /// Subscribes to changes of tables named `table` (any family).
+    pub fn open(table: &str) -> io::Result<Monitor> {
+        let sock = mnl::Socket::open(mnl::Bus::Netfilter)?;
+        sock.bind(1 << (GROUP_NFTABLES - 1), mnl::mnl_sys::MNL_SOCKET_AUTOPID)?;
+        // A burst of foreign changes must not be lost to a full receive queue; if it is,
+        // recv reports ENOBUFS and we treat that as drift too.
+        let size: libc::c_int = 4 << 20;
+        // SAFETY: setsockopt with an int on our own fd.
+        unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUF,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
+        Ok(Monitor { sock, table: table.to_string() })
+    }
+
+    /// Waits up to `timeout` for a foreign change to our table. `own_ports` are the netlink
+    /// port ids whose changes are ours (the backend's socket). Returns `true` on drift.
+    pub fn wait(&mut self, timeout: Duration, own_ports: &[u32]) -> io::Result<bool> {
+        let mut pfd = libc::pollfd { fd: self.sock.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let millis = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd.
+        let ready = unsafe { libc::poll(&mut pfd, 1, millis) };
+        if ready < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if ready == 0 {
+            return Ok(false);
+        }
+        let mut drift = false;
+        // Drain everything queued, without blocking.
+        loop {
+            let mut storage = vec![0u64; 1 << 14];
+            // SAFETY: reinterpreting the u64 buffer as bytes of the same length.
+            let buf = unsafe { std::slice::from_raw_parts_mut(storage.as_mut_ptr().cast::<u8>(), storage.len() * 8) };
+            // SAFETY: recv into our buffer, non-blocking.
+            let n =
+                unsafe { libc::recv(self.sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) };
+            if n < 0 {
+                let err = io::Error::last_os_error();
+                match err.raw_os_error() {
+                    Some(libc::EAGAIN) => break,
+                    Some(libc::ENOBUFS) => {
+                        drift = true;
+                        continue;
+                    }
+                    _ => return Err(err),
+                }
+            }
+            drift |= self.foreign_change(&buf[..n as usize], own_ports);
+        }
+        Ok(drift)
+    }
+
+    /// Whether any message in `buf` changes our table and comes from another port.
+    fn foreign_change(&self, buf: &[u8], own_ports: &[u32]) -> bool {
+        let header = std::mem::size_of::<libc::nlmsghdr>();
+        let mut off = 0;
+        let mut found = false;
+        while off + header <= buf.len() {
+            // SAFETY: bounds checked; read_unaligned tolerates any offset.
+            let hdr: libc::nlmsghdr = unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
+            let len = hdr.nlmsg_len as usize;
+            if len < header || off + len > buf.len() {
+                break;
+            }
+            let subsys = hdr.nlmsg_type >> 8;
+            let msg = hdr.nlmsg_type & 0xff;
+            let body = &buf[off + header..off + len];
+            if subsys == SUBSYS_NFTABLES
+                && msg != libc::NFT_MSG_NEWGEN as u16
+                && !own_ports.contains(&hdr.nlmsg_pid)
+                && table_attr(body).is_some_and(|t| t == self.table.as_bytes())
+            {
+                found = true;
+            }
+            off += (len + 3) & !3;
+        }
+        found
+    }
+}
+
+/// The table-name attribute after the 4-byte `nfgenmsg`.
+fn table_attr(body: &[u8]) -> Option<&[u8]> {
+    let mut attrs = body.get(4..)?;
+    while attrs.len() >= 4 {
+        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
+        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
+        if len < 4 || len > attrs.len() {
+            return None;
+        }
+        if kind == ATTR_TABLE {
+            let value = &attrs[4..len];
+            return Some(value.strip_suffix(&[0]).unwrap_or(value));
+        }
+        attrs = attrs.get((len + 3) & !3..)?;
+    }
+    None
+}
