@@ -13,7 +13,7 @@ use proxy_core::{Backend, Changes, Desired, IpFamily, ServicePortName, SyncStats
 
 use crate::error::Error;
 use crate::netlink::{self, socket::Socket};
-use crate::render::{self, PortObjects, Slots};
+use crate::render::{self, PortObjects};
 use crate::ruleset::{Key, Verdict};
 use crate::tx::{Op, Transaction};
 
@@ -31,7 +31,6 @@ struct Committed {
 
 #[derive(Debug, Default)]
 struct FamilyState {
-    slots: Slots,
     committed: Option<Committed>,
 }
 
@@ -112,8 +111,7 @@ impl NftBackend {
     pub fn plan(&mut self, desired: &Desired) -> String {
         let mut out = String::new();
         for rules in desired.families() {
-            let state = &mut self.families[rules.context.family.index()];
-            let ruleset = render::family(&rules.context, &rules.service_ports, &mut state.slots);
+            let ruleset = render::family(&rules.context, &rules.service_ports);
             out.push_str(&crate::text::table(rules.context.family, &self.table, &ruleset));
         }
         out
@@ -140,18 +138,16 @@ impl Backend for NftBackend {
         let mut records = Vec::new();
         for rules in desired.families() {
             let family = rules.context.family;
-            let state = &mut self.families[family.index()];
             let mut committed = Committed::default();
             let mut ruleset = render::skeleton(&rules.context);
             for r in rules.service_ports.values() {
-                let objects = render::service_port(r, &rules.context, &mut state.slots);
+                let objects = render::service_port(r, &rules.context);
                 for key in objects.elements.keys() {
                     committed.owners.entry(*key).or_insert_with(|| r.name.clone());
                 }
                 render::merge(&mut ruleset, objects.clone());
                 committed.ports.insert(r.name.clone(), objects);
             }
-            state.slots.retain(|chain| ruleset.chains.contains_key(chain));
             txs.push(Transaction::replace(family, &self.table, &ruleset));
             records.push((family, committed));
         }
@@ -177,19 +173,11 @@ impl Backend for NftBackend {
                 continue;
             }
             let ctx = desired.family(family).context.clone();
-            let state = &mut self.families[family.index()];
-            let committed = state.committed.as_ref().expect("checked above");
+            let committed = self.families[family.index()].committed.as_ref().expect("checked above");
             let mut plan = PortPlan::default();
             let mut new_objects = Vec::new();
             for (name, change) in &fc.service_ports {
-                let new = change.new_rules().map(|r| render::service_port(r, &ctx, &mut state.slots));
-                if new.is_none()
-                    && let Some(old) = committed.ports.get(name)
-                {
-                    for chain in old.chains.keys() {
-                        state.slots.release(chain);
-                    }
-                }
+                let new = change.new_rules().map(|r| render::service_port(r, &ctx));
                 plan.port(name, committed.ports.get(name), new.as_ref(), &committed.owners);
                 new_objects.push((name.clone(), new));
             }

@@ -8,7 +8,7 @@
 //! |---|---|
 //! | [`ruleset`] | the objects: chains, rules from a closed vocabulary, sets and maps |
 //! | [`names`] | upstream's chain names (`service-HASH-ns/svc/proto/port`, …) |
-//! | [`render`] | `Desired` → `Ruleset` (pure), with the shared load-balancing map |
+//! | [`render`] | `Desired` → `Ruleset` (pure), load balancing without sets |
 //! | [`text`] | `Ruleset` → nft syntax (`kproxy plan`, golden tests) |
 //! | [`tx`] | a transaction: the operations of one sync, as data |
 //! | [`netlink`] | transactions → one netlink batch, sent in one `sendmsg` |

@@ -1,13 +1,18 @@
 //! Rendering proxy-core's [`FamilyRules`] into a [`Ruleset`] (pure).
 //!
 //! The layout is upstream kube-proxy's, with one change that matters at scale: load
-//! balancing does not use one anonymous verdict map per Service. A policy chain with N > 1
-//! endpoints says `numgen random mod N offset K vmap @service-endpoints`, and one shared
-//! map holds the slots K..K+N of every Service. A single endpoint is a plain `goto`. So the
-//! number of sets and maps does not grow with the number of Services (affinity sets, one
-//! per endpoint of a ClientIP-affinity Service as upstream has them, are the exception).
+//! balancing uses no sets at all. Upstream writes one anonymous verdict map per policy
+//! chain (`numgen random mod N vmap { 0 : goto …, … }`), so the number of sets grows with
+//! the number of Services and the kernel's by-name and by-id set lookups make big syncs
+//! quadratic (k#139513, k#140723). A map shared by all Services does not help: each rule
+//! that looks it up is a binding, and the kernel checks every new `goto` element against
+//! every binding. kproxy instead writes a short ladder per policy chain:
+//! `numgen random mod N 0 goto ep0`, `numgen random mod N-1 0 goto ep1`, …, `goto epN-1`,
+//! which picks each endpoint with probability 1/N, and a plain `goto` for one endpoint.
+//! The number of sets and maps is constant (affinity sets, one per endpoint of a
+//! ClientIP-affinity Service as upstream has them, are the exception).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use proxy_core::{FamilyContext, LocalDetector, NoEndpoints, NodePortIps, ServicePortRules, Target};
@@ -36,57 +41,6 @@ pub(crate) const SERVICE_NODEPORTS: &str = "service-nodeports";
 pub(crate) const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 pub(crate) const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 pub(crate) const FIREWALL_IPS: &str = "firewall-ips";
-pub(crate) const SERVICE_ENDPOINTS: &str = "service-endpoints";
-
-/// Allocates load-balancing slots in the shared `service-endpoints` map.
-///
-/// Each policy chain with N > 1 endpoints owns a block of slots; blocks come in powers of
-/// two, so a chain keeps its block while its endpoint count stays within the block, and
-/// freed blocks are reused. Allocation is deterministic for a given sequence of calls.
-#[derive(Clone, Debug, Default)]
-pub struct Slots {
-    next: u32,
-    free: BTreeMap<u32, Vec<u32>>,
-    owned: HashMap<String, (u32, u32)>,
-}
-
-impl Slots {
-    /// The first slot of `chain`'s block for `n` endpoints.
-    pub fn block(&mut self, chain: &str, n: u32) -> u32 {
-        let size = n.next_power_of_two();
-        if let Some(&(base, owned_size)) = self.owned.get(chain) {
-            if owned_size == size {
-                return base;
-            }
-            self.release(chain);
-        }
-        let base = match self.free.get_mut(&size).and_then(Vec::pop) {
-            Some(base) => base,
-            None => {
-                let base = self.next;
-                self.next += size;
-                base
-            }
-        };
-        self.owned.insert(chain.to_string(), (base, size));
-        base
-    }
-
-    /// Frees `chain`'s block, if it has one.
-    pub fn release(&mut self, chain: &str) {
-        if let Some((base, size)) = self.owned.remove(chain) {
-            self.free.entry(size).or_default().push(base);
-        }
-    }
-
-    /// Frees every block whose chain is not in `keep`.
-    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
-        let stale: Vec<String> = self.owned.keys().filter(|c| !keep(c)).cloned().collect();
-        for chain in stale {
-            self.release(&chain);
-        }
-    }
-}
 
 /// The objects one service port contributes: its own chains and sets, and its elements in
 /// the shared sets and maps.
@@ -199,7 +153,6 @@ pub fn skeleton(ctx: &FamilyContext) -> Ruleset {
             "vmap to drop or reject packets to service nodeports with no endpoints",
         ),
         (FIREWALL_IPS, KeyType::AddrProtoPort, "destinations that are subject to LoadBalancerSourceRanges"),
-        (SERVICE_ENDPOINTS, KeyType::Slot, "load-balancing slots of all services"),
     ];
     for (name, key, comment) in maps {
         sets.insert(name.to_string(), Set::vmap(key, comment));
@@ -246,7 +199,7 @@ fn no_endpoints(v: NoEndpoints) -> Option<Verdict> {
 }
 
 /// Renders one service port.
-pub fn service_port(r: &ServicePortRules, ctx: &FamilyContext, slots: &mut Slots) -> PortObjects {
+pub fn service_port(r: &ServicePortRules, ctx: &FamilyContext) -> PortObjects {
     let mut out = PortObjects::default();
     let base = names::service_port(&r.name);
     let cluster_chain = format!("service-{base}");
@@ -333,7 +286,6 @@ pub fn service_port(r: &ServicePortRules, ctx: &FamilyContext, slots: &mut Slots
 
     for (chain, eps) in [(&cluster_chain, &r.cluster_endpoints), (&local_chain, &r.local_endpoints)] {
         if eps.is_empty() {
-            slots.release(chain);
             continue;
         }
         let mut rules = Vec::new();
@@ -351,7 +303,7 @@ pub fn service_port(r: &ServicePortRules, ctx: &FamilyContext, slots: &mut Slots
                 ));
             }
         }
-        rules.push(balance(r, chain, eps, slots, &mut out));
+        rules.extend(balance(r, eps));
         out.chains.insert(chain.clone(), regular(rules));
     }
 
@@ -372,36 +324,30 @@ pub fn service_port(r: &ServicePortRules, ctx: &FamilyContext, slots: &mut Slots
     out
 }
 
-/// The load-balancing rule of a policy chain: a `goto` for one endpoint, otherwise a
-/// `numgen` over the chain's slots in the shared map.
-fn balance(r: &ServicePortRules, chain: &str, eps: &[Target], slots: &mut Slots, out: &mut PortObjects) -> Rule {
-    let endpoint_chain = |ep: &Target| format!("endpoint-{}", names::endpoint(&r.name, ep.addr));
-    if let [only] = eps {
-        slots.release(chain);
-        return Rule::always(Action::Verdict(goto(&endpoint_chain(only))));
-    }
-    let n = eps.len() as u32;
-    let offset = slots.block(chain, n);
-    for (i, ep) in eps.iter().enumerate() {
-        out.elements.insert((SERVICE_ENDPOINTS, Key::Slot(offset + i as u32)), Some(goto(&endpoint_chain(ep))));
-    }
-    Rule::always(Action::Vmap { key: VmapKey::Numgen { modulus: n, offset }, map: SERVICE_ENDPOINTS.to_string() })
+/// The load-balancing rules of a policy chain: a `goto` for one endpoint; otherwise a
+/// ladder in which rule `i` takes the packet with probability 1/(N-i), which gives each of
+/// the N endpoints probability 1/N.
+fn balance(r: &ServicePortRules, eps: &[Target]) -> Vec<Rule> {
+    let endpoint_chain = |ep: &Target| goto(&format!("endpoint-{}", names::endpoint(&r.name, ep.addr)));
+    let n = eps.len();
+    eps.iter()
+        .enumerate()
+        .map(|(i, ep)| {
+            let remaining = (n - i) as u32;
+            let matches = if remaining > 1 { vec![Match::NumgenZero(remaining)] } else { Vec::new() };
+            Rule::new(matches, Action::Verdict(endpoint_chain(ep)))
+        })
+        .collect()
 }
 
 /// Renders a whole family: the skeleton plus every service port. Element conflicts (two
 /// service ports claiming one key, which the API server normally prevents) are resolved in
 /// favour of the first in name order.
-pub fn family(
-    ctx: &FamilyContext,
-    ports: &BTreeMap<proxy_core::ServicePortName, Arc<ServicePortRules>>,
-    slots: &mut Slots,
-) -> Ruleset {
+pub fn family(ctx: &FamilyContext, ports: &BTreeMap<proxy_core::ServicePortName, Arc<ServicePortRules>>) -> Ruleset {
     let mut ruleset = skeleton(ctx);
     for r in ports.values() {
-        let objects = service_port(r, ctx, slots);
-        merge(&mut ruleset, objects);
+        merge(&mut ruleset, service_port(r, ctx));
     }
-    slots.retain(|chain| ruleset.chains.contains_key(chain));
     ruleset
 }
 

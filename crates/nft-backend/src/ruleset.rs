@@ -88,6 +88,8 @@ pub enum Match {
     NotIifnamePrefix(String),
     /// `meta mark & BIT == 0`.
     MarkBitClear(u32),
+    /// `numgen random mod N 0`: true with probability 1/N.
+    NumgenZero(u32),
 }
 
 /// The key a verdict map is looked up with.
@@ -97,13 +99,6 @@ pub enum VmapKey {
     DaddrProtoPort,
     /// `meta l4proto . th dport`.
     ProtoPort,
-    /// `numgen random mod N offset BASE`: picks one of N consecutive slots.
-    Numgen {
-        /// The number of slots.
-        modulus: u32,
-        /// The first slot.
-        offset: u32,
-    },
 }
 
 /// A verdict.
@@ -186,8 +181,6 @@ pub enum KeyType {
     AddrProtoPort,
     /// `inet_proto . inet_service`.
     ProtoPort,
-    /// `mark` (a 32-bit number): the load-balancing slots.
-    Slot,
 }
 
 /// A set or map key.
@@ -199,8 +192,6 @@ pub enum Key {
     AddrProtoPort(IpAddr, Protocol, u16),
     /// Protocol, port.
     ProtoPort(Protocol, u16),
-    /// A load-balancing slot.
-    Slot(u32),
 }
 
 /// A set (no data) or a verdict map.

@@ -39,7 +39,6 @@ fn key_type(family: IpFamily, key: KeyType) -> &'static str {
         (KeyType::AddrProtoPort, IpFamily::V4) => "ipv4_addr . inet_proto . inet_service",
         (KeyType::AddrProtoPort, IpFamily::V6) => "ipv6_addr . inet_proto . inet_service",
         (KeyType::ProtoPort, _) => "inet_proto . inet_service",
-        (KeyType::Slot, _) => "numgen random mod 2",
     }
 }
 
@@ -47,9 +46,7 @@ fn write_set(out: &mut String, family: IpFamily, name: &str, set: &Set) -> fmt::
     let kind = if set.map { "map" } else { "set" };
     writeln!(out, "\t{kind} {name} {{")?;
     let data = if set.map { " : verdict" } else { "" };
-    // The slot map's key is only typed by the expression that produces it.
-    let how = if set.key == KeyType::Slot { "typeof" } else { "type" };
-    writeln!(out, "\t\t{how} {}{data}", key_type(family, set.key))?;
+    writeln!(out, "\t\ttype {}{data}", key_type(family, set.key))?;
     if let Some(timeout) = set.timeout {
         writeln!(out, "\t\tflags dynamic,timeout")?;
         writeln!(out, "\t\ttimeout {timeout}s")?;
@@ -79,7 +76,6 @@ pub fn key(k: &Key) -> String {
         Key::Addr(ip) => ip.to_string(),
         Key::AddrProtoPort(ip, proto, port) => format!("{ip} . {proto} . {port}"),
         Key::ProtoPort(proto, port) => format!("{proto} . {port}"),
-        Key::Slot(slot) => slot.to_string(),
     }
 }
 
@@ -148,6 +144,7 @@ fn matcher(family: IpFamily, m: &Match) -> String {
         Match::NotIifname(n) => format!("iifname != \"{n}\""),
         Match::NotIifnamePrefix(p) => format!("iifname != \"{p}*\""),
         Match::MarkBitClear(bit) => format!("meta mark & 0x{bit:08x} == 0x00000000"),
+        Match::NumgenZero(modulus) => format!("numgen random mod {modulus} 0"),
     }
 }
 
@@ -165,8 +162,6 @@ fn action(family: IpFamily, a: &Action) -> String {
         Action::Vmap { key, map } => match key {
             VmapKey::DaddrProtoPort => format!("{kw} daddr . meta l4proto . th dport vmap @{map}"),
             VmapKey::ProtoPort => format!("meta l4proto . th dport vmap @{map}"),
-            VmapKey::Numgen { modulus, offset: 0 } => format!("numgen random mod {modulus} vmap @{map}"),
-            VmapKey::Numgen { modulus, offset } => format!("numgen random mod {modulus} offset {offset} vmap @{map}"),
         },
         Action::MarkOr(bit) => format!("meta mark set meta mark | 0x{bit:08x}"),
         Action::MarkXor(bit) => format!("meta mark set meta mark ^ 0x{bit:08x}"),

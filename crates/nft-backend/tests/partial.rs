@@ -122,7 +122,7 @@ fn partial_syncs_equal_full_syncs() {
             let stats = syncer.sync(&plan, engine.desired()).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert!(!stats.full, "{name}");
             let after_partial = normalized();
-            // A full sync by the same backend (same load-balancing slots) must write the same.
+            // A full sync must write the same.
             syncer.backend_mut().sync_full(engine.desired()).expect("full sync");
             assert!(normalized() == after_partial, "{name}: partial sync left a different ruleset:\n{after_partial}");
             eprintln!("{name}: {} operations", stats.operations);

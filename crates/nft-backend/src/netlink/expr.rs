@@ -236,6 +236,15 @@ fn matcher(family: IpFamily, m: &Match, out: &mut Vec<Expr>) {
         Match::IifnamePrefix(p) => iifname(p, true, CMP_EQ, out),
         Match::NotIifname(n) => iifname(n, false, CMP_NEQ, out),
         Match::NotIifnamePrefix(p) => iifname(p, true, CMP_NEQ, out),
+        Match::NumgenZero(modulus) => {
+            out.push(
+                Expr::new(c"numgen")
+                    .u32(sys::NFTNL_EXPR_NG_DREG, REG_1)
+                    .u32(sys::NFTNL_EXPR_NG_MODULUS, *modulus)
+                    .u32(sys::NFTNL_EXPR_NG_TYPE, NG_RANDOM),
+            );
+            out.push(cmp(CMP_EQ, &[0; 4]));
+        }
         Match::MarkBitClear(bit) => {
             out.push(meta(META_MARK, REG_1));
             out.push(bitwise(&bit.to_ne_bytes(), &[0; 4]));
@@ -269,13 +278,6 @@ fn action(family: IpFamily, a: &Action, out: &mut Vec<Expr>) {
                     out.push(meta(META_L4PROTO, REG_1));
                     out.push(payload(PAYLOAD_TRANSPORT, 2, 2, REG32_00 + 1));
                 }
-                VmapKey::Numgen { modulus, offset } => out.push(
-                    Expr::new(c"numgen")
-                        .u32(sys::NFTNL_EXPR_NG_DREG, REG_1)
-                        .u32(sys::NFTNL_EXPR_NG_MODULUS, *modulus)
-                        .u32(sys::NFTNL_EXPR_NG_TYPE, NG_RANDOM)
-                        .u32(sys::NFTNL_EXPR_NG_OFFSET, *offset),
-                ),
             }
             out.push(lookup(map, Some(REG_VERDICT), false));
         }

@@ -33,14 +33,12 @@ const TYPE_IPADDR: u32 = 7;
 const TYPE_IP6ADDR: u32 = 8;
 const TYPE_INET_PROTOCOL: u32 = 12;
 const TYPE_INET_SERVICE: u32 = 13;
-const TYPE_INTEGER: u32 = 4;
 const TYPE_BITS: u32 = 6;
 /// `NFT_DATA_VERDICT`.
 const DATA_VERDICT: u32 = 0xffff_ff00;
 const SET_MAP: u32 = 0x8;
 const SET_TIMEOUT: u32 = 0x10;
 const SET_EVAL: u32 = 0x20;
-const BYTEORDER_HOST: u32 = 1;
 const BYTEORDER_BIG: u32 = 2;
 
 fn proto_family(family: IpFamily) -> u16 {
@@ -55,8 +53,7 @@ fn cstring(s: &str) -> CString {
 }
 
 /// The key bytes of an element, laid out as nft lays out (concatenated) keys: each field
-/// padded to 32 bits, addresses and ports in network order, slots in host order (numgen
-/// writes host-order numbers).
+/// padded to 32 bits, addresses and ports in network order.
 pub(crate) fn key_bytes(key: &Key) -> Vec<u8> {
     fn addr(ip: &IpAddr) -> Vec<u8> {
         match ip {
@@ -73,7 +70,6 @@ pub(crate) fn key_bytes(key: &Key) -> Vec<u8> {
         Key::Addr(ip) => addr(ip),
         Key::AddrProtoPort(ip, p, n) => [addr(ip), proto(*p).to_vec(), port(*n).to_vec()].concat(),
         Key::ProtoPort(p, n) => [proto(*p), port(*n)].concat(),
-        Key::Slot(slot) => slot.to_ne_bytes().to_vec(),
     }
 }
 
@@ -88,7 +84,6 @@ fn key_type(family: IpFamily, key: KeyType) -> (u32, u32, u32) {
         // nft records no single byte order for a concatenation.
         KeyType::AddrProtoPort => (concat(&[addr.0, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE]), addr.1 + 8, 0),
         KeyType::ProtoPort => (concat(&[TYPE_INET_PROTOCOL, TYPE_INET_SERVICE]), 8, 0),
-        KeyType::Slot => (TYPE_INTEGER, 4, BYTEORDER_HOST),
     }
 }
 
@@ -230,11 +225,7 @@ unsafe impl NlMsg for Wire<'_> {
                             sys::nftnl_set_set_u64(s, sys::NFTNL_SET_TIMEOUT as u16, u64::from(timeout) * 1000);
                         }
                         sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FLAGS as u16, flags);
-                        if set.key == KeyType::Slot {
-                            slot_map_udata(s, &set.comment);
-                        } else {
-                            set_udata(s, byteorder, set.map.then_some(TYPE_VERDICT), &set.comment);
-                        }
+                        set_udata(s, byteorder, set.map.then_some(TYPE_VERDICT), &set.comment);
                         (libc::NFT_MSG_NEWSET, NLM_F_CREATE)
                     };
                     sys::nftnl_set_nlmsg_build_payload(header(buf, ty as u32, family, flags, seq), s);
@@ -298,40 +289,6 @@ unsafe fn set_udata(s: *mut sys::nftnl_set, key_byteorder: u32, data_type: Optio
         if !comment.as_bytes().is_empty() {
             sys::nftnl_udata_put_strz(buf, sys::NFTNL_UDATA_SET_COMMENT as u8, comment.as_ptr());
         }
-        sys::nftnl_set_set_data(
-            s,
-            sys::NFTNL_SET_USERDATA as u16,
-            sys::nftnl_udata_buf_data(buf),
-            sys::nftnl_udata_buf_len(buf),
-        );
-        sys::nftnl_udata_buf_free(buf);
-    }
-}
-
-/// The userdata nft 1.0.6 writes for `typeof numgen random mod 2 : verdict`, so that
-/// `nft list` shows the slot map's key as the numgen expression that produces it (an
-/// `integer` key has no printable type otherwise). Captured with `nft --debug=mnl`; the
-/// numbers 23 and 1 are nft's expression kinds for numgen and verdict.
-const SLOT_MAP_TYPEOF: &[(u8, &[u8])] = &[
-    (sys::NFTNL_UDATA_SET_KEYBYTEORDER as u8, &[1, 0, 0, 0]),
-    (sys::NFTNL_UDATA_SET_DATABYTEORDER as u8, &[0, 0, 0, 0]),
-    (
-        sys::NFTNL_UDATA_SET_KEY_TYPEOF as u8,
-        &[0, 4, 23, 0, 0, 0, 1, 18, 0, 4, 1, 0, 0, 0, 1, 4, 2, 0, 0, 0, 2, 4, 0, 0, 0, 0],
-    ),
-    (sys::NFTNL_UDATA_SET_DATA_TYPEOF as u8, &[0, 4, 1, 0, 0, 0, 1, 0]),
-    (sys::NFTNL_UDATA_SET_DATA_INTERVAL as u8, &[0, 0, 0, 0]),
-];
-
-unsafe fn slot_map_udata(s: *mut sys::nftnl_set, comment: &str) {
-    let comment = cstring(comment);
-    // SAFETY: as in set_udata_comment.
-    unsafe {
-        let buf = sys::nftnl_udata_buf_alloc(512);
-        for (kind, value) in SLOT_MAP_TYPEOF {
-            sys::nftnl_udata_put(buf, *kind, value.len() as u32, value.as_ptr().cast());
-        }
-        sys::nftnl_udata_put_strz(buf, sys::NFTNL_UDATA_SET_COMMENT as u8, comment.as_ptr());
         sys::nftnl_set_set_data(
             s,
             sys::NFTNL_SET_USERDATA as u16,
