@@ -224,3 +224,110 @@ fn resync_converges_and_removed_endpoints_never_answer() {
         assert_eq!(pods(&requests(12, Some("client"), "10.96.0.10:80", false)), both());
     });
 }
+
+/// A cluster bigger than a user namespace's socket send buffer lets one batch be: kproxy
+/// falls back to sending it in parts (with a warning), and it works.
+#[test]
+fn large_cluster_in_a_user_namespace() {
+    in_sandbox("large_cluster_in_a_user_namespace", || {
+        let node = Node::new();
+        let mut yaml = String::from(CLUSTER);
+        for i in 0..1500 {
+            yaml.push_str(&format!(
+                "\n---\napiVersion: v1\nkind: Service\nmetadata: {{namespace: bulk, name: s{i}}}\nspec: {{clusterIP: 10.97.{}.{}, ports: [{{name: p, port: 80}}]}}\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{namespace: bulk, name: s{i}-1, labels: {{kubernetes.io/service-name: s{i}}}}}\naddressType: IPv4\nports: [{{name: p, port: 8080}}]\nendpoints: [{{addresses: [10.244.0.11]}}, {{addresses: [10.244.0.12]}}]\n",
+                i / 256,
+                i % 256
+            ));
+        }
+        let out = node.sync(&yaml, &[]);
+        assert!(out.contains("synced 1504 service ports"), "{out}");
+        assert_eq!(pods(&requests(12, Some("client"), "10.97.5.7:80", false)), both());
+        assert_eq!(pods(&requests(12, Some("client"), "10.96.0.10:80", false)), both());
+    });
+}
+
+const POLICIES: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {namespace: default, name: sticky}
+spec:
+  clusterIP: 10.96.0.60
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {namespace: default, name: internal-local}
+spec:
+  clusterIP: 10.96.0.61
+  internalTrafficPolicy: Local
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: Service
+metadata: {namespace: default, name: v6}
+spec:
+  ipFamilies: [IPv6]
+  clusterIPs: ["fd00:96::10"]
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: List
+items:
+  - apiVersion: discovery.k8s.io/v1
+    kind: EndpointSlice
+    metadata: {namespace: default, name: sticky-1, labels: {kubernetes.io/service-name: sticky}}
+    addressType: IPv4
+    ports: [{name: http, port: 8080}]
+    endpoints:
+      - {addresses: [10.244.0.11], nodeName: node-a}
+      - {addresses: [10.244.0.12], nodeName: node-a}
+  - apiVersion: discovery.k8s.io/v1
+    kind: EndpointSlice
+    metadata: {namespace: default, name: internal-local-1, labels: {kubernetes.io/service-name: internal-local}}
+    addressType: IPv4
+    ports: [{name: http, port: 8080}]
+    endpoints:
+      - {addresses: [10.244.0.11], nodeName: node-a}
+      - {addresses: [10.244.9.9], nodeName: node-b}
+  - apiVersion: discovery.k8s.io/v1
+    kind: EndpointSlice
+    metadata: {namespace: default, name: v6-1, labels: {kubernetes.io/service-name: v6}}
+    addressType: IPv6
+    ports: [{name: http, port: 8080}]
+    endpoints:
+      - {addresses: ["fd00:244::11"], nodeName: node-a}
+      - {addresses: ["fd00:244::12"], nodeName: node-a}
+"#;
+
+#[test]
+fn affinity_internal_policy_ipv6_and_masquerade_all() {
+    in_sandbox("affinity_internal_policy_ipv6_and_masquerade_all", || {
+        let node = Node::new();
+        node.sync(POLICIES, &["--cluster-cidr", "fd00:244::/64"]);
+
+        // ClientIP affinity: one client sticks to one pod.
+        let replies = requests(10, Some("client"), "10.96.0.60:80", false);
+        assert_eq!(pods(&replies).len(), 1, "{replies:?}");
+
+        // internalTrafficPolicy: Local: only the local endpoint (the remote one is
+        // unreachable, so a request sent there would time out).
+        let replies = requests(10, Some("pod2"), "10.96.0.61:80", false);
+        assert!(replies.iter().all(|r| matches!(r, Reply::From { pod, .. } if pod == "pod1")), "{replies:?}");
+
+        // IPv6: a separate ip6 table, both pods.
+        let replies = requests(12, Some("client"), "[fd00:96::10]:80", false);
+        assert_eq!(pods(&replies), both(), "{replies:?}");
+
+        // Without --masquerade-all, pod2 reaching pod1 keeps its address; with it, the
+        // node masquerades.
+        let peer = |r: &Reply| match r {
+            Reply::From { peer, .. } => peer.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(peer(&request(Some("pod2"), "10.96.0.61:80", false, None)), "10.244.0.12");
+        node.sync(POLICIES, &["--cluster-cidr", "fd00:244::/64", "--masquerade-all"]);
+        assert_eq!(peer(&request(Some("pod2"), "10.96.0.61:80", false, None)), BRIDGE_IP);
+    });
+}

@@ -65,14 +65,18 @@ impl Node {
         sh(
             "sysctl -qw net.ipv4.conf.all.send_redirects=0 net.ipv4.conf.default.send_redirects=0 net.ipv4.icmp_ratelimit=0",
         );
-        sh("ip link add br0 type bridge && ip addr add 10.244.0.1/24 dev br0 && ip link set br0 up");
-        for (pod, ip) in PODS {
+        sh("sysctl -qw net.ipv6.conf.all.forwarding=1");
+        sh("ip link add br0 type bridge && ip addr add 10.244.0.1/24 dev br0 && \
+            ip addr add fd00:244::1/64 dev br0 nodad && ip link set br0 up");
+        for (i, (pod, ip)) in PODS.into_iter().enumerate() {
+            let ip6 = format!("fd00:244::1{}", i + 1);
             sh(&format!(
                 "ip netns add {pod} && ip -n {pod} link set lo up && \
                  ip link add veth-{pod} type veth peer name eth0 netns {pod} && \
                  ip link set veth-{pod} master br0 up && ip link set veth-{pod} type bridge_slave hairpin on && \
-                 ip -n {pod} addr add {ip}/24 dev eth0 && ip -n {pod} link set eth0 up && \
-                 ip -n {pod} route add default via {BRIDGE_IP}"
+                 ip -n {pod} addr add {ip}/24 dev eth0 && ip -n {pod} addr add {ip6}/64 dev eth0 nodad && \
+                 ip -n {pod} link set eth0 up && \
+                 ip -n {pod} route add default via {BRIDGE_IP} && ip -n {pod} -6 route add default via fd00:244::1"
             ));
         }
         sh(&format!(
@@ -81,8 +85,10 @@ impl Node {
              sysctl -qw net.ipv4.conf.eth0.send_redirects=0 && \
              ip addr add {NODE_IP}/24 dev eth0 && ip link set eth0 up && \
              ip -n client addr add {CLIENT_IP}/24 dev eth0 && ip -n client addr add 10.200.0.3/24 dev eth0 && \
+             ip addr add fd00:200::1/64 dev eth0 nodad && ip -n client addr add fd00:200::2/64 dev eth0 nodad && \
              ip -n client link set eth0 up && ip -n client route add default via {NODE_IP} && \
-             ip route add default via {CLIENT_IP}"
+             ip -n client -6 route add default via fd00:200::1 && \
+             ip route add default via {CLIENT_IP} && ip -6 route add default via fd00:200::2"
         ));
         let dir = std::env::temp_dir().join(format!("kproxy-test-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -92,6 +98,7 @@ impl Node {
             let reply = format!("SYSTEM:echo {pod} $SOCAT_PEERADDR");
             node.serve(pod, &["TCP-LISTEN:8080,fork,reuseaddr", &reply]);
             node.serve(pod, &["UDP-RECVFROM:5353,fork", &reply]);
+            node.serve(pod, &["TCP6-LISTEN:8080,ipv6only=1,fork,reuseaddr", &reply]);
         }
         // Let the listeners bind.
         std::thread::sleep(Duration::from_millis(300));

@@ -90,11 +90,46 @@ impl NftBackend {
     }
 
     /// Sends the transactions as one batch.
+    ///
+    /// If the kernel refuses the batch as larger than this socket may send (`EMSGSIZE`:
+    /// no `CAP_NET_ADMIN` over the initial user namespace, so the send buffer stops at
+    /// `net.core.wmem_max`), the operations are sent in order in several smaller batches
+    /// instead, with a warning: each part is atomic, the whole is not.
     fn commit(&mut self, txs: &[Transaction]) -> Result<usize, Error> {
         let ops: usize = txs.iter().map(|t| t.ops.len()).sum();
         if ops == 0 {
             return Ok(0);
         }
+        match self.commit_batch(txs) {
+            Err(Error::Socket(e)) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
+                tracing::warn!(
+                    bytes = self.last_transaction_bytes,
+                    "transaction exceeds the socket send buffer (net.core.wmem_max); sending it in parts, \
+                     which is not atomic: run as root in the initial user namespace to avoid this"
+                );
+                let mut messages = 0;
+                for tx in txs {
+                    messages += self.commit_in_parts(tx, &tx.ops)?;
+                }
+                Ok(messages)
+            }
+            other => other,
+        }
+    }
+
+    /// Sends `ops` of `tx` in order, halving the parts until each fits.
+    fn commit_in_parts(&mut self, tx: &Transaction, ops: &[Op]) -> Result<usize, Error> {
+        let part = Transaction { family: tx.family, table: tx.table.clone(), ops: ops.to_vec() };
+        match self.commit_batch(std::slice::from_ref(&part)) {
+            Err(Error::Socket(e)) if e.raw_os_error() == Some(libc::EMSGSIZE) && ops.len() > 1 => {
+                let (first, second) = ops.split_at(ops.len() / 2);
+                Ok(self.commit_in_parts(tx, first)? + self.commit_in_parts(tx, second)?)
+            }
+            other => other,
+        }
+    }
+
+    fn commit_batch(&mut self, txs: &[Transaction]) -> Result<usize, Error> {
         let encoded = netlink::encode(txs);
         self.last_transaction_bytes = encoded.bytes;
         let outcome = self.socket()?.send(&encoded).map_err(Error::Socket)?;

@@ -376,10 +376,13 @@ pub struct Encoded {
     pub messages: usize,
 }
 
-/// Encodes a transaction into one batch. The page size is chosen so the whole batch is a
-/// single buffer where possible; [`socket`] sends all pages in one `sendmsg` anyway.
+/// Batch page size: the whole batch goes out in one `sendmsg`, whose iovec may hold at
+/// most 1024 pages (`UIO_MAXIOV`); 2 MiB pages allow batches up to 2 GiB.
+const PAGE_SIZE: u32 = 2 << 20;
+
+/// Encodes transactions into one batch; [`socket`] sends all its pages in one `sendmsg`.
 pub fn encode(txs: &[Transaction]) -> Encoded {
-    let mut batch = Batch::new();
+    let mut batch = Batch::with_page_size(PAGE_SIZE);
     let mut seqs = Vec::new();
     let mut set_id = 0u32;
     let mut index = 0;

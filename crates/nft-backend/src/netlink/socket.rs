@@ -116,20 +116,9 @@ impl Socket {
         // SAFETY: msg describes buffers that stay alive for the call.
         let sent = unsafe { libc::sendmsg(self.sock.as_raw_fd(), &msg, 0) };
         if sent < 0 {
-            let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EMSGSIZE) {
-                // Without CAP_NET_ADMIN in the initial user namespace the send buffer
-                // stops at net.core.wmem_max, and one batch cannot exceed it.
-                return Err(io::Error::new(
-                    err.kind(),
-                    format!(
-                        "a {} byte transaction exceeds this socket's send buffer (net.core.wmem_max); \
-                         run as root in the initial user namespace or raise net.core.wmem_max",
-                        encoded.bytes
-                    ),
-                ));
-            }
-            return Err(err);
+            // EMSGSIZE: the batch is larger than the send buffer may grow here (without
+            // CAP_NET_ADMIN in the initial user namespace it stops at net.core.wmem_max).
+            return Err(io::Error::last_os_error());
         }
         let gen_seq = self.request_generation()?;
         self.read_until_generation(gen_seq)
