@@ -177,6 +177,11 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                         ms = start.elapsed().as_secs_f64() * 1e3,
                         "synced"
                     );
+                    match crate::conntrack::clear_stale(engine.desired(), &engine.node_context().node_ips) {
+                        Ok(0) => {}
+                        Ok(n) => info!(flows = n, "cleared stale UDP conntrack entries"),
+                        Err(e) => warn!("could not clear stale UDP conntrack entries: {e}"),
+                    }
                     pending = false;
                     retry_at = None;
                     backoff = Duration::from_secs(1);

@@ -2,6 +2,7 @@
 //! semantics.
 
 mod config;
+mod conntrack;
 mod daemon;
 mod manifests;
 mod node;
@@ -120,9 +121,18 @@ fn sync(paths: &[PathBuf], flags: &NodeFlags) -> Result<ExitCode> {
     let desired = engine.desired();
     let mut backend = NftBackend::new(&config.table);
     let stats = backend.sync_full(desired).context("applying the rules")?;
+    // As after every sync: UDP flows pinned to endpoints that are gone would otherwise
+    // keep going there.
+    let stale = match conntrack::clear_stale(desired, &engine.node_context().node_ips) {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("warning: could not clear stale UDP conntrack entries: {e}");
+            0
+        }
+    };
     let ports = |f: IpFamily| desired.family(f).service_ports.len();
     println!(
-        "kproxy: synced {} service ports (IPv4 {}, IPv6 {}) for node {} into table {}: {} netlink messages, {} bytes, {:.1} ms; {} problem(s)",
+        "kproxy: synced {} service ports (IPv4 {}, IPv6 {}) for node {} into table {}: {} netlink messages, {} bytes, {:.1} ms; {} stale UDP flow(s) cleared; {} problem(s)",
         desired.service_port_count(),
         ports(IpFamily::V4),
         ports(IpFamily::V6),
@@ -131,6 +141,7 @@ fn sync(paths: &[PathBuf], flags: &NodeFlags) -> Result<ExitCode> {
         stats.operations,
         backend.last_transaction_bytes(),
         start.elapsed().as_secs_f64() * 1e3,
+        stale,
         problems.len(),
     );
     Ok(ExitCode::SUCCESS)

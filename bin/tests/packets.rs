@@ -331,3 +331,26 @@ fn affinity_internal_policy_ipv6_and_masquerade_all() {
         assert_eq!(peer(&request(Some("pod2"), "10.96.0.61:80", false, None)), BRIDGE_IP);
     });
 }
+
+/// A UDP flow pinned by conntrack to an endpoint that goes away moves to a remaining one
+/// after the next sync: kproxy clears stale UDP entries, as upstream's reconciler does.
+#[test]
+fn stale_udp_flows_are_cleared() {
+    in_sandbox("stale_udp_flows_are_cleared", || {
+        let node = Node::new();
+        node.sync(CLUSTER, &[]);
+        let same_flow = || request(Some("client"), "10.96.0.53:53", true, Some("10.200.0.2:40053"));
+        let Reply::From { pod: first, .. } = same_flow() else { panic!("no answer") };
+        // The same 5-tuple keeps its endpoint while nothing changes.
+        assert!(matches!(same_flow(), Reply::From { pod, .. } if pod == first));
+
+        let ip = if first == "pod1" { "10.244.0.11" } else { "10.244.0.12" };
+        let dns_slice = "name: dns-1, labels: {kubernetes.io/service-name: dns}}";
+        let (head, tail) = CLUSTER.split_once(dns_slice).unwrap();
+        let tail = tail.replacen(&format!("      - {{addresses: [{ip}], nodeName: node-a}}\n"), "", 1);
+        let out = node.sync(&format!("{head}{dns_slice}{tail}"), &[]);
+        assert!(out.contains("1 stale UDP flow(s) cleared"), "{out}");
+        let after = same_flow();
+        assert!(matches!(&after, Reply::From { pod, .. } if *pod != first), "{after:?}");
+    });
+}

@@ -90,6 +90,10 @@ fn service_ports<'a>(
             candidates.iter().filter(|c| c.local && c.endpoint.ready).map(|c| c.endpoint.ip).collect();
         local_ready.sort_unstable();
         local_ready.dedup();
+        let mut serving: Vec<IpAddr> =
+            candidates.iter().filter(|c| c.endpoint.serving).map(|c| c.endpoint.ip).collect();
+        serving.sort_unstable();
+        serving.dedup();
         out.push(ServicePortRules {
             name: ServicePortName { service: svc.id.clone(), port: port.name.clone(), protocol: port.protocol },
             cluster_ip,
@@ -106,6 +110,7 @@ fn service_ports<'a>(
             local_endpoints: cat.local,
             health_check_node_port: svc.health_check_node_port.filter(|_| external_policy_local),
             local_ready,
+            serving,
         });
     }
     out[first..].sort_unstable_by(|a, b| a.name.cmp(&b.name));

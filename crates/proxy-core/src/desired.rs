@@ -98,6 +98,9 @@ pub struct ServicePortRules {
     /// Addresses of local endpoints that are ready (terminating ones excluded), sorted:
     /// what the health-check NodePort counts.
     pub local_ready: Vec<IpAddr>,
+    /// Addresses of every serving endpoint, whatever the policies chose, sorted: UDP
+    /// conntrack entries DNATed elsewhere are stale (see [`crate::conntrack`]).
+    pub serving: Vec<IpAddr>,
 }
 
 impl ServicePortRules {

@@ -18,6 +18,7 @@
 //! | [`engine`] | incremental recompute: O(changed Services) per sync |
 //! | [`backend`] | the [`Backend`] trait, the [`Syncer`] recovery contract, a model backend |
 //! | [`trace`] | a packet tracer over [`Desired`] |
+//! | [`conntrack`] | which UDP conntrack entries a sync made stale |
 //! | `manifest` | (feature `manifests`) YAML/JSON manifests → objects, for file-fed embedders |
 //!
 //! ```
@@ -50,6 +51,7 @@
 
 pub mod backend;
 pub mod compute;
+pub mod conntrack;
 pub mod context;
 pub mod desired;
 pub mod diff;

@@ -1,0 +1,58 @@
+//! Stale UDP conntrack entries, as upstream's reconciler decides them (pkg/proxy/conntrack).
+
+mod common;
+
+use common::*;
+use proxy_core::IpFamily;
+use proxy_core::conntrack::{UdpFlow, UdpFrontends};
+
+fn flow(dst: &str, reply_src: &str) -> UdpFlow {
+    UdpFlow { orig_src: "10.0.0.2:40000".parse().unwrap(), orig_dst: dst.parse().unwrap(), reply_src: ip(reply_src) }
+}
+
+#[test]
+fn stale_udp_flows() {
+    let mut c = Cluster::upstream();
+    c.add_service(with_ingress(
+        service("ns1", "dns", "172.30.0.53", |s| {
+            s.type_ = Some("LoadBalancer".into());
+            s.external_ips = Some(vec!["192.168.99.53".into()]);
+            s.ports = Some(vec![core_udp_node_port()]);
+        }),
+        &[("1.2.3.53", None)],
+    ));
+    c.add_service(service("ns1", "web", "172.30.0.80", |s| s.ports = Some(vec![port("http", 80, "TCP")])));
+    c.add_service(service("ns1", "empty", "172.30.0.54", |s| s.ports = Some(vec![port("dns", 53, "UDP")])));
+    c.add_slice(slice(
+        "ns1",
+        "dns",
+        1,
+        &[("dns", 5353, "UDP")],
+        &[ep("10.180.0.1").local(), ep("10.180.0.2").conditions(false, true, true), ep("10.180.0.3").ready(false)],
+    ));
+    let desired = c.sync().clone();
+    let frontends = UdpFrontends::new(&desired, IpFamily::V4);
+    let node_ips = [ip(NODE_IP)];
+    let cases = [
+        ("to the ClusterIP, DNATed to a ready endpoint", flow("172.30.0.53:53", "10.180.0.1"), false),
+        ("to the ClusterIP, DNATed to a serving terminating endpoint", flow("172.30.0.53:53", "10.180.0.2"), false),
+        ("to the ClusterIP, DNATed to a not-serving endpoint", flow("172.30.0.53:53", "10.180.0.3"), true),
+        ("to the ClusterIP, DNATed to an endpoint that is gone", flow("172.30.0.53:53", "10.180.0.9"), true),
+        ("to the ClusterIP, never DNATed (began with no endpoints)", flow("172.30.0.53:53", "172.30.0.53"), true),
+        ("to an external IP, gone endpoint", flow("192.168.99.53:53", "10.180.0.9"), true),
+        ("to the LB IP, current endpoint", flow("1.2.3.53:53", "10.180.0.1"), false),
+        ("to the NodePort on the node, gone endpoint", flow("192.168.0.2:30053", "10.180.0.9"), true),
+        ("to the NodePort on the node, current endpoint", flow("192.168.0.2:30053", "10.180.0.1"), false),
+        ("to the NodePort port on another host", flow("192.168.7.7:30053", "10.180.0.9"), false),
+        ("to another port of the ClusterIP", flow("172.30.0.53:54", "10.180.0.9"), false),
+        ("to a Service without endpoints (scale to zero, k#139628)", flow("172.30.0.54:53", "10.180.0.1"), true),
+        ("to a TCP Service's address", flow("172.30.0.80:80", "10.180.0.9"), false),
+    ];
+    for (name, f, stale) in cases {
+        assert_eq!(frontends.is_stale(&f, &node_ips), stale, "{name}");
+    }
+}
+
+fn core_udp_node_port() -> k8s_openapi::api::core::v1::ServicePort {
+    k8s_openapi::api::core::v1::ServicePort { node_port: Some(30053), ..port("dns", 53, "UDP") }
+}
