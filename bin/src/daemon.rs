@@ -24,7 +24,7 @@ use clap::Args;
 use nft_backend::NftBackend;
 use nft_backend::netlink::monitor::Monitor;
 use proxy_core::manifest::Object;
-use proxy_core::{Event, ObjectRef, Syncer, ingest};
+use proxy_core::{Event, ObjectRef, Syncer};
 use tracing::{info, warn};
 
 use crate::config::{NodeFlags, parse_duration};
@@ -218,15 +218,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                         Key::Slice(id) => Event::SliceDeleted(id.clone()),
                     });
                 }
-                for object in &loaded.objects {
-                    let ingested = match object {
-                        Object::Service(s) => ingest::service_applied(s),
-                        Object::EndpointSlice(s) => ingest::slice_applied(s),
-                        Object::Node(_) | Object::ServiceCidr(_) => continue,
-                    };
-                    problems.extend(ingested.problems.iter().map(ToString::to_string));
-                    engine.apply(ingested.event);
-                }
+                manifests::apply(&mut engine, &loaded.objects, &mut problems);
                 crate::report(&problems);
                 known = current;
                 // The Node and ServiceCIDRs shape the node context.

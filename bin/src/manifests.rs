@@ -99,6 +99,14 @@ pub fn context(config: &Config, objects: &[Object], problems: &mut Vec<String>) 
 /// Problems found while translating are appended to `problems`.
 pub fn engine(config: &Config, objects: &[Object], problems: &mut Vec<String>) -> Result<Engine> {
     let mut engine = Engine::new(context(config, objects, problems)?);
+    apply(&mut engine, objects, problems);
+    engine.plan();
+    Ok(engine)
+}
+
+/// Feeds the Services and EndpointSlices to the engine (the Node and ServiceCIDRs shape
+/// the node context instead, see [`context`]).
+pub fn apply(engine: &mut Engine, objects: &[Object], problems: &mut Vec<String>) {
     for object in objects {
         let ingested = match object {
             Object::Service(s) => ingest::service_applied(s),
@@ -108,6 +116,4 @@ pub fn engine(config: &Config, objects: &[Object], problems: &mut Vec<String>) -
         problems.extend(ingested.problems.iter().map(ToString::to_string));
         engine.apply(ingested.event);
     }
-    engine.plan();
-    Ok(engine)
 }

@@ -41,6 +41,24 @@ const SET_TIMEOUT: u32 = 0x10;
 const SET_EVAL: u32 = 0x20;
 const BYTEORDER_BIG: u32 = 2;
 
+/// The attributes after a message's 4-byte `nfgenmsg`: (type without flags, value).
+pub(crate) fn attributes(body: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    let mut rest = body.get(4..).unwrap_or_default();
+    std::iter::from_fn(move || {
+        if rest.len() < 4 {
+            return None;
+        }
+        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
+        let kind = u16::from_ne_bytes([rest[2], rest[3]]) & 0x3fff;
+        if len < 4 || len > rest.len() {
+            return None;
+        }
+        let value = &rest[4..len];
+        rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
+        Some((kind, value))
+    })
+}
+
 fn proto_family(family: IpFamily) -> u16 {
     match family {
         IpFamily::V4 => libc::NFPROTO_IPV4 as u16,

@@ -113,18 +113,5 @@ impl Monitor {
 
 /// The table-name attribute after the 4-byte `nfgenmsg`.
 fn table_attr(body: &[u8]) -> Option<&[u8]> {
-    let mut attrs = body.get(4..)?;
-    while attrs.len() >= 4 {
-        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
-        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
-        if len < 4 || len > attrs.len() {
-            return None;
-        }
-        if kind == ATTR_TABLE {
-            let value = &attrs[4..len];
-            return Some(value.strip_suffix(&[0]).unwrap_or(value));
-        }
-        attrs = attrs.get((len + 3) & !3..)?;
-    }
-    None
+    super::attributes(body).find(|(kind, _)| *kind == ATTR_TABLE).map(|(_, v)| v.strip_suffix(&[0]).unwrap_or(v))
 }

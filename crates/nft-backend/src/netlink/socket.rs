@@ -200,17 +200,7 @@ impl Socket {
 
 /// The `NFTA_GEN_ID` attribute after the 4-byte `nfgenmsg`.
 fn parse_generation(body: &[u8]) -> Option<u32> {
-    let mut attrs = body.get(4..)?;
-    while attrs.len() >= 4 {
-        let len = u16::from_ne_bytes([attrs[0], attrs[1]]) as usize;
-        let kind = u16::from_ne_bytes([attrs[2], attrs[3]]) & 0x3fff;
-        if len < 4 || len > attrs.len() {
-            return None;
-        }
-        if kind == NFTA_GEN_ID && len >= 8 {
-            return Some(u32::from_be_bytes(attrs[4..8].try_into().ok()?));
-        }
-        attrs = attrs.get((len + 3) & !3..)?;
-    }
-    None
+    super::attributes(body)
+        .find(|(kind, _)| *kind == NFTA_GEN_ID)
+        .and_then(|(_, v)| Some(u32::from_be_bytes(v.get(..4)?.try_into().ok()?)))
 }

@@ -7,11 +7,11 @@ use k8s_openapi::api::discovery::v1 as k8s;
 
 use super::{
     Ignored, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, Problems, Rejected, Translated, object_ref,
-    port_number,
+    port_number, protocol,
 };
 use crate::error::{Error, ObjectKind};
 use crate::ip::parse_ip_sloppy;
-use crate::model::{Endpoint, EndpointPort, EndpointSlice, IpFamily, ObjectRef, Protocol};
+use crate::model::{Endpoint, EndpointPort, EndpointSlice, IpFamily, ObjectRef};
 
 /// The annotation the EndpointSlice controller stamps with the time of the triggering change.
 pub const ANNOTATION_TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
@@ -56,16 +56,7 @@ pub fn endpoint_slice(slice: &k8s::EndpointSlice) -> Result<Translated<EndpointS
                 continue;
             }
         };
-        let protocol = match p.protocol.as_deref() {
-            None | Some("") => Protocol::Tcp,
-            Some(s) => match Protocol::from_k8s(s) {
-                Some(proto) => proto,
-                None => {
-                    problems.drop_part(format!("{field}.protocol"), Error::UnknownProtocol(s.into()));
-                    continue;
-                }
-            },
-        };
+        let Some(protocol) = protocol(p.protocol.as_deref(), &field, &mut problems) else { continue };
         let name: Arc<str> = Arc::from(p.name.as_deref().unwrap_or(""));
         if !seen.insert((name.clone(), protocol)) {
             problems.drop_part(field, Error::DuplicatePort(format!("{protocol} {name}")));

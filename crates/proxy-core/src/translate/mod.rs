@@ -94,6 +94,21 @@ fn object_ref(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta)
     ObjectRef::new(meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref().unwrap_or(""))
 }
 
+/// A port's protocol (absent means TCP, as the API defaults it); `None` (with the
+/// problem recorded) for an unknown one.
+fn protocol(raw: Option<&str>, field: &str, problems: &mut Problems) -> Option<crate::model::Protocol> {
+    match raw {
+        None | Some("") => Some(crate::model::Protocol::Tcp),
+        Some(s) => {
+            let proto = crate::model::Protocol::from_k8s(s);
+            if proto.is_none() {
+                problems.drop_part(format!("{field}.protocol"), Error::UnknownProtocol(s.into()));
+            }
+            proto
+        }
+    }
+}
+
 /// Converts an API port number, rejecting 0 and anything above 65535.
 fn port_number(value: i32) -> Result<u16, Error> {
     u16::try_from(value).ok().filter(|p| *p != 0).ok_or(Error::PortOutOfRange(i64::from(value)))

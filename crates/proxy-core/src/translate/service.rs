@@ -6,12 +6,12 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1 as k8s;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Ignored, LABEL_SERVICE_PROXY_NAME, Problems, Rejected, Translated, object_ref, port_number};
+use super::{Ignored, LABEL_SERVICE_PROXY_NAME, Problems, Rejected, Translated, object_ref, port_number, protocol};
 use crate::error::{Error, ObjectKind};
 use crate::ip::{parse_cidr_sloppy, parse_ip_sloppy};
 use crate::model::{
-    DEFAULT_AFFINITY_TIMEOUT_SECONDS, IpFamily, IpMode, LoadBalancerIngress, Protocol, Service, ServicePort,
-    ServiceType, TargetPort, TrafficDistribution, TrafficPolicy,
+    DEFAULT_AFFINITY_TIMEOUT_SECONDS, IpFamily, IpMode, LoadBalancerIngress, Service, ServicePort, ServiceType,
+    TargetPort, TrafficDistribution, TrafficPolicy,
 };
 
 /// The largest ClientIP affinity timeout the API allows (one day).
@@ -117,16 +117,7 @@ fn ports(spec: &k8s::ServiceSpec, kind: ServiceType, problems: &mut Problems) ->
     let mut numbers = HashSet::new();
     for (i, p) in spec.ports.iter().flatten().enumerate() {
         let field = format!("spec.ports[{i}]");
-        let protocol = match p.protocol.as_deref() {
-            None | Some("") => Protocol::Tcp,
-            Some(s) => match Protocol::from_k8s(s) {
-                Some(proto) => proto,
-                None => {
-                    problems.drop_part(format!("{field}.protocol"), Error::UnknownProtocol(s.into()));
-                    continue;
-                }
-            },
-        };
+        let Some(protocol) = protocol(p.protocol.as_deref(), &field, problems) else { continue };
         let port = match port_number(p.port) {
             Ok(port) => port,
             Err(e) => {
