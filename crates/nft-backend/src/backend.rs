@@ -174,16 +174,17 @@ impl Backend for NftBackend {
         for rules in desired.families() {
             let family = rules.context.family;
             let mut committed = Committed::default();
-            let mut ruleset = render::skeleton(&rules.context);
             for r in rules.service_ports.values() {
                 let objects = render::service_port(r, &rules.context);
                 for key in objects.elements.keys() {
                     committed.owners.entry(*key).or_insert_with(|| r.name.clone());
                 }
-                render::merge(&mut ruleset, objects.clone());
                 committed.ports.insert(r.name.clone(), objects);
             }
-            txs.push(Transaction::replace(family, &self.table, &ruleset));
+            // In name order, so that conflicting claims resolve as they do in `plan`.
+            let skeleton = render::skeleton(&rules.context);
+            let ordered = rules.service_ports.keys().filter_map(|name| committed.ports.get(name));
+            txs.push(Transaction::replace(family, &self.table, &skeleton, ordered));
             records.push((family, committed));
         }
         let operations = self.commit(&txs)?;

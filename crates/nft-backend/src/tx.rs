@@ -3,10 +3,12 @@
 //! Building a transaction cannot fail; [`crate::netlink`] turns it into one netlink batch.
 //! Its `Display` is the same operations as `nft` commands, for logs and `kproxy plan`.
 
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 
 use proxy_core::IpFamily;
 
+use crate::render::PortObjects;
 use crate::ruleset::{BaseChain, ChainType, Key, Rule, Ruleset, Set, Verdict, nft_family};
 use crate::text;
 
@@ -64,36 +66,47 @@ impl Transaction {
         self.ops.is_empty()
     }
 
-    /// Appends the creation of a whole ruleset into an empty table: sets, then chains,
-    /// then rules and elements (which refer to both).
-    pub fn create_all(&mut self, ruleset: &Ruleset) {
-        for (name, set) in &ruleset.sets {
-            let definition = Set { elements: Default::default(), ..set.clone() };
-            self.push(Op::AddSet(name.clone(), definition));
-        }
-        for (name, chain) in &ruleset.chains {
-            self.push(Op::AddChain(name.clone(), chain.base));
-        }
-        for (name, chain) in &ruleset.chains {
-            for rule in &chain.rules {
-                self.push(Op::AddRule(name.clone(), rule.clone()));
-            }
-        }
-        for (name, set) in &ruleset.sets {
-            if !set.elements.is_empty() {
-                self.push(Op::AddElements(name.clone(), set.elements.iter().map(|(k, v)| (*k, v.clone())).collect()));
-            }
-        }
-    }
-
-    /// A transaction that atomically replaces the table with `ruleset`: the table is
-    /// created if missing, deleted, and created again with everything in it.
-    pub fn replace(family: IpFamily, table: &str, ruleset: &Ruleset) -> Transaction {
+    /// A transaction that atomically replaces the table with the skeleton plus every
+    /// service port's objects: the table is created if missing, deleted, and created again
+    /// with sets first, then chains, then rules and elements (which refer to both). Shared
+    /// elements claimed twice keep the first claim.
+    pub fn replace<'a>(
+        family: IpFamily,
+        table: &str,
+        skeleton: &Ruleset,
+        ports: impl Iterator<Item = &'a PortObjects> + Clone,
+    ) -> Transaction {
         let mut tx = Transaction::new(family, table);
         tx.push(Op::AddTable);
         tx.push(Op::DeleteTable);
         tx.push(Op::AddTable);
-        tx.create_all(ruleset);
+        let port_sets = ports.clone().flat_map(|p| p.sets.iter());
+        for (name, set) in skeleton.sets.iter().chain(port_sets) {
+            let definition = Set { elements: Default::default(), ..set.clone() };
+            tx.push(Op::AddSet(name.clone(), definition));
+        }
+        let chains = || skeleton.chains.iter().chain(ports.clone().flat_map(|p| p.chains.iter()));
+        for (name, chain) in chains() {
+            tx.push(Op::AddChain(name.clone(), chain.base));
+        }
+        for (name, chain) in chains() {
+            for rule in &chain.rules {
+                tx.push(Op::AddRule(name.clone(), rule.clone()));
+            }
+        }
+        let mut elements: BTreeMap<&str, Vec<(Key, Option<Verdict>)>> = BTreeMap::new();
+        let mut claimed = HashSet::new();
+        for (name, set) in &skeleton.sets {
+            elements.entry(name).or_default().extend(set.elements.iter().map(|(k, v)| (*k, v.clone())));
+        }
+        for ((set, key), verdict) in ports.flat_map(|p| p.elements.iter()) {
+            if claimed.insert((*set, *key)) {
+                elements.entry(set).or_default().push((*key, verdict.clone()));
+            }
+        }
+        for (name, list) in elements.into_iter().filter(|(_, l)| !l.is_empty()) {
+            tx.push(Op::AddElements(name.to_string(), list));
+        }
         tx
     }
 }

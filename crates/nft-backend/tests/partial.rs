@@ -14,20 +14,8 @@ fn list() -> String {
     sh("nft list ruleset")
 }
 
-/// The listing with each table's sets and chains sorted: the kernel lists chains in
-/// creation order, so chains a partial sync added come last until the next full sync.
 fn normalized() -> String {
-    list()
-        .split("\ntable ")
-        .map(|table| {
-            let mut blocks: Vec<String> =
-                table.split("\n\n").map(|b| b.trim_end_matches(['\n', '}']).to_string()).collect();
-            let head = blocks.remove(0);
-            blocks.sort();
-            format!("{head}\n{}", blocks.join("\n"))
-        })
-        .collect::<Vec<_>>()
-        .join("\ntable ")
+    normalize(&list())
 }
 
 fn apply_yaml(engine: &mut proxy_core::Engine, yaml: &str) {

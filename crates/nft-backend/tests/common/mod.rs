@@ -82,3 +82,30 @@ pub fn engine(node: NodeContext, yaml: &str) -> Engine {
 pub fn fixture() -> Desired {
     engine(node(), include_str!("../fixtures/cluster.yaml")).desired().clone()
 }
+
+/// The listing with each table's sets and chains sorted: the kernel lists chains in
+/// creation order, so chains a partial sync added come last until the next full sync.
+pub fn normalize(listing: &str) -> String {
+    let mut out = Vec::new();
+    let mut blocks: Vec<Vec<&str>> = Vec::new();
+    let flush = |blocks: &mut Vec<Vec<&str>>, out: &mut Vec<String>| {
+        let mut sorted: Vec<String> = blocks.drain(..).map(|b| b.join("\n")).collect();
+        sorted.sort();
+        out.extend(sorted);
+    };
+    // Blank lines and the tables' closing braces carry no content.
+    for line in listing.lines().filter(|l| !l.trim().is_empty() && *l != "}") {
+        if line.starts_with("table ") {
+            flush(&mut blocks, &mut out);
+            out.push(line.to_string());
+        } else if ["\tset ", "\tmap ", "\tchain "].iter().any(|p| line.starts_with(p)) {
+            blocks.push(vec![line]);
+        } else if let Some(block) = blocks.last_mut() {
+            block.push(line);
+        } else {
+            out.push(line.to_string());
+        }
+    }
+    flush(&mut blocks, &mut out);
+    out.join("\n")
+}
