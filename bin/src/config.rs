@@ -83,6 +83,10 @@ pub struct Config {
     pub sync_period: Duration,
     /// The shortest time between two syncs.
     pub min_sync_period: Duration,
+    /// Where `/healthz` and `/livez` are served.
+    pub healthz_bind_address: String,
+    /// Where `/metrics` is served.
+    pub metrics_bind_address: String,
 }
 
 /// The subset of `KubeProxyConfiguration` kproxy reads, with every other known field
@@ -265,6 +269,8 @@ impl NodeFlags {
             table: self.table.clone(),
             sync_period,
             min_sync_period,
+            healthz_bind_address: file.healthz_bind_address.unwrap_or_else(|| "0.0.0.0:10256".into()),
+            metrics_bind_address: file.metrics_bind_address.unwrap_or_else(|| "127.0.0.1:10249".into()),
         })
     }
 }

@@ -24,11 +24,12 @@ use clap::Args;
 use nft_backend::NftBackend;
 use nft_backend::netlink::monitor::Monitor;
 use proxy_core::manifest::Object;
-use proxy_core::{Event, ObjectRef, Syncer};
+use proxy_core::{Desired, Event, ObjectRef, Plan, Syncer};
 use tracing::{info, warn};
 
 use crate::config::{NodeFlags, parse_duration};
 use crate::manifests;
+use crate::serve::{self, Health, Metrics};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -44,6 +45,12 @@ pub struct RunArgs {
     /// How often to look for manifest changes.
     #[arg(long, default_value = "200ms")]
     poll_interval: String,
+    /// Where to serve /healthz and /livez (kube-proxy's default: 0.0.0.0:10256).
+    #[arg(long)]
+    healthz_bind_address: Option<String>,
+    /// Where to serve /metrics (kube-proxy's default: 127.0.0.1:10249).
+    #[arg(long)]
+    metrics_bind_address: Option<String>,
     #[command(flatten)]
     node: NodeFlags,
 }
@@ -134,6 +141,13 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     };
     let poll = parse_duration(&args.poll_interval).context("--poll-interval")?;
 
+    let health = Arc::new(Health::default());
+    let metrics = Arc::new(Metrics::new());
+    let healthz_addr = args.healthz_bind_address.clone().unwrap_or_else(|| config.healthz_bind_address.clone());
+    let metrics_addr = args.metrics_bind_address.clone().unwrap_or_else(|| config.metrics_bind_address.clone());
+    serve::health_server(&healthz_addr, health.clone(), metrics.clone(), 2 * sync_period)?;
+    serve::metrics_server(&metrics_addr, metrics.clone())?;
+
     let mut backend = NftBackend::new(&config.table);
     let own_port = Arc::new(AtomicU32::new(backend.connect().context("opening the nftables netlink socket")?));
     let (tx, rx) = mpsc::channel();
@@ -152,6 +166,8 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let mut engine = manifests::engine(&config, &loaded.objects, &mut problems)?;
     crate::report(&problems);
     let mut known = keys(&loaded.objects);
+    health.set_node_eligible(manifests::node_eligible(&config, &loaded.objects));
+    health.queued();
     let mut syncer = Syncer::new(backend);
     let mut last_sync: Option<Instant> = None;
     let mut next_full = Instant::now() + sync_period;
@@ -168,8 +184,13 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             let plan = engine.plan();
             let full = syncer.needs_full() || plan.full;
             let start = Instant::now();
+            metrics.service_changes.inc_by(plan.service_changes);
+            metrics.endpoint_changes.inc_by(plan.endpoint_changes);
             match syncer.sync(&plan, engine.desired()) {
                 Ok(stats) => {
+                    record_sync(&metrics, &plan, engine.desired(), start.elapsed(), full);
+                    metrics.transaction_bytes.set(syncer.backend().last_transaction_bytes() as i64);
+                    health.updated();
                     info!(
                         full,
                         operations = stats.operations,
@@ -179,7 +200,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                     );
                     match crate::conntrack::clear_stale(engine.desired(), &engine.node_context().node_ips) {
                         Ok(0) => {}
-                        Ok(n) => info!(flows = n, "cleared stale UDP conntrack entries"),
+                        Ok(n) => {
+                            metrics.conntrack_deleted.inc_by(n as u64);
+                            info!(flows = n, "cleared stale UDP conntrack entries");
+                        }
                         Err(e) => warn!("could not clear stale UDP conntrack entries: {e}"),
                     }
                     pending = false;
@@ -190,6 +214,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                     }
                 }
                 Err(e) => {
+                    metrics.sync_failures.inc();
                     warn!("sync failed, retrying in {backoff:?} with a full sync: {e}");
                     retry_at = Some(Instant::now() + backoff);
                     backoff = (backoff * 2).min(sync_period.max(Duration::from_secs(1)));
@@ -221,12 +246,17 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                 manifests::apply(&mut engine, &loaded.objects, &mut problems);
                 crate::report(&problems);
                 known = current;
+                health.set_node_eligible(manifests::node_eligible(&config, &loaded.objects));
+                health.queued();
+                metrics.last_queued_timestamp.set(unix_now());
                 // The Node and ServiceCIDRs shape the node context.
                 engine.set_node_context(manifests::context(&config, &loaded.objects, &mut Vec::new())?);
                 pending = true;
             }
             Ok(Trigger::Drift) => {
                 drift_repairs += 1;
+                metrics.drift_repairs.inc();
+                health.queued();
                 warn!(drift_repairs, "table {} was changed by someone else; repairing with a full sync", config.table);
                 syncer.request_full();
                 pending = true;
@@ -237,6 +267,35 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             Err(RecvTimeoutError::Disconnected) => return Ok(ExitCode::FAILURE),
         }
     }
+}
+
+fn unix_now() -> f64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
+}
+
+/// Records a successful sync in kube-proxy's metrics.
+fn record_sync(metrics: &Metrics, plan: &Plan, desired: &Desired, took: Duration, full: bool) {
+    let seconds = took.as_secs_f64();
+    metrics.sync_duration.observe(seconds);
+    if full { &metrics.full_sync_duration } else { &metrics.partial_sync_duration }.observe(seconds);
+    metrics.last_sync_timestamp.set(unix_now());
+    let now = unix_now();
+    for trigger in plan.trigger_times.values().flatten() {
+        let at = trigger.as_second() as f64 + f64::from(trigger.subsec_nanosecond()) / 1e9;
+        metrics.network_programming_duration.observe((now - at).max(0.0));
+    }
+    let (mut internal, mut external) = (0, 0);
+    for rules in desired.families().flat_map(|f| f.service_ports.values()) {
+        if rules.has_endpoints && rules.internal_policy_local && rules.local_endpoints.is_empty() {
+            internal += 1;
+        }
+        if rules.has_endpoints && rules.external_policy_local && rules.local_endpoints.is_empty() {
+            external += 1;
+        }
+    }
+    let label = |policy: &str| vec![("traffic_policy".to_string(), policy.to_string())];
+    metrics.no_local_endpoints.get_or_create(&label("internal")).set(internal);
+    metrics.no_local_endpoints.get_or_create(&label("external")).set(external);
 }
 
 fn keys(objects: &[Object]) -> HashSet<Key> {

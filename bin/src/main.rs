@@ -6,6 +6,7 @@ mod conntrack;
 mod daemon;
 mod manifests;
 mod node;
+mod serve;
 mod trace_cmd;
 
 use std::path::PathBuf;

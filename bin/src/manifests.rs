@@ -95,6 +95,18 @@ pub fn context(config: &Config, objects: &[Object], problems: &mut Vec<String>) 
     node::context(config, node_obj.as_ref(), service_cidrs)
 }
 
+/// Whether this node may receive traffic: false while its Node object is being deleted
+/// or carries the cluster autoscaler's deletion taint (kube-proxy's "node eligible").
+pub fn node_eligible(config: &Config, objects: &[Object]) -> bool {
+    let name = node::node_name(config);
+    !objects.iter().any(|o| match o {
+        Object::Node(n) if n.metadata.name.as_deref() == Some(name.as_str()) => {
+            translate::node(n).is_ok_and(|t| t.value.being_deleted)
+        }
+        _ => false,
+    })
+}
+
 /// The engine holding the manifests' objects, planned once, with this node's context.
 /// Problems found while translating are appended to `problems`.
 pub fn engine(config: &Config, objects: &[Object], problems: &mut Vec<String>) -> Result<Engine> {

@@ -151,3 +151,59 @@ fn a_bad_config_exits_with_a_clear_message() {
     assert!(!out.status.success());
     assert!(stderr.contains("clusterCIDRs") && stderr.contains("config.yaml"), "{stderr}");
 }
+
+fn get(addr: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+#[test]
+fn health_and_metrics_endpoints() {
+    in_sandbox("health_and_metrics_endpoints", || {
+        let node = Node::new();
+        let dir = write(&node, WEB);
+        let _daemon = Daemon::start(&dir);
+        wait_for("first sync", Duration::from_secs(10), table_exists);
+        wait_for("healthz listening", Duration::from_secs(5), || {
+            std::net::TcpStream::connect("127.0.0.1:10256").is_ok()
+        });
+
+        let (code, body) = get("127.0.0.1:10256", "/healthz");
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains(r#""nodeEligible": true"#) && body.contains("lastUpdated"), "{body}");
+        assert_eq!(get("127.0.0.1:10256", "/livez").0, 200);
+        assert_eq!(get("127.0.0.1:10256", "/nope").0, 404);
+
+        let (code, metrics) = get("127.0.0.1:10249", "/metrics");
+        assert_eq!(code, 200);
+        for name in [
+            "kubeproxy_sync_proxy_rules_duration_seconds_bucket",
+            "kubeproxy_sync_full_proxy_rules_duration_seconds_count",
+            "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
+            "kubeproxy_network_programming_duration_seconds",
+            "kubeproxy_sync_proxy_rules_service_changes_total",
+            "kubeproxy_sync_proxy_rules_endpoint_changes_total",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints{traffic_policy=\"internal\"}",
+            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
+            "kubeproxy_conntrack_reconciler_deleted_entries_total",
+            "kubeproxy_proxy_healthz_total{code=\"200\"}",
+            "kproxy_drift_repairs_total",
+            "kproxy_transaction_bytes",
+        ] {
+            assert!(metrics.contains(name), "{name} missing from:\n{metrics}");
+        }
+
+        // The node is about to be deleted: /healthz says 503 so load balancers drain it;
+        // /livez ignores node eligibility.
+        let node_yaml = "\n---\napiVersion: v1\nkind: Node\nmetadata: {name: node-a}\nspec: {taints: [{key: ToBeDeletedByClusterAutoscaler, effect: NoSchedule}]}\n";
+        write(&node, &format!("{WEB}{node_yaml}"));
+        wait_for("healthz 503", Duration::from_secs(3), || get("127.0.0.1:10256", "/healthz").0 == 503);
+        assert_eq!(get("127.0.0.1:10256", "/livez").0, 200);
+    });
+}
