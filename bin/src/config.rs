@@ -53,6 +53,9 @@ pub struct NodeFlags {
     /// Log verbosity, as kube-proxy's `-v`.
     #[arg(short = 'v', long = "v", default_value_t = 0)]
     pub verbosity: u8,
+    /// Log format: text or json (kube-proxy's `--logging-format`).
+    #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+    pub logging_format: String,
 }
 
 /// How pod traffic is recognised.

@@ -128,7 +128,7 @@ fn object_ref(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta)
 }
 
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
-    crate::init_logging(args.node.verbosity.max(2));
+    crate::init_logging(&args.node, 2);
     let config = args.node.resolve()?;
     anyhow::ensure!(config.proxy_mode == "nftables", "kproxy run supports --proxy-mode=nftables only for now");
     let min_sync_period = match &args.min_sync_period {
@@ -148,6 +148,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     serve::health_server(&healthz_addr, health.clone(), metrics.clone(), 2 * sync_period)?;
     serve::metrics_server(&metrics_addr, metrics.clone())?;
 
+    let mut service_health = serve::ServiceHealth::default();
     let mut backend = NftBackend::new(&config.table);
     let own_port = Arc::new(AtomicU32::new(backend.connect().context("opening the nftables netlink socket")?));
     let (tx, rx) = mpsc::channel();
@@ -191,6 +192,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                     record_sync(&metrics, &plan, engine.desired(), start.elapsed(), full);
                     metrics.transaction_bytes.set(syncer.backend().last_transaction_bytes() as i64);
                     health.updated();
+                    service_health.sync(&engine.desired().health_checks(), &health_check_addrs(engine.node_context()));
                     info!(
                         full,
                         operations = stats.operations,
@@ -267,6 +269,19 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             Err(RecvTimeoutError::Disconnected) => return Ok(ExitCode::FAILURE),
         }
     }
+}
+
+/// Where HealthCheckNodePorts listen: the NodePort addresses (every address when those
+/// match all).
+fn health_check_addrs(node: &proxy_core::NodeContext) -> Vec<std::net::IpAddr> {
+    let mut addrs = Vec::new();
+    for family in proxy_core::IpFamily::ALL {
+        match node.family(family).nodeport_ips {
+            proxy_core::NodePortIps::All => return Vec::new(),
+            proxy_core::NodePortIps::Only(ips) => addrs.extend(ips),
+        }
+    }
+    addrs
 }
 
 fn unix_now() -> f64 {

@@ -67,15 +67,16 @@ enum Command {
     Version,
 }
 
-pub(crate) fn init_logging(verbosity: u8) {
-    let level = match verbosity {
+pub(crate) fn init_logging(flags: &NodeFlags, min_verbosity: u8) {
+    let level = match flags.verbosity.max(min_verbosity) {
         0..=1 => "warn",
         2..=3 => "info",
         4..=5 => "debug",
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("KPROXY_LOG").unwrap_or_else(|_| level.into());
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if flags.logging_format == "json" { builder.json().try_init() } else { builder.try_init() };
 }
 
 fn main() -> ExitCode {
@@ -111,7 +112,7 @@ pub(crate) fn report(problems: &[String]) {
 }
 
 fn sync(paths: &[PathBuf], flags: &NodeFlags) -> Result<ExitCode> {
-    init_logging(flags.verbosity);
+    init_logging(flags, 0);
     let config = flags.resolve()?;
     anyhow::ensure!(config.proxy_mode == "nftables", "kproxy sync supports --proxy-mode=nftables only for now");
     let start = Instant::now();
@@ -149,7 +150,7 @@ fn sync(paths: &[PathBuf], flags: &NodeFlags) -> Result<ExitCode> {
 }
 
 fn plan(paths: &[PathBuf], flags: &NodeFlags) -> Result<ExitCode> {
-    init_logging(flags.verbosity);
+    init_logging(flags, 0);
     let config = flags.resolve()?;
     let loaded = manifests::load(paths)?;
     let mut problems = loaded.problems;

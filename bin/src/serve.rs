@@ -211,3 +211,72 @@ pub fn metrics_server(addr: &str, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     });
     Ok(())
 }
+
+/// One HealthCheckNodePort server per Service with `externalTrafficPolicy: Local`: load
+/// balancers ask it whether this node has local endpoints (kube-proxy's service health
+/// server). 200 with local endpoints, 503 without, and upstream's JSON body.
+#[derive(Default)]
+pub struct ServiceHealth {
+    servers: std::collections::HashMap<proxy_core::ObjectRef, ServiceHealthServer>,
+}
+
+struct ServiceHealthServer {
+    port: u16,
+    local_endpoints: Arc<AtomicU64>,
+    listeners: Vec<Arc<tiny_http::Server>>,
+}
+
+impl Drop for ServiceHealthServer {
+    fn drop(&mut self) {
+        for l in &self.listeners {
+            l.unblock();
+        }
+    }
+}
+
+impl ServiceHealth {
+    /// Brings the servers in line with `checks` (Service → (port, local ready endpoints)),
+    /// listening on `addrs` (empty: every address).
+    pub fn sync(
+        &mut self,
+        checks: &std::collections::BTreeMap<proxy_core::ObjectRef, (u16, usize)>,
+        addrs: &[std::net::IpAddr],
+    ) {
+        use std::sync::atomic::Ordering;
+        self.servers.retain(|svc, server| checks.get(svc).is_some_and(|(port, _)| *port == server.port));
+        for (svc, (port, count)) in checks {
+            if let Some(server) = self.servers.get(svc) {
+                server.local_endpoints.store(*count as u64, Ordering::Relaxed);
+                continue;
+            }
+            let local_endpoints = Arc::new(AtomicU64::new(*count as u64));
+            let binds: Vec<String> = if addrs.is_empty() {
+                vec![format!("0.0.0.0:{port}")]
+            } else {
+                addrs.iter().map(|ip| std::net::SocketAddr::new(*ip, *port).to_string()).collect()
+            };
+            let mut listeners = Vec::new();
+            for bind in binds {
+                match tiny_http::Server::http(&bind) {
+                    Ok(server) => {
+                        let server = Arc::new(server);
+                        let (svc, count, s) = (svc.clone(), local_endpoints.clone(), server.clone());
+                        std::thread::spawn(move || {
+                            for request in s.incoming_requests() {
+                                let n = count.load(Ordering::Relaxed);
+                                let body = format!(
+                                    r#"{{"service": {{"namespace": "{}","name": "{}"}},"localEndpoints": {n},"serviceProxyHealthy": true}}"#,
+                                    svc.namespace, svc.name
+                                );
+                                respond(request, if n > 0 { 200 } else { 503 }, body, "application/json");
+                            }
+                        });
+                        listeners.push(server);
+                    }
+                    Err(e) => warn!(service = %svc, "FailedToStartServiceHealthcheck: listening on {bind}: {e}"),
+                }
+            }
+            self.servers.insert(svc.clone(), ServiceHealthServer { port: *port, local_endpoints, listeners });
+        }
+    }
+}

@@ -207,3 +207,42 @@ fn health_and_metrics_endpoints() {
         assert_eq!(get("127.0.0.1:10256", "/livez").0, 200);
     });
 }
+
+const LOCAL_LB: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {namespace: default, name: lb}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.70
+  externalTrafficPolicy: Local
+  healthCheckNodePort: 32000
+  ports: [{name: http, port: 80, nodePort: 30070}]
+status: {loadBalancer: {ingress: [{ip: 192.0.2.70}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {namespace: default, name: lb-1, labels: {kubernetes.io/service-name: lb}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints: [{addresses: [10.244.0.11], nodeName: NODE}]
+"#;
+
+#[test]
+fn health_check_node_port_follows_local_endpoints() {
+    in_sandbox("health_check_node_port_follows_local_endpoints", || {
+        let node = Node::new();
+        let dir = write(&node, &LOCAL_LB.replace("NODE", "node-a"));
+        let _daemon = Daemon::start(&dir);
+        let hc = format!("{NODE_IP}:32000");
+        wait_for("health check server", Duration::from_secs(10), || std::net::TcpStream::connect(&hc).is_ok());
+        let (code, body) = get(&hc, "/");
+        assert_eq!(code, 200, "{body}");
+        assert!(body.contains(r#""name": "lb""#) && body.contains(r#""localEndpoints": 1"#), "{body}");
+
+        // The endpoint moves to another node: this node must be drained.
+        write(&node, &LOCAL_LB.replace("NODE", "node-b"));
+        wait_for("health check 503", Duration::from_secs(5), || get(&hc, "/").0 == 503);
+        assert!(get(&hc, "/").1.contains(r#""localEndpoints": 0"#));
+    });
+}
