@@ -354,3 +354,57 @@ fn stale_udp_flows_are_cleared() {
         assert!(matches!(&after, Reply::From { pod, .. } if *pod != first), "{after:?}");
     });
 }
+
+const EXTERNAL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {namespace: default, name: lb-local}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.80
+  externalTrafficPolicy: Local
+  externalIPs: [192.0.2.81]
+  ports: [{name: http, port: 80, nodePort: 30080}]
+status: {loadBalancer: {ingress: [{ip: 192.0.2.80}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {namespace: default, name: lb-local-1, labels: {kubernetes.io/service-name: lb-local}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+  - {addresses: [10.244.0.11], nodeName: node-a}
+  - {addresses: [10.244.0.12], nodeName: node-a}
+"#;
+
+/// externalTrafficPolicy: Local from every kind of source, over LB IP, external IP and
+/// NodePort: external clients keep their address; pods short-circuit unmasqueraded; the
+/// node itself is masqueraded.
+#[test]
+fn external_frontends_from_every_source() {
+    in_sandbox("external_frontends_from_every_source", || {
+        let node = Node::new();
+        node.sync(EXTERNAL, &[]);
+        let np = format!("{NODE_IP}:30080");
+        for target in ["192.0.2.80:80", "192.0.2.81:80", np.as_str()] {
+            let from_client = requests(10, Some("client"), target, false);
+            assert_eq!(pods(&from_client), both(), "client -> {target}: {from_client:?}");
+            assert_eq!(peers(&from_client), [CLIENT_IP.to_string()].into(), "client -> {target}");
+
+            let from_pod = requests(10, Some("pod1"), target, false);
+            assert_eq!(pods(&from_pod), both(), "pod -> {target}: {from_pod:?}");
+            // pod1 reaching pod2 keeps its address; reaching itself is hairpin-masqueraded.
+            for r in &from_pod {
+                match r {
+                    Reply::From { pod, peer } if pod == "pod2" => assert_eq!(peer, "10.244.0.11", "pod -> {target}"),
+                    Reply::From { peer, .. } => assert_eq!(peer, BRIDGE_IP, "pod -> {target}"),
+                    other => panic!("pod -> {target}: {other:?}"),
+                }
+            }
+
+            let from_node = requests(6, None, target, false);
+            assert!(!pods(&from_node).is_empty(), "node -> {target}: {from_node:?}");
+            assert_eq!(peers(&from_node), [BRIDGE_IP.to_string()].into(), "node -> {target}: masqueraded");
+        }
+    });
+}
