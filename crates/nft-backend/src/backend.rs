@@ -20,13 +20,29 @@ use crate::tx::{Op, Transaction};
 /// The default table name.
 pub const DEFAULT_TABLE: &str = "kproxy";
 
+/// Claims on shared elements: per (set, key), each claimant's verdict. The kernel holds
+/// the first claimant's, in name order, as a full sync resolves conflicts; when it lets go,
+/// the next claimant's takes its place.
+type Claims = HashMap<(&'static str, Key), Claimants>;
+
+/// The claims on one element: claimant → verdict.
+type Claimants = BTreeMap<ServicePortName, Option<Verdict>>;
+
+/// What the kernel holds for an element: absent, or present with this verdict.
+type Held = Option<Option<Verdict>>;
+
+/// The verdict the kernel holds for an element, if any service port claims it.
+fn effective(claims: &Claimants) -> Held {
+    claims.values().next().cloned()
+}
+
 /// What was committed for one family.
 #[derive(Debug, Default)]
 struct Committed {
     /// Objects of each service port, as last committed.
     ports: HashMap<ServicePortName, PortObjects>,
-    /// Which service port owns each shared element (the first to claim it).
-    owners: HashMap<(&'static str, Key), ServicePortName>,
+    /// Every service port's claim on each shared element.
+    claims: Claims,
 }
 
 #[derive(Debug, Default)]
@@ -176,8 +192,8 @@ impl Backend for NftBackend {
             let mut committed = Committed::default();
             for r in rules.service_ports.values() {
                 let objects = render::service_port(r, &rules.context);
-                for key in objects.elements.keys() {
-                    committed.owners.entry(*key).or_insert_with(|| r.name.clone());
+                for (key, verdict) in &objects.elements {
+                    committed.claims.entry(*key).or_default().insert(r.name.clone(), verdict.clone());
                 }
                 committed.ports.insert(r.name.clone(), objects);
             }
@@ -214,22 +230,23 @@ impl Backend for NftBackend {
             let mut new_objects = Vec::new();
             for (name, change) in &fc.service_ports {
                 let new = change.new_rules().map(|r| render::service_port(r, &ctx));
-                plan.port(name, committed.ports.get(name), new.as_ref(), &committed.owners);
+                plan.port(name, committed.ports.get(name), new.as_ref(), &committed.claims);
                 new_objects.push((name.clone(), new));
             }
             let mut tx = Transaction::new(family, &self.table);
-            let (claimed, released) = plan.emit(&mut tx);
+            let claims = plan.emit(&mut tx);
             txs.push(tx);
-            updates.push((family, new_objects, claimed, released));
+            updates.push((family, new_objects, claims));
         }
         let operations = self.commit(&txs)?;
-        for (family, new_objects, claimed, released) in updates {
+        for (family, new_objects, claims) in updates {
             let committed = self.families[family.index()].committed.as_mut().expect("checked above");
-            for key in released {
-                committed.owners.remove(&key);
-            }
-            for (key, owner) in claimed {
-                committed.owners.insert(key, owner);
+            for (key, claimants) in claims {
+                if claimants.is_empty() {
+                    committed.claims.remove(&key);
+                } else {
+                    committed.claims.insert(key, claimants);
+                }
             }
             for (name, objects) in new_objects {
                 match objects {
@@ -267,8 +284,9 @@ struct PortPlan {
     flush_removed: Vec<Op>,
     delete_chains: Vec<Op>,
     delete_sets: Vec<Op>,
-    claimed: Vec<((&'static str, Key), ServicePortName)>,
-    released: Vec<(&'static str, Key)>,
+    /// Shared elements this plan touches: the verdict the kernel holds now, and the
+    /// claims after the plan.
+    elements: HashMap<(&'static str, Key), (Held, Claimants)>,
 }
 
 impl PortPlan {
@@ -277,7 +295,7 @@ impl PortPlan {
         name: &ServicePortName,
         old: Option<&PortObjects>,
         new: Option<&PortObjects>,
-        owners: &HashMap<(&'static str, Key), ServicePortName>,
+        committed: &Claims,
     ) {
         let empty = PortObjects::default();
         let (old, new) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
@@ -296,19 +314,15 @@ impl PortPlan {
                 self.rewrite.push(Op::AddRule(chain_name.clone(), rule.clone()));
             }
         }
-        let owned_by_us = |key: &(&'static str, Key)| owners.get(key).is_none_or(|o| o == name);
-        for (key, verdict) in &old.elements {
-            if new.elements.get(key) != Some(verdict) && owners.get(key) == Some(name) {
-                self.delete_elements.entry(key.0).or_default().push(key.1);
-                self.released.push(*key);
-            }
-        }
-        for (key, verdict) in &new.elements {
-            let changed = old.elements.get(key) != Some(verdict);
-            if changed && owned_by_us(key) {
-                self.add_elements.entry(key.0).or_default().push((key.1, verdict.clone()));
-                self.claimed.push((*key, name.clone()));
-            }
+        for key in old.elements.keys().chain(new.elements.keys()) {
+            let (_, claims) = self.elements.entry(*key).or_insert_with(|| {
+                let claims = committed.get(key).cloned().unwrap_or_default();
+                (effective(&claims), claims)
+            });
+            match new.elements.get(key) {
+                Some(verdict) => claims.insert(name.clone(), verdict.clone()),
+                None => claims.remove(name),
+            };
         }
         for chain_name in old.chains.keys().filter(|c| !new.chains.contains_key(*c)) {
             self.flush_removed.push(Op::FlushChain(chain_name.clone()));
@@ -319,10 +333,22 @@ impl PortPlan {
         }
     }
 
-    /// Appends the operations; returns the element ownership changes to record once
-    /// the transaction is committed.
-    #[allow(clippy::type_complexity)]
-    fn emit(self, tx: &mut Transaction) -> (Vec<((&'static str, Key), ServicePortName)>, Vec<(&'static str, Key)>) {
+    /// Appends the operations; returns the claims to record once the transaction is
+    /// committed.
+    fn emit(mut self, tx: &mut Transaction) -> Claims {
+        let mut claims = Claims::new();
+        for (key, (before, after)) in self.elements.drain() {
+            let now = effective(&after);
+            if now != before {
+                if before.is_some() {
+                    self.delete_elements.entry(key.0).or_default().push(key.1);
+                }
+                if let Some(verdict) = now {
+                    self.add_elements.entry(key.0).or_default().push((key.1, verdict));
+                }
+            }
+            claims.insert(key, after);
+        }
         tx.ops.extend(self.add_sets);
         tx.ops.extend(self.add_chains);
         tx.ops.extend(self.rewrite);
@@ -335,6 +361,6 @@ impl PortPlan {
         tx.ops.extend(self.flush_removed);
         tx.ops.extend(self.delete_chains);
         tx.ops.extend(self.delete_sets);
-        (self.claimed, self.released)
+        claims
     }
 }

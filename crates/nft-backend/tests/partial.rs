@@ -91,6 +91,25 @@ fn partial_syncs_equal_full_syncs() {
                 }),
             ),
             (
+                "a second Service claims svc3's ClusterIP and port",
+                Box::new(|e| {
+                    apply_yaml(
+                        e,
+                        "apiVersion: v1\nkind: Service\nmetadata: {namespace: ns0, name: dup}\n\
+                         spec: {clusterIP: 172.30.0.43, ports: [{name: p80, port: 80}]}\n---\n\
+                         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+                         metadata: {namespace: ns0, name: dup-1, labels: {kubernetes.io/service-name: dup}}\n\
+                         addressType: IPv4\nports: [{name: p80, port: 80}]\nendpoints: [{addresses: [10.180.0.99]}]\n",
+                    )
+                }),
+            ),
+            (
+                "the claimant leaves and svc3 gets its frontend back",
+                Box::new(|e| {
+                    e.apply(Event::ServiceDeleted(ObjectRef::new("ns0", "dup")));
+                }),
+            ),
+            (
                 "service removed",
                 Box::new(|e| {
                     e.apply(Event::ServiceDeleted(ObjectRef::new("ns4", "svc4")));
