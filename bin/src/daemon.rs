@@ -55,6 +55,48 @@ pub struct RunArgs {
     node: NodeFlags,
 }
 
+/// kube-proxy's sync rate limit: bursts of up to two syncs, then one per
+/// `--min-sync-period` (the BoundedFrequencyRunner's token bucket).
+struct Burst {
+    period: Duration,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Burst {
+    const SIZE: f64 = 2.0;
+
+    fn new(period: Duration) -> Burst {
+        Burst { period, tokens: Self::SIZE, at: Instant::now() }
+    }
+
+    fn tokens_at(&self, now: Instant) -> f64 {
+        if self.period.is_zero() {
+            return Self::SIZE;
+        }
+        let refilled = now.saturating_duration_since(self.at).as_secs_f64() / self.period.as_secs_f64();
+        (self.tokens + refilled).min(Self::SIZE)
+    }
+
+    /// When the next sync may start.
+    fn next_allowed(&self, now: Instant) -> Instant {
+        let tokens = self.tokens_at(now);
+        if tokens >= 1.0 { now } else { now + self.period.mul_f64(1.0 - tokens) }
+    }
+
+    /// Uses one token.
+    fn take(&mut self, now: Instant) {
+        self.tokens = (self.tokens_at(now) - 1.0).max(0.0);
+        self.at = now;
+    }
+
+    /// Restores a full bucket (after drift, repair is not rate limited).
+    fn refill(&mut self) {
+        self.tokens = Self::SIZE;
+        self.at = Instant::now();
+    }
+}
+
 /// What wakes the sync loop.
 enum Trigger {
     /// The manifests changed.
@@ -170,7 +212,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     health.set_node_eligible(manifests::node_eligible(&config, &loaded.objects));
     health.queued();
     let mut syncer = Syncer::new(backend);
-    let mut last_sync: Option<Instant> = None;
+    let mut limiter = Burst::new(min_sync_period);
     let mut next_full = Instant::now() + sync_period;
     let mut retry_at: Option<Instant> = None;
     let mut backoff = Duration::from_secs(1);
@@ -180,7 +222,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
 
     loop {
         let now = Instant::now();
-        let earliest = last_sync.map_or(now, |t| t + min_sync_period).max(retry_at.unwrap_or(now));
+        let earliest = limiter.next_allowed(now).max(retry_at.unwrap_or(now));
         if pending && now >= earliest {
             let plan = engine.plan();
             let full = syncer.needs_full() || plan.full;
@@ -222,7 +264,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                     backoff = (backoff * 2).min(sync_period.max(Duration::from_secs(1)));
                 }
             }
-            last_sync = Some(Instant::now());
+            limiter.take(Instant::now());
             if let Some(port) = syncer.backend().port_id() {
                 own_port.store(port, Ordering::Relaxed);
             }
@@ -263,7 +305,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                 syncer.request_full();
                 pending = true;
                 // Repair at once, without waiting for the min sync period.
-                last_sync = None;
+                limiter.refill();
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Ok(ExitCode::FAILURE),
@@ -322,4 +364,27 @@ fn keys(objects: &[Object]) -> HashSet<Key> {
             _ => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bursts_of_two_then_one_per_period() {
+        let period = Duration::from_secs(1);
+        let mut b = Burst::new(period);
+        let t0 = b.at;
+        assert_eq!(b.next_allowed(t0), t0);
+        b.take(t0);
+        assert_eq!(b.next_allowed(t0), t0, "a second sync right away is allowed");
+        b.take(t0);
+        assert_eq!(b.next_allowed(t0), t0 + period, "the third waits a full period");
+        let later = t0 + Duration::from_millis(1500);
+        assert_eq!(b.next_allowed(later), later);
+        b.take(later);
+        assert_eq!(b.next_allowed(later), later + Duration::from_millis(500));
+        b.refill();
+        assert!(b.next_allowed(Instant::now()) <= Instant::now());
+    }
 }
