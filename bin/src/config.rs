@@ -175,7 +175,8 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
             "ns" => 1e-9,
             _ => bail!("invalid duration {s:?}: unknown unit {unit:?}"),
         };
-        total += Duration::from_secs_f64(number * seconds);
+        total +=
+            Duration::try_from_secs_f64(number * seconds).with_context(|| format!("duration {s:?} is out of range"))?;
         rest = tail;
     }
     Ok(total)
@@ -260,6 +261,7 @@ impl NodeFlags {
             v.map(|v| parse_duration(&v).with_context(|| what.to_string())).transpose().map(|d| d.unwrap_or(default))
         };
         let sync_period = duration(nft.sync_period.or(file.sync_period), Duration::from_secs(30), "syncPeriod")?;
+        anyhow::ensure!(!sync_period.is_zero(), "syncPeriod: must be greater than zero");
         let min_sync_period =
             duration(nft.min_sync_period.or(file.min_sync_period), Duration::from_secs(1), "minSyncPeriod")?;
         Ok(Config {
@@ -290,6 +292,7 @@ mod tests {
         assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_duration("5 minutes").is_err());
         assert!(parse_duration("").is_err());
+        assert!(parse_duration("999999999999999999999h").is_err());
     }
 
     fn with_file(yaml: &str) -> Result<Config> {

@@ -181,6 +181,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         Some(v) => parse_duration(v).context("--sync-period")?,
         None => config.sync_period,
     };
+    anyhow::ensure!(!sync_period.is_zero(), "--sync-period must be greater than zero");
     let poll = parse_duration(&args.poll_interval).context("--poll-interval")?;
 
     let health = Arc::new(Health::default());

@@ -276,7 +276,11 @@ impl ServiceHealth {
                     Err(e) => warn!(service = %svc, "FailedToStartServiceHealthcheck: listening on {bind}: {e}"),
                 }
             }
-            self.servers.insert(svc.clone(), ServiceHealthServer { port: *port, local_endpoints, listeners });
+            // With no listener (the port still held by a Service just removed, say), try
+            // again at the next sync.
+            if !listeners.is_empty() {
+                self.servers.insert(svc.clone(), ServiceHealthServer { port: *port, local_endpoints, listeners });
+            }
         }
     }
 }

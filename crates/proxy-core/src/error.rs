@@ -46,6 +46,9 @@ pub enum Error {
     /// A value outside its allowed range, such as an affinity timeout.
     #[error("value {0} is out of range")]
     OutOfRange(i64),
+    /// A name that is not a valid Kubernetes name (lower-case alphanumerics, `-`, `.`).
+    #[error("invalid name {0:?}")]
+    InvalidName(String),
     /// A manifest that is not valid YAML/JSON or does not match its kind's schema.
     #[error("invalid manifest: {0}")]
     Manifest(String),

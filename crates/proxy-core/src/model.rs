@@ -365,7 +365,7 @@ pub struct Endpoint {
     pub ip: IpAddr,
     /// `conditions.ready` (absent means ready).
     pub ready: bool,
-    /// `conditions.serving` (absent means the value of `ready`).
+    /// `conditions.serving` (absent means serving, as upstream reads it).
     pub serving: bool,
     /// `conditions.terminating` (absent means false).
     pub terminating: bool,

@@ -96,8 +96,18 @@ impl Socket {
         self.sock.portid()
     }
 
+    /// Discards replies left over from an earlier exchange that was cut short (a timeout,
+    /// ENOBUFS), so they are not taken for this batch's.
+    fn drain(&mut self) {
+        let mut buf = vec![0u8; 1 << 16];
+        // SAFETY: non-blocking recv into our own buffer.
+        while unsafe { libc::recv(self.sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), libc::MSG_DONTWAIT) } > 0 {
+        }
+    }
+
     /// Sends a batch and waits for its outcome.
     pub fn send(&mut self, encoded: &Encoded) -> io::Result<Outcome> {
+        self.drain();
         // Room for the batch plus the kernel's per-skb overhead; on the receive side, room
         // for an error report per message in the worst case, within reason.
         self.size_buffers(encoded.bytes + (1 << 16), (encoded.messages * 256).clamp(1 << 20, 64 << 20));

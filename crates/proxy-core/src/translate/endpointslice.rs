@@ -6,8 +6,8 @@ use std::sync::Arc;
 use k8s_openapi::api::discovery::v1 as k8s;
 
 use super::{
-    Ignored, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, Problems, Rejected, Translated, object_ref,
-    port_number, protocol,
+    Ignored, LABEL_HEADLESS, LABEL_SERVICE_NAME, LABEL_SERVICE_PROXY_NAME, Problems, Rejected, Translated, check_names,
+    object_ref, port_number, protocol, valid_object_name, valid_port_name,
 };
 use crate::error::{Error, ObjectKind};
 use crate::ip::parse_ip_sloppy;
@@ -27,6 +27,7 @@ pub fn endpoint_slice(slice: &k8s::EndpointSlice) -> Result<Translated<EndpointS
     if id.name.is_empty() {
         return Err(problems.reject("metadata.name", Error::MissingField));
     }
+    check_names(&problems, &id)?;
     let labels = slice.metadata.labels.as_ref();
     if labels.is_some_and(|l| l.contains_key(LABEL_HEADLESS) || l.contains_key(LABEL_SERVICE_PROXY_NAME)) {
         return Err(Rejected::Ignored(Ignored::NotProxied));
@@ -34,6 +35,10 @@ pub fn endpoint_slice(slice: &k8s::EndpointSlice) -> Result<Translated<EndpointS
     let Some(service_name) = labels.and_then(|l| l.get(LABEL_SERVICE_NAME)).filter(|s| !s.is_empty()) else {
         return Err(problems.reject(format!("metadata.labels[{LABEL_SERVICE_NAME}]"), Error::MissingServiceName));
     };
+    if !valid_object_name(service_name) {
+        let field = format!("metadata.labels[{LABEL_SERVICE_NAME}]");
+        return Err(problems.reject(field, Error::InvalidName(service_name.clone())));
+    }
     let family = match slice.address_type.as_str() {
         "IPv4" => IpFamily::V4,
         "IPv6" => IpFamily::V6,
@@ -58,6 +63,10 @@ pub fn endpoint_slice(slice: &k8s::EndpointSlice) -> Result<Translated<EndpointS
         };
         let Some(protocol) = protocol(p.protocol.as_deref(), &field, &mut problems) else { continue };
         let name: Arc<str> = Arc::from(p.name.as_deref().unwrap_or(""));
+        if !valid_port_name(&name) {
+            problems.drop_part(format!("{field}.name"), Error::InvalidName(name.to_string()));
+            continue;
+        }
         if !seen.insert((name.clone(), protocol)) {
             problems.drop_part(field, Error::DuplicatePort(format!("{protocol} {name}")));
             continue;
@@ -82,7 +91,8 @@ pub fn endpoint_slice(slice: &k8s::EndpointSlice) -> Result<Translated<EndpointS
         }
         let conditions = ep.conditions.as_ref();
         let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
-        let serving = conditions.and_then(|c| c.serving).unwrap_or(ready);
+        // As upstream's endpointslicecache: an absent `serving` counts as serving.
+        let serving = conditions.and_then(|c| c.serving).unwrap_or(true);
         let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
         let hints = ep.hints.as_ref();
         let zone_hints: BTreeSet<Arc<str>> = hints

@@ -94,6 +94,29 @@ fn object_ref(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta)
     ObjectRef::new(meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref().unwrap_or(""))
 }
 
+/// Whether `s` is a valid object name or namespace (a DNS subdomain). The API server
+/// guarantees it; manifests do not, and kproxy builds nftables names from these.
+fn valid_object_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+/// Whether `s` is a valid port name (empty for an unnamed port).
+fn valid_port_name(s: &str) -> bool {
+    s.len() <= 63 && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// Rejects an object whose namespace or name is not a valid Kubernetes name.
+fn check_names(problems: &Problems, id: &ObjectRef) -> Result<(), Rejected> {
+    for (field, value) in [("metadata.namespace", &id.namespace), ("metadata.name", &id.name)] {
+        if !valid_object_name(value) {
+            return Err(problems.reject(field, Error::InvalidName(value.to_string())));
+        }
+    }
+    Ok(())
+}
+
 /// A port's protocol (absent means TCP, as the API defaults it); `None` (with the
 /// problem recorded) for an unknown one.
 fn protocol(raw: Option<&str>, field: &str, problems: &mut Problems) -> Option<crate::model::Protocol> {

@@ -6,7 +6,10 @@ use std::sync::Arc;
 use k8s_openapi::api::core::v1 as k8s;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{Ignored, LABEL_SERVICE_PROXY_NAME, Problems, Rejected, Translated, object_ref, port_number, protocol};
+use super::{
+    Ignored, LABEL_SERVICE_PROXY_NAME, Problems, Rejected, Translated, check_names, object_ref, port_number, protocol,
+    valid_port_name,
+};
 use crate::error::{Error, ObjectKind};
 use crate::ip::{parse_cidr_sloppy, parse_ip_sloppy};
 use crate::model::{
@@ -29,6 +32,7 @@ pub fn service(svc: &k8s::Service) -> Result<Translated<Service>, Rejected> {
     if id.name.is_empty() {
         return Err(problems.reject("metadata.name", Error::MissingField));
     }
+    check_names(&problems, &id)?;
     if svc.metadata.labels.as_ref().is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME)) {
         return Err(Rejected::Ignored(Ignored::OtherProxy));
     }
@@ -139,6 +143,10 @@ fn ports(spec: &k8s::ServiceSpec, kind: ServiceType, problems: &mut Problems) ->
             },
         };
         let name: Arc<str> = Arc::from(p.name.as_deref().unwrap_or(""));
+        if !valid_port_name(&name) {
+            problems.drop_part(format!("{field}.name"), Error::InvalidName(name.to_string()));
+            continue;
+        }
         if !names.insert((name.clone(), protocol)) || !numbers.insert((port, protocol)) {
             let what = format!("{}/{} {}", protocol, port, if name.is_empty() { "(unnamed)" } else { &name });
             problems.drop_part(field, Error::DuplicatePort(what));
