@@ -7,7 +7,7 @@
 //! kernel accepted the batch, so a failed batch leaves both the kernel and the record as
 //! they were.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use proxy_core::{Backend, Changes, Desired, IpFamily, ServicePortName, SyncStats};
 
@@ -57,6 +57,9 @@ pub struct NftBackend {
     families: [FamilyState; 2],
     generation: Option<u32>,
     last_transaction_bytes: usize,
+    /// Whether the next full sync must replace the tables (their contents unknown: at
+    /// start, and after any failed transaction) rather than refresh them in place.
+    replace_next: bool,
 }
 
 impl NftBackend {
@@ -68,6 +71,7 @@ impl NftBackend {
             families: Default::default(),
             generation: None,
             last_transaction_bytes: 0,
+            replace_next: true,
         }
     }
 
@@ -116,6 +120,14 @@ impl NftBackend {
         if ops == 0 {
             return Ok(0);
         }
+        // After a failure the kernel's contents are unknown: the next full sync replaces.
+        self.replace_next = true;
+        let result = self.commit_unchecked(txs);
+        self.replace_next = result.is_err();
+        result
+    }
+
+    fn commit_unchecked(&mut self, txs: &[Transaction]) -> Result<usize, Error> {
         match self.commit_batch(txs) {
             Err(Error::Socket(e)) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
                 tracing::warn!(
@@ -169,6 +181,21 @@ impl NftBackend {
     }
 }
 
+/// Chains and sets of `previous` that `next` no longer has.
+fn stale(previous: &Committed, next: &Committed) -> (Vec<String>, Vec<String>) {
+    let keep_chains: HashSet<&String> = next.ports.values().flat_map(|p| p.chains.keys()).collect();
+    let keep_sets: HashSet<&String> = next.ports.values().flat_map(|p| p.sets.keys()).collect();
+    let mut chains: Vec<String> =
+        previous.ports.values().flat_map(|p| p.chains.keys()).filter(|c| !keep_chains.contains(c)).cloned().collect();
+    let mut sets: Vec<String> =
+        previous.ports.values().flat_map(|p| p.sets.keys()).filter(|s| !keep_sets.contains(s)).cloned().collect();
+    chains.sort();
+    chains.dedup();
+    sets.sort();
+    sets.dedup();
+    (chains, sets)
+}
+
 /// The `nft` command of the operation at a global index over several transactions.
 fn op_at(txs: &[Transaction], mut i: usize) -> Option<String> {
     for tx in txs {
@@ -200,7 +227,14 @@ impl Backend for NftBackend {
             // In name order, so that conflicting claims resolve as they do in `plan`.
             let skeleton = render::skeleton(&rules.context);
             let ordered = rules.service_ports.keys().filter_map(|name| committed.ports.get(name));
-            txs.push(Transaction::replace(family, &self.table, &skeleton, ordered));
+            let previous = self.families[family.index()].committed.as_ref().filter(|_| !self.replace_next);
+            txs.push(match previous {
+                None => Transaction::replace(family, &self.table, &skeleton, ordered),
+                Some(previous) => {
+                    let (chains, sets) = stale(previous, &committed);
+                    Transaction::refresh(family, &self.table, &skeleton, ordered, &chains, &sets)
+                }
+            });
             records.push((family, committed));
         }
         let operations = self.commit(&txs)?;
@@ -266,6 +300,7 @@ impl Backend for NftBackend {
             tx.push(Op::DeleteTable);
             self.commit(&[tx])?;
             self.families[family.index()] = FamilyState::default();
+            self.replace_next = true;
         }
         Ok(())
     }

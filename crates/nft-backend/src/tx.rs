@@ -69,7 +69,8 @@ impl Transaction {
     /// A transaction that atomically replaces the table with the skeleton plus every
     /// service port's objects: the table is created if missing, deleted, and created again
     /// with sets first, then chains, then rules and elements (which refer to both). Shared
-    /// elements claimed twice keep the first claim.
+    /// elements claimed twice keep the first claim. Everything is rewritten, including
+    /// ClientIP affinity state: used when the table's contents are unknown.
     pub fn replace<'a>(
         family: IpFamily,
         table: &str,
@@ -80,18 +81,62 @@ impl Transaction {
         tx.push(Op::AddTable);
         tx.push(Op::DeleteTable);
         tx.push(Op::AddTable);
+        tx.fill(skeleton, ports, false);
+        tx
+    }
+
+    /// A transaction that rewrites the table in place, for a full resync when its objects
+    /// are known: every chain is flushed and refilled, the shared sets and maps are flushed
+    /// and refilled, and `stale_chains` and `stale_sets` (known objects no longer desired)
+    /// are removed. Affinity sets that are still desired keep their entries, so a periodic
+    /// resync does not break ClientIP affinity. Anything someone else changed in our chains
+    /// and shared maps is repaired; anything they added beside them is not.
+    pub fn refresh<'a>(
+        family: IpFamily,
+        table: &str,
+        skeleton: &Ruleset,
+        ports: impl Iterator<Item = &'a PortObjects> + Clone,
+        stale_chains: &[String],
+        stale_sets: &[String],
+    ) -> Transaction {
+        let mut tx = Transaction::new(family, table);
+        tx.push(Op::AddTable);
+        for name in stale_chains {
+            tx.push(Op::FlushChain(name.clone()));
+        }
+        tx.fill(skeleton, ports, true);
+        for name in stale_chains {
+            tx.push(Op::DeleteChain(name.clone()));
+        }
+        for name in stale_sets {
+            tx.push(Op::DeleteSet(name.clone()));
+        }
+        tx
+    }
+
+    /// Sets, chains, rules and elements of a full sync; with `flush`, existing chains and
+    /// shared sets are emptied first (affinity sets are kept).
+    fn fill<'a>(&mut self, skeleton: &Ruleset, ports: impl Iterator<Item = &'a PortObjects> + Clone, flush: bool) {
         let port_sets = ports.clone().flat_map(|p| p.sets.iter());
         for (name, set) in skeleton.sets.iter().chain(port_sets) {
             let definition = Set { elements: Default::default(), ..set.clone() };
-            tx.push(Op::AddSet(name.clone(), definition));
+            self.push(Op::AddSet(name.clone(), definition));
+        }
+        if flush {
+            for name in skeleton.sets.keys() {
+                self.push(Op::FlushSet(name.clone()));
+            }
         }
         let chains = || skeleton.chains.iter().chain(ports.clone().flat_map(|p| p.chains.iter()));
         for (name, chain) in chains() {
-            tx.push(Op::AddChain(name.clone(), chain.base));
+            self.push(Op::AddChain(name.clone(), chain.base));
+            if flush {
+                self.push(Op::FlushChain(name.clone()));
+            }
         }
         for (name, chain) in chains() {
             for rule in &chain.rules {
-                tx.push(Op::AddRule(name.clone(), rule.clone()));
+                self.push(Op::AddRule(name.clone(), rule.clone()));
             }
         }
         let mut elements: BTreeMap<&str, Vec<(Key, Option<Verdict>)>> = BTreeMap::new();
@@ -105,9 +150,8 @@ impl Transaction {
             }
         }
         for (name, list) in elements.into_iter().filter(|(_, l)| !l.is_empty()) {
-            tx.push(Op::AddElements(name.to_string(), list));
+            self.push(Op::AddElements(name.to_string(), list));
         }
-        tx
     }
 }
 

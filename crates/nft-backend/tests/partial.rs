@@ -184,3 +184,30 @@ fn a_rejected_transaction_changes_nothing() {
         assert!(!list().contains("ns1/svc1"));
     });
 }
+
+#[test]
+fn full_resync_keeps_affinity_and_removes_stale_objects() {
+    in_netns("full_resync_keeps_affinity_and_removes_stale_objects", || {
+        let mut engine = engine(node(), include_str!("fixtures/cluster.yaml"));
+        let mut backend = NftBackend::new("kproxy");
+        backend.sync_full(engine.desired()).expect("first full sync (replace)");
+        let affinity = "affinity-GTK6MW7G-ns5/svc5/tcp/p80__10.180.0.3/80";
+        sh(&format!("nft add element ip kproxy {affinity} '{{ 203.0.113.9 }}'"));
+        sh("nft flush chain ip kproxy services"); // drift, repaired by the refresh
+
+        // A change applied by a full resync (not a partial sync): svc1 goes away.
+        engine.apply(Event::ServiceDeleted(ObjectRef::new("ns1", "svc1")));
+        engine.plan();
+        backend.sync_full(engine.desired()).expect("refresh");
+        let refreshed = list();
+        assert!(refreshed.contains("203.0.113.9"), "the periodic resync dropped affinity state");
+        assert!(!refreshed.contains("ns1/svc1"), "stale objects survived the resync");
+
+        // Same content as a from-scratch replace (apart from the affinity entry).
+        let mut fresh = NftBackend::new("kproxy");
+        fresh.sync_full(engine.desired()).expect("replace");
+        assert!(!list().contains("203.0.113.9"), "a replace starts affinity afresh");
+        let without_entry: Vec<&str> = normalize(&refreshed).lines().filter(|l| !l.contains("203.0.113.9")).collect();
+        assert_eq!(without_entry.join("\n"), normalize(&list()));
+    });
+}

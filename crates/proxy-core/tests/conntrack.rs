@@ -28,7 +28,11 @@ fn stale_udp_flows() {
         "dns",
         1,
         &[("dns", 5353, "UDP")],
-        &[ep("10.180.0.1").local(), ep("10.180.0.2").conditions(false, true, true), ep("10.180.0.3").conditions(false, false, false)],
+        &[
+            ep("10.180.0.1").local(),
+            ep("10.180.0.2").conditions(false, true, true),
+            ep("10.180.0.3").conditions(false, false, false),
+        ],
     ));
     let desired = c.sync().clone();
     let frontends = UdpFrontends::new(&desired, IpFamily::V4);
