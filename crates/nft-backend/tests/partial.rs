@@ -207,7 +207,8 @@ fn full_resync_keeps_affinity_and_removes_stale_objects() {
         let mut fresh = NftBackend::new("kproxy");
         fresh.sync_full(engine.desired()).expect("replace");
         assert!(!list().contains("203.0.113.9"), "a replace starts affinity afresh");
-        let without_entry: Vec<&str> = normalize(&refreshed).lines().filter(|l| !l.contains("203.0.113.9")).collect();
+        let normalized = normalize(&refreshed);
+        let without_entry: Vec<&str> = normalized.lines().filter(|l| !l.contains("203.0.113.9")).collect();
         assert_eq!(without_entry.join("\n"), normalize(&list()));
     });
 }
