@@ -11,7 +11,7 @@
 //! Beyond upstream, a foreign change to kproxy's tables is detected from nf_tables
 //! notifications and repaired at once by a full sync, instead of at the next periodic one.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -53,6 +53,28 @@ pub struct RunArgs {
     metrics_bind_address: Option<String>,
     #[command(flatten)]
     node: NodeFlags,
+}
+
+fn context_objects_of(objects: &[Object]) -> Vec<Object> {
+    objects.iter().filter(|o| matches!(o, Object::Node(_) | Object::ServiceCidr(_))).cloned().collect()
+}
+
+/// Reads the manifests, keeping the previous objects of any file that cannot be read whole
+/// right now (caught mid-write, say), so a half-written file does not delete Services.
+fn reload(paths: &[PathBuf], cache: &mut BTreeMap<PathBuf, Vec<Object>>) -> Result<manifests::Loaded> {
+    let files = manifests::load_files(paths)?;
+    let present: HashSet<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
+    cache.retain(|path, _| present.contains(path));
+    let mut problems = Vec::new();
+    for file in files {
+        problems.extend(file.problems);
+        if file.complete || !cache.contains_key(&file.path) {
+            cache.insert(file.path, file.objects);
+        } else {
+            warn!(file = %file.path.display(), "incomplete manifest; keeping its previous contents");
+        }
+    }
+    Ok(manifests::Loaded { objects: cache.values().flatten().cloned().collect(), problems })
 }
 
 /// kube-proxy's sync rate limit: bursts of up to two syncs, then one per
@@ -205,11 +227,15 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     }
 
     // The first read of the sources: nothing is programmed before it completes.
-    let loaded = manifests::load(&args.manifests)?;
+    let mut cache = BTreeMap::new();
+    let loaded = reload(&args.manifests, &mut cache)?;
     let mut problems = loaded.problems;
     let mut engine = manifests::engine(&config, &loaded.objects, &mut problems)?;
     crate::report(&problems);
     let mut known = keys(&loaded.objects);
+    // The Node and ServiceCIDRs, re-read with the interfaces' addresses before every sync
+    // (addresses come and go; kube-proxy re-reads them too).
+    let mut context_objects = context_objects_of(&loaded.objects);
     health.set_node_eligible(manifests::node_eligible(&config, &loaded.objects));
     health.queued();
     let mut syncer = Syncer::new(backend);
@@ -225,6 +251,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         let now = Instant::now();
         let earliest = limiter.next_allowed(now).max(retry_at.unwrap_or(now));
         if pending && now >= earliest {
+            match manifests::context(&config, &context_objects, &mut Vec::new()) {
+                Ok(context) => engine.set_node_context(context),
+                Err(e) => warn!("node context: {e:#}"),
+            }
             let plan = engine.plan();
             let full = syncer.needs_full() || plan.full;
             let start = Instant::now();
@@ -279,7 +309,13 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         let wake = if pending { earliest.max(now) } else { next_full };
         match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(Trigger::Manifests) => {
-                let loaded = manifests::load(&args.manifests)?;
+                let loaded = match reload(&args.manifests, &mut cache) {
+                    Ok(loaded) => loaded,
+                    Err(e) => {
+                        warn!("reading the manifests: {e:#}; keeping the current rules");
+                        continue;
+                    }
+                };
                 let mut problems = loaded.problems;
                 let current = keys(&loaded.objects);
                 for gone in known.difference(&current) {
@@ -294,8 +330,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                 health.set_node_eligible(manifests::node_eligible(&config, &loaded.objects));
                 health.queued();
                 metrics.last_queued_timestamp.set(unix_now());
-                // The Node and ServiceCIDRs shape the node context.
-                engine.set_node_context(manifests::context(&config, &loaded.objects, &mut Vec::new())?);
+                context_objects = context_objects_of(&loaded.objects);
                 pending = true;
             }
             Ok(Trigger::Drift) => {

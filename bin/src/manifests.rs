@@ -37,28 +37,56 @@ pub struct Loaded {
     pub problems: Vec<String>,
 }
 
-/// Reads and parses every file. Unreadable files and bad entries become problems; the
-/// rest is kept.
-pub fn load(paths: &[PathBuf]) -> Result<Loaded> {
-    let mut loaded = Loaded::default();
-    for file in files(paths)? {
-        let text = if file == Path::new("-") {
+/// One file's objects and problems.
+pub struct FileLoad {
+    pub path: PathBuf,
+    pub objects: Vec<Object>,
+    pub problems: Vec<String>,
+    /// False when the file could not be read or stopped parsing part-way (a syntax error,
+    /// or a file caught mid-write): its objects are then not the whole story.
+    pub complete: bool,
+}
+
+/// Reads and parses every file, one result per file.
+pub fn load_files(paths: &[PathBuf]) -> Result<Vec<FileLoad>> {
+    let mut out = Vec::new();
+    for path in files(paths)? {
+        let mut load = FileLoad { path: path.clone(), objects: Vec::new(), problems: Vec::new(), complete: true };
+        let text = if path == Path::new("-") {
             std::io::read_to_string(std::io::stdin()).context("reading standard input")?
         } else {
-            match std::fs::read_to_string(&file) {
+            match std::fs::read_to_string(&path) {
                 Ok(text) => text,
                 Err(e) => {
-                    loaded.problems.push(format!("{}: {e}", file.display()));
+                    load.problems.push(format!("{}: {e}", path.display()));
+                    load.complete = false;
+                    out.push(load);
                     continue;
                 }
             }
         };
         for entry in manifest::parse(&text) {
             match entry {
-                Ok(object) => loaded.objects.push(object),
-                Err(e) => loaded.problems.push(format!("{}: {e}", file.display())),
+                Ok(object) => load.objects.push(object),
+                Err(e) => {
+                    // A document without a kind is a syntax error or a truncated file.
+                    load.complete &= e.kind.is_some();
+                    load.problems.push(format!("{}: {e}", path.display()));
+                }
             }
         }
+        out.push(load);
+    }
+    Ok(out)
+}
+
+/// Reads and parses every file. Unreadable files and bad entries become problems; the
+/// rest is kept.
+pub fn load(paths: &[PathBuf]) -> Result<Loaded> {
+    let mut loaded = Loaded::default();
+    for file in load_files(paths)? {
+        loaded.objects.extend(file.objects);
+        loaded.problems.extend(file.problems);
     }
     Ok(loaded)
 }

@@ -92,6 +92,16 @@ fn edits_converge_and_drift_is_repaired() {
         let replies = requests(12, Some("client"), "10.96.0.10:80", false);
         assert!(replies.iter().all(|r| matches!(r, Reply::From { pod, .. } if pod == "pod2")), "{replies:?}");
 
+        // A file caught half-written keeps its previous contents: nothing is removed.
+        std::fs::write(
+            dir.join("cluster.yaml"),
+            "apiVersion: v1\nkind: Service\nmetadata: {namespace: default, name: [",
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(800));
+        assert!(matches!(request(Some("client"), "10.96.0.10:80", false, None), Reply::From { .. }));
+        write(&node, &WEB.replace("  - {addresses: [10.244.0.11], nodeName: node-a}\n", ""));
+
         // Someone flushes the whole ruleset: repaired in under a second.
         sh("nft flush ruleset");
         let took = wait_for("repair after nft flush ruleset", Duration::from_secs(1), table_exists);
