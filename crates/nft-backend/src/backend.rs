@@ -181,6 +181,15 @@ impl NftBackend {
     }
 }
 
+/// Whether a set of `previous` has another definition in `next`.
+fn redefines_sets(previous: &Committed, next: &Committed) -> bool {
+    let before: HashMap<&String, &crate::ruleset::Set> = previous.ports.values().flat_map(|p| p.sets.iter()).collect();
+    next.ports
+        .values()
+        .flat_map(|p| p.sets.iter())
+        .any(|(name, set)| before.get(name).is_some_and(|b| !b.same_definition(set)))
+}
+
 /// Chains and sets of `previous` that `next` no longer has.
 fn stale(previous: &Committed, next: &Committed) -> (Vec<String>, Vec<String>) {
     let keep_chains: HashSet<&String> = next.ports.values().flat_map(|p| p.chains.keys()).collect();
@@ -227,7 +236,12 @@ impl Backend for NftBackend {
             // In name order, so that conflicting claims resolve as they do in `plan`.
             let skeleton = render::skeleton(&rules.context);
             let ordered = rules.service_ports.keys().filter_map(|name| committed.ports.get(name));
-            let previous = self.families[family.index()].committed.as_ref().filter(|_| !self.replace_next);
+            // A set redefined in place would be refused, so a redefinition (an affinity
+            // timeout change arriving with a full sync) means a replace.
+            let previous = self.families[family.index()]
+                .committed
+                .as_ref()
+                .filter(|previous| !self.replace_next && !redefines_sets(previous, &committed));
             txs.push(match previous {
                 None => Transaction::replace(family, &self.table, &skeleton, ordered),
                 Some(previous) => {
@@ -311,6 +325,8 @@ impl Backend for NftBackend {
 /// objects they point to.
 #[derive(Default)]
 struct PortPlan {
+    pre_flush: Vec<Op>,
+    redefine: Vec<Op>,
     add_sets: Vec<Op>,
     add_chains: Vec<Op>,
     rewrite: Vec<Op>,
@@ -334,14 +350,29 @@ impl PortPlan {
     ) {
         let empty = PortObjects::default();
         let (old, new) = (old.unwrap_or(&empty), new.unwrap_or(&empty));
+        // A set whose definition changed (an affinity timeout) is deleted and created
+        // again; every chain of the port may refer to it, so all are emptied first and
+        // refilled after.
+        let redefined: Vec<&String> = new
+            .sets
+            .iter()
+            .filter(|(n, set)| old.sets.get(*n).is_some_and(|o| !o.same_definition(set)))
+            .map(|(n, _)| n)
+            .collect();
+        let refill_all = !redefined.is_empty();
+        if refill_all {
+            self.pre_flush.extend(old.chains.keys().map(|c| Op::FlushChain(c.clone())));
+            self.redefine.extend(redefined.iter().map(|n| Op::DeleteSet((*n).clone())));
+        }
         for (set_name, set) in &new.sets {
-            if !old.sets.contains_key(set_name) {
+            if !old.sets.contains_key(set_name) || redefined.contains(&set_name) {
                 self.add_sets.push(Op::AddSet(set_name.clone(), set.clone()));
             }
         }
         for (chain_name, chain) in &new.chains {
             match old.chains.get(chain_name) {
                 None => self.add_chains.push(Op::AddChain(chain_name.clone(), chain.base)),
+                Some(_) if refill_all => {}
                 Some(old_chain) if old_chain == chain => continue,
                 Some(_) => self.rewrite.push(Op::FlushChain(chain_name.clone())),
             }
@@ -384,6 +415,8 @@ impl PortPlan {
             }
             claims.insert(key, after);
         }
+        tx.ops.extend(self.pre_flush);
+        tx.ops.extend(self.redefine);
         tx.ops.extend(self.add_sets);
         tx.ops.extend(self.add_chains);
         tx.ops.extend(self.rewrite);

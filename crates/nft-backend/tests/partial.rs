@@ -85,6 +85,19 @@ fn partial_syncs_equal_full_syncs() {
                 }),
             ),
             (
+                "affinity timeout changed",
+                Box::new(|e| {
+                    apply_yaml(
+                        e,
+                        "apiVersion: v1\nkind: Service\nmetadata: {namespace: ns5, name: svc5}\n\
+                         spec: {type: LoadBalancer, clusterIP: 172.30.0.45, sessionAffinity: ClientIP,\n\
+                         sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}},\n\
+                         loadBalancerSourceRanges: [203.0.113.0/25], ports: [{name: p80, port: 80, nodePort: 3002}]}\n\
+                         status: {loadBalancer: {ingress: [{ip: 5.6.7.8}]}}\n",
+                    )
+                }),
+            ),
+            (
                 "affinity service loses its endpoints",
                 Box::new(|e| {
                     e.apply(Event::SliceDeleted(ObjectRef::new("ns5", "svc5-1")));
