@@ -6,7 +6,6 @@ use std::sync::Arc;
 
 use proxy_core::model::{
     Endpoint, EndpointPort, EndpointSlice, IpFamily, ObjectRef, Protocol, Service, ServicePort, ServiceType,
-    TrafficPolicy,
 };
 use proxy_core::{Engine, Event, LocalDetectMode, NodeContext, Snapshot};
 
@@ -32,9 +31,7 @@ pub fn service(i: usize) -> Service {
     let ip = u32::from(Ipv4Addr::new(172, 16, 0, 0)) + i as u32;
     let node_port = i.is_multiple_of(10).then(|| 30000 + (i / 10 % 2768) as u16);
     Service {
-        id: service_ref(i),
         kind: if node_port.is_some() { ServiceType::NodePort } else { ServiceType::ClusterIp },
-        cluster_ips: vec![IpAddr::V4(Ipv4Addr::from(ip))],
         ports: vec![ServicePort {
             name: "http".into(),
             protocol: Protocol::Tcp,
@@ -42,14 +39,7 @@ pub fn service(i: usize) -> Service {
             node_port,
             target_port: None,
         }],
-        external_ips: vec![],
-        load_balancer_ingress: vec![],
-        load_balancer_source_ranges: vec![],
-        session_affinity: None,
-        external_traffic_policy: TrafficPolicy::Cluster,
-        internal_traffic_policy: TrafficPolicy::Cluster,
-        traffic_distribution: None,
-        health_check_node_port: None,
+        ..Service::new(service_ref(i), vec![IpAddr::V4(Ipv4Addr::from(ip))])
     }
 }
 

@@ -28,13 +28,8 @@
 //! let mut engine = Engine::new(NodeContext::new("node-a"));
 //! let svc = ObjectRef::new("default", "web");
 //! engine.apply(Event::ServiceApplied(Service {
-//!     id: svc.clone(),
-//!     kind: ServiceType::ClusterIp,
-//!     cluster_ips: vec!["10.96.0.10".parse().unwrap()],
 //!     ports: vec![ServicePort { name: "http".into(), protocol: Protocol::Tcp, port: 80, node_port: None, target_port: None }],
-//!     external_ips: vec![], load_balancer_ingress: vec![], load_balancer_source_ranges: vec![],
-//!     session_affinity: None, external_traffic_policy: TrafficPolicy::Cluster,
-//!     internal_traffic_policy: TrafficPolicy::Cluster, traffic_distribution: None, health_check_node_port: None,
+//!     ..Service::new(svc.clone(), vec!["10.96.0.10".parse().unwrap()])
 //! }));
 //! let mut syncer = Syncer::new(ModelBackend::default());
 //! let plan = engine.plan();

@@ -346,6 +346,26 @@ pub struct Service {
 }
 
 impl Service {
+    /// A `ClusterIP` Service with these cluster IPs and nothing else set (no ports, Cluster
+    /// traffic policies, no affinity): a starting point for embedders and tests, which
+    /// fill in the rest with struct update syntax.
+    pub fn new(id: ObjectRef, cluster_ips: Vec<IpAddr>) -> Service {
+        Service {
+            id,
+            kind: ServiceType::ClusterIp,
+            cluster_ips,
+            ports: Vec::new(),
+            external_ips: Vec::new(),
+            load_balancer_ingress: Vec::new(),
+            load_balancer_source_ranges: Vec::new(),
+            session_affinity: None,
+            external_traffic_policy: TrafficPolicy::Cluster,
+            internal_traffic_policy: TrafficPolicy::Cluster,
+            traffic_distribution: None,
+            health_check_node_port: None,
+        }
+    }
+
     /// The cluster IP of `family`, if the Service has one.
     pub fn cluster_ip(&self, family: IpFamily) -> Option<IpAddr> {
         self.cluster_ips.iter().copied().find(|ip| IpFamily::of(ip) == family)

@@ -280,23 +280,10 @@ impl<'a> Iterator for ServicesWithSlices<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::{IpFamily, ServiceType, TrafficPolicy};
+    use crate::model::IpFamily;
 
     fn svc(name: &str, ip: &str) -> Service {
-        Service {
-            id: ObjectRef::new("ns", name),
-            kind: ServiceType::ClusterIp,
-            cluster_ips: vec![ip.parse().unwrap()],
-            ports: vec![],
-            external_ips: vec![],
-            load_balancer_ingress: vec![],
-            load_balancer_source_ranges: vec![],
-            session_affinity: None,
-            external_traffic_policy: TrafficPolicy::Cluster,
-            internal_traffic_policy: TrafficPolicy::Cluster,
-            traffic_distribution: None,
-            health_check_node_port: None,
-        }
+        Service::new(ObjectRef::new("ns", name), vec![ip.parse().unwrap()])
     }
 
     fn slice(name: &str, service: &str) -> EndpointSlice {
