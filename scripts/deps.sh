@@ -3,7 +3,7 @@
 # Idempotent; runs apt-get only if something is absent. Needs root (or sudo) to install.
 set -euo pipefail
 
-packages=(pkg-config libnftnl-dev libmnl-dev nftables iproute2 conntrack socat jq)
+packages=(pkg-config libnftnl-dev libmnl-dev nftables iproute2 conntrack socat jq procps util-linux)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
