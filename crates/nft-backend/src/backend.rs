@@ -238,16 +238,16 @@ impl Backend for NftBackend {
             let ordered = rules.service_ports.keys().filter_map(|name| committed.ports.get(name));
             // A set redefined in place would be refused, so a redefinition (an affinity
             // timeout change arriving with a full sync) means a replace.
-            let previous = self.families[family.index()]
-                .committed
-                .as_ref()
-                .filter(|previous| !self.replace_next && !redefines_sets(previous, &committed));
-            txs.push(match previous {
+            // The previous record is only needed for the names of stale objects: let it go
+            // before the transaction is built (peak memory). If the commit fails, the next
+            // full sync replaces anyway.
+            let previous = self.families[family.index()].committed.take();
+            let stale = previous
+                .filter(|previous| !self.replace_next && !redefines_sets(previous, &committed))
+                .map(|previous| stale(&previous, &committed));
+            txs.push(match stale {
                 None => Transaction::replace(family, &self.table, &skeleton, ordered),
-                Some(previous) => {
-                    let (chains, sets) = stale(previous, &committed);
-                    Transaction::refresh(family, &self.table, &skeleton, ordered, &chains, &sets)
-                }
+                Some((chains, sets)) => Transaction::refresh(family, &self.table, &skeleton, ordered, &chains, &sets),
             });
             records.push((family, committed));
         }
