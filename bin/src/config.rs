@@ -90,6 +90,8 @@ pub struct Config {
     pub healthz_bind_address: String,
     /// Where `/metrics` is served.
     pub metrics_bind_address: String,
+    /// `clientConnection.kubeconfig` from the file.
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// The subset of `KubeProxyConfiguration` kproxy reads, with every other known field
@@ -116,7 +118,7 @@ struct File {
     // Known to kube-proxy, not acted on by kproxy.
     bind_address: Option<Value>,
     bind_address_hard_fail: Option<Value>,
-    client_connection: Option<Value>,
+    client_connection: Option<FileClientConnection>,
     config_sync_period: Option<Value>,
     conntrack: Option<Value>,
     enable_profiling: Option<Value>,
@@ -137,6 +139,17 @@ struct File {
 struct FileDetectLocal {
     bridge_interface: Option<String>,
     interface_name_prefix: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct FileClientConnection {
+    kubeconfig: Option<String>,
+    accept_content_types: Option<Value>,
+    content_type: Option<Value>,
+    qps: Option<Value>,
+    burst: Option<Value>,
 }
 
 #[derive(Deserialize, Default)]
@@ -276,6 +289,7 @@ impl NodeFlags {
             min_sync_period,
             healthz_bind_address: file.healthz_bind_address.unwrap_or_else(|| "0.0.0.0:10256".into()),
             metrics_bind_address: file.metrics_bind_address.unwrap_or_else(|| "127.0.0.1:10249".into()),
+            kubeconfig: file.client_connection.and_then(|c| c.kubeconfig).filter(|k| !k.is_empty()).map(PathBuf::from),
         })
     }
 }
@@ -309,9 +323,11 @@ mod tests {
         let c = with_file(
             "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nclusterCIDR: 10.244.0.0/16\n\
              mode: nftables\nnodePortAddresses: [192.168.0.0/24]\nnftables: {masqueradeAll: true, syncPeriod: 1m0s}\n\
-             iptables: {masqueradeBit: 14}\nconntrack: {maxPerCore: 0}\n",
+             iptables: {masqueradeBit: 14}\nconntrack: {maxPerCore: 0}\n\
+             clientConnection: {kubeconfig: /var/lib/kproxy/kubeconfig, qps: 5}\n",
         )
         .unwrap();
+        assert_eq!(c.kubeconfig.as_deref(), Some(std::path::Path::new("/var/lib/kproxy/kubeconfig")));
         assert_eq!(c.cluster_cidrs, ["10.244.0.0/16".parse::<ipnet::IpNet>().unwrap()]);
         assert!(c.masquerade_all);
         assert_eq!(c.nodeport_cidrs.unwrap().len(), 1);

@@ -1,4 +1,5 @@
-//! `kproxy run --manifests DIR`: the node daemon fed from a directory of manifests.
+//! `kproxy run`: the node daemon, fed from the Kubernetes API (see [`crate::cluster`]) or,
+//! with `--manifests DIR`, from a directory of manifests.
 //!
 //! The sync loop keeps upstream kube-proxy's contract:
 //!
@@ -27,6 +28,7 @@ use proxy_core::manifest::Object;
 use proxy_core::{Desired, Event, ObjectRef, Plan, Syncer};
 use tracing::{info, warn};
 
+use crate::cluster;
 use crate::config::{NodeFlags, parse_duration};
 use crate::manifests;
 use crate::serve::{self, Health, Metrics};
@@ -34,8 +36,15 @@ use crate::serve::{self, Health, Metrics};
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Watch this directory (or files) of manifests instead of the Kubernetes API.
-    #[arg(long, num_args = 1.., required = true)]
+    #[arg(long, num_args = 1..)]
     manifests: Vec<PathBuf>,
+    /// The kubeconfig to reach the API server with (default: in-cluster, then
+    /// $KUBECONFIG or ~/.kube/config).
+    #[arg(long, conflicts_with = "manifests")]
+    kubeconfig: Option<PathBuf>,
+    /// The API server's address, overriding the kubeconfig's.
+    #[arg(long, conflicts_with = "manifests")]
+    master: Option<String>,
     /// The shortest time between two syncs (kube-proxy's default: 1s).
     #[arg(long)]
     min_sync_period: Option<String>,
@@ -123,6 +132,8 @@ impl Burst {
 enum Trigger {
     /// The manifests changed.
     Manifests,
+    /// The API server reported a change.
+    Cluster(cluster::Update),
     /// Someone else changed our tables.
     Drift,
 }
@@ -218,25 +229,38 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let own_port = Arc::new(AtomicU32::new(backend.connect().context("opening the nftables netlink socket")?));
     let (tx, rx) = mpsc::channel();
     {
-        let (paths, tx) = (args.manifests.clone(), tx.clone());
-        std::thread::spawn(move || watch_manifests(paths, poll, tx));
-    }
-    {
         let (table, port, tx) = (config.table.clone(), own_port.clone(), tx.clone());
         std::thread::spawn(move || watch_drift(table, port, tx));
     }
 
-    // The first read of the sources: nothing is programmed before it completes.
+    // The first read of the sources: nothing is programmed before it completes (for the
+    // API, until Services and EndpointSlices have both been listed).
+    let from_cluster = args.manifests.is_empty();
+    let mut listed = !from_cluster;
     let mut cache = BTreeMap::new();
-    let loaded = reload(&args.manifests, &mut cache)?;
-    let mut problems = loaded.problems;
-    let mut engine = manifests::engine(&config, &loaded.objects, &mut problems)?;
-    crate::report(&problems);
-    let mut known = keys(&loaded.objects);
+    let mut known = HashSet::new();
     // The Node and ServiceCIDRs, re-read with the interfaces' addresses before every sync
     // (addresses come and go; kube-proxy re-reads them too).
-    let mut context_objects = context_objects_of(&loaded.objects);
-    health.set_node_eligible(manifests::node_eligible(&config, &loaded.objects));
+    let mut context_objects = Vec::new();
+    let mut engine;
+    if from_cluster {
+        engine = proxy_core::Engine::new(manifests::context(&config, &[], &mut Vec::new())?);
+        let connection = cluster::Connection {
+            kubeconfig: args.kubeconfig.clone().or_else(|| config.kubeconfig.clone()),
+            master: args.master.clone(),
+        };
+        cluster::spawn(&connection, crate::node::node_name(&config), tx.clone(), Trigger::Cluster)?;
+    } else {
+        let loaded = reload(&args.manifests, &mut cache)?;
+        let mut problems = loaded.problems;
+        engine = manifests::engine(&config, &loaded.objects, &mut problems)?;
+        crate::report(&problems);
+        known = keys(&loaded.objects);
+        context_objects = context_objects_of(&loaded.objects);
+        health.set_node_eligible(manifests::node_eligible(&config, &loaded.objects));
+        let (paths, tx) = (args.manifests.clone(), tx.clone());
+        std::thread::spawn(move || watch_manifests(paths, poll, tx));
+    }
     health.queued();
     let mut syncer = Syncer::new(backend);
     let mut limiter = Burst::new(min_sync_period);
@@ -250,7 +274,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     loop {
         let now = Instant::now();
         let earliest = limiter.next_allowed(now).max(retry_at.unwrap_or(now));
-        if pending && now >= earliest {
+        if listed && pending && now >= earliest {
             match manifests::context(&config, &context_objects, &mut Vec::new()) {
                 Ok(context) => engine.set_node_context(context),
                 Err(e) => warn!("node context: {e:#}"),
@@ -306,7 +330,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             pending = true;
             next_full = now + sync_period;
         }
-        let wake = if pending { earliest.max(now) } else { next_full };
+        let wake = if listed && pending { earliest.max(now) } else { next_full };
         match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(Trigger::Manifests) => {
                 let loaded = match reload(&args.manifests, &mut cache) {
@@ -331,6 +355,23 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                 health.queued();
                 metrics.last_queued_timestamp.set(unix_now());
                 context_objects = context_objects_of(&loaded.objects);
+                pending = true;
+            }
+            Ok(Trigger::Cluster(update)) => {
+                match update {
+                    cluster::Update::Event(event) => {
+                        if !engine.apply(event) {
+                            continue;
+                        }
+                    }
+                    cluster::Update::Context(objects) => {
+                        health.set_node_eligible(manifests::node_eligible(&config, &objects));
+                        context_objects = objects;
+                    }
+                    cluster::Update::Listed => listed = true,
+                }
+                health.queued();
+                metrics.last_queued_timestamp.set(unix_now());
                 pending = true;
             }
             Ok(Trigger::Drift) => {

@@ -1,6 +1,7 @@
 //! `kproxy`: a drop-in replacement for kube-proxy, with kube-proxy's nftables-mode
 //! semantics.
 
+mod cluster;
 mod config;
 mod conntrack;
 mod daemon;
@@ -30,8 +31,8 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Runs the node daemon: keeps the rules in step with a directory of manifests,
-    /// resyncs periodically and repairs foreign changes to its tables.
+    /// Runs the node daemon: keeps the rules in step with the Kubernetes API (or a
+    /// directory of manifests), resyncs periodically and repairs foreign changes to its tables.
     Run(daemon::RunArgs),
     /// Applies the rules for the Services, EndpointSlices and Node in the manifests to the
     /// current network namespace, once, and exits.
