@@ -3,7 +3,8 @@
 # Idempotent; runs apt-get only if something is absent. Needs root (or sudo) to install.
 set -euo pipefail
 
-packages=(pkg-config libnftnl-dev libmnl-dev nftables iproute2 conntrack socat jq procps util-linux)
+packages=(pkg-config libnftnl-dev libmnl-dev nftables iproute2 conntrack socat jq procps util-linux
+  containernetworking-plugins openssl curl)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -16,3 +17,4 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 command -v cargo >/dev/null || { echo "cargo not found: install Rust (https://rustup.rs)" >&2; exit 1; }
+command -v go >/dev/null || { echo "go not found: the test bed builds kube-apiserver with Go >= 1.26 (https://go.dev/dl)" >&2; exit 1; }

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Runs kproxy's whole test suite: lints, unit, table and property tests, examples.
+# Runs kproxy's whole test suite: lints, unit, table and property tests, kernel and packet
+# tests, examples, and the e2e against a real kube-apiserver (built once by testbed/build.sh).
 # Installs what it needs first (scripts/deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,4 +15,6 @@ echo "== tests"
 cargo test --workspace --all-features
 echo "== embedding example"
 cargo run -q -p proxy-core --features manifests --example print_backend -- examples/cluster >/dev/null
+echo "== e2e: kproxy against a real kube-apiserver, pods wired by CNI (testbed/)"
+testbed/e2e.sh
 echo "all tests passed"

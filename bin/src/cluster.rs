@@ -13,6 +13,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
@@ -21,6 +22,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event as Watched};
 use kube::{Api, Client, Resource, ResourceExt};
 use proxy_core::manifest::Object;
@@ -149,7 +151,42 @@ where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
     // managedFields are never read; dropping them halves what large clusters keep around.
-    watcher::watcher(api, config).default_backoff().modify(|o| o.managed_fields_mut().clear())
+    watcher::watcher(api, config).backoff(Retry::default()).modify(|o| o.managed_fields_mut().clear())
+}
+
+/// Delays between retries of a failed watch: 100 ms, doubling up to 1 s. kube-runtime's
+/// default climbs to 30 s, which would leave a returning API server's changes (and the
+/// relist after a 410 Gone) waiting up to 30 s; a proxy must catch up within a couple of
+/// seconds. One retry per second per watch is a small load for an API server to bear.
+struct Retry {
+    next: Duration,
+}
+
+impl Retry {
+    const FIRST: Duration = Duration::from_millis(100);
+    const MAX: Duration = Duration::from_secs(1);
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry { next: Retry::FIRST }
+    }
+}
+
+impl Iterator for Retry {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (now * 2).min(Retry::MAX);
+        Some(now)
+    }
+}
+
+impl Backoff for Retry {
+    fn reset(&mut self) {
+        self.next = Retry::FIRST;
+    }
 }
 
 impl Watchers {
@@ -380,6 +417,15 @@ mod tests {
             }
         }
         (events, listed)
+    }
+
+    #[test]
+    fn watch_retries_back_off_to_one_second_and_reset() {
+        let mut retry = Retry::default();
+        let delays: Vec<u64> = retry.by_ref().take(6).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
+        retry.reset();
+        assert_eq!(retry.next(), Some(Duration::from_millis(100)));
     }
 
     #[tokio::test]

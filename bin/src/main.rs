@@ -75,8 +75,14 @@ pub(crate) fn init_logging(flags: &NodeFlags, min_verbosity: u8) {
         4..=5 => "debug",
         _ => "trace",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("KPROXY_LOG").unwrap_or_else(|_| level.into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // kube-client logs every failed connection as an error; kproxy's watchers report them
+    // once, with what they were watching.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KPROXY_LOG")
+        .unwrap_or_else(|_| format!("{level},kube_client::client::builder=off").into());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     let _ = if flags.logging_format == "json" { builder.json().try_init() } else { builder.try_init() };
 }
 
