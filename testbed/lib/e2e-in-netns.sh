@@ -179,6 +179,28 @@ answered_by e2e-pod3 $CLUSTER_IP:80 16 "pod1 pod2" \
     || fail "ClusterIP from pod3: got '$(answers e2e-pod3 $CLUSTER_IP:80 16)'"
 pass "ClusterIP $CLUSTER_IP:80 from pod3 reaches pod1 and pod2"
 
+# A Service today's API server would refuse, as an older one may have stored it: written
+# straight into etcd (the API server reads it back like any other). kproxy skips it,
+# records a Warning Event on it, and keeps serving the others.
+legacy='{"kind": "Service", "apiVersion": "v1",
+  "metadata": {"name": "legacy", "namespace": "default", "uid": "6d3c0f9e-0000-4000-8000-000000000001",
+               "creationTimestamp": "2020-01-01T00:00:00Z"},
+  "spec": {"type": "ClusterIP", "clusterIP": "10.96.0.300", "clusterIPs": ["10.96.0.300"],
+           "ipFamilies": ["IPv4"], "ipFamilyPolicy": "SingleStack",
+           "ports": [{"protocol": "TCP", "port": 80, "targetPort": 80}]}}'
+curl -sf "http://127.0.0.1:16443/v3/kv/put" -d "{\"key\": \"$(printf /registry/services/specs/default/legacy | base64 -w0)\",
+    \"value\": \"$(printf '%s' "$legacy" | base64 -w0)\"}" >/dev/null || fail "could not write to etcd"
+legacy_events() {
+    kc get events.v1.events.k8s.io -o json \
+        | jq -r '.items[] | select(.regarding.name == "legacy" and .reportingController == "kproxy") | "\(.type) \(.reason) \(.reportingController) \(.note)"'
+}
+has_legacy_event() { [[ $(legacy_events) == "Warning InvalidService kproxy "*'"10.96.0.300"'* ]]; }
+ms=$(wait_for 5 has_legacy_event) || fail "no Warning Event for the invalid Service: '$(legacy_events)'"
+pass "an invalid Service (clusterIP 10.96.0.300, stored by an older API server) gets a Warning Event (${ms} ms)"
+! in_table 10.96.0.300 || fail "the invalid Service reached the ruleset"
+answered_by e2e-client $NODE_IP:$NODE_PORT 16 "pod1 pod2" || fail "the invalid Service disturbed web"
+pass "the invalid Service is skipped and web keeps working"
+
 slice 1 2 3
 ms=$(wait_for 5 answered_by e2e-client $NODE_IP:$NODE_PORT 24 "pod1 pod2 pod3") || fail "scale up: pod3 never answered"
 pass "scaled up to 3 endpoints: traffic follows (${ms} ms)"
@@ -237,6 +259,8 @@ pass "API server down $outage s: $total requests, none failed"
 pass "the watch expiry and relist (410 Gone) left the ruleset unchanged"
 grep -q "too old resource version" "$state/kproxy.log" || fail "the watches did not expire (410 Gone)"
 pass "kproxy's watches expired (410 Gone) and it relisted"
+[[ $(legacy_events | wc -l) == 1 ]] || fail "the relist repeated the invalid Service's Event: $(legacy_events)"
+pass "the relist did not repeat the invalid Service's Event"
 gone() { ! in_table "${POD_IP[2]}"; }
 start=$(now_ms)
 slice 1
