@@ -56,6 +56,27 @@ pub struct NodeFlags {
     /// Log format: text or json (kube-proxy's `--logging-format`).
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     pub logging_format: String,
+    /// Conntrack table entries per CPU (0: leave the table size alone). Default 32768.
+    #[arg(long)]
+    pub conntrack_max_per_core: Option<u64>,
+    /// The smallest conntrack table size to set. Default 131072.
+    #[arg(long)]
+    pub conntrack_min: Option<u64>,
+    /// The conntrack timeout of established TCP connections (0: leave it). Default 24h.
+    #[arg(long)]
+    pub conntrack_tcp_timeout_established: Option<String>,
+    /// The conntrack timeout of TCP connections in CLOSE_WAIT (0: leave it). Default 1h.
+    #[arg(long)]
+    pub conntrack_tcp_timeout_close_wait: Option<String>,
+    /// Make conntrack accept TCP packets outside the window instead of marking them invalid.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true")]
+    pub conntrack_tcp_be_liberal: Option<bool>,
+    /// The conntrack timeout of UDP flows (0: leave it).
+    #[arg(long)]
+    pub conntrack_udp_timeout: Option<String>,
+    /// The conntrack timeout of UDP streams (0: leave it).
+    #[arg(long)]
+    pub conntrack_udp_timeout_stream: Option<String>,
 }
 
 /// How pod traffic is recognised.
@@ -92,6 +113,8 @@ pub struct Config {
     pub metrics_bind_address: String,
     /// `clientConnection.kubeconfig` from the file.
     pub kubeconfig: Option<PathBuf>,
+    /// The conntrack sysctls `run` sets.
+    pub conntrack: crate::sysctls::Conntrack,
 }
 
 /// The subset of `KubeProxyConfiguration` kproxy reads, with every other known field
@@ -120,7 +143,7 @@ struct File {
     bind_address_hard_fail: Option<Value>,
     client_connection: Option<FileClientConnection>,
     config_sync_period: Option<Value>,
-    conntrack: Option<Value>,
+    conntrack: Option<FileConntrack>,
     enable_profiling: Option<Value>,
     feature_gates: Option<Value>,
     iptables: Option<Value>,
@@ -139,6 +162,18 @@ struct File {
 struct FileDetectLocal {
     bridge_interface: Option<String>,
     interface_name_prefix: Option<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FileConntrack {
+    max_per_core: Option<u64>,
+    min: Option<u64>,
+    tcp_established_timeout: Option<String>,
+    tcp_close_wait_timeout: Option<String>,
+    tcp_be_liberal: Option<bool>,
+    udp_timeout: Option<String>,
+    udp_stream_timeout: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -277,6 +312,33 @@ impl NodeFlags {
         anyhow::ensure!(!sync_period.is_zero(), "syncPeriod: must be greater than zero");
         let min_sync_period =
             duration(nft.min_sync_period.or(file.min_sync_period), Duration::from_secs(1), "minSyncPeriod")?;
+        let ct = file.conntrack.unwrap_or_default();
+        let defaults = crate::sysctls::Conntrack::default();
+        let conntrack = crate::sysctls::Conntrack {
+            max_per_core: self.conntrack_max_per_core.or(ct.max_per_core).unwrap_or(defaults.max_per_core),
+            min: self.conntrack_min.or(ct.min).unwrap_or(defaults.min),
+            tcp_established: duration(
+                self.conntrack_tcp_timeout_established.clone().or(ct.tcp_established_timeout),
+                defaults.tcp_established,
+                "--conntrack-tcp-timeout-established",
+            )?,
+            tcp_close_wait: duration(
+                self.conntrack_tcp_timeout_close_wait.clone().or(ct.tcp_close_wait_timeout),
+                defaults.tcp_close_wait,
+                "--conntrack-tcp-timeout-close-wait",
+            )?,
+            tcp_be_liberal: self.conntrack_tcp_be_liberal.or(ct.tcp_be_liberal).unwrap_or(defaults.tcp_be_liberal),
+            udp: duration(
+                self.conntrack_udp_timeout.clone().or(ct.udp_timeout),
+                defaults.udp,
+                "--conntrack-udp-timeout",
+            )?,
+            udp_stream: duration(
+                self.conntrack_udp_timeout_stream.clone().or(ct.udp_stream_timeout),
+                defaults.udp_stream,
+                "--conntrack-udp-timeout-stream",
+            )?,
+        };
         Ok(Config {
             hostname_override: self.hostname_override.clone().or(file.hostname_override).filter(|h| !h.is_empty()),
             cluster_cidrs: parse_cidrs(&cluster_cidr, "--cluster-cidr")?,
@@ -290,6 +352,7 @@ impl NodeFlags {
             healthz_bind_address: file.healthz_bind_address.unwrap_or_else(|| "0.0.0.0:10256".into()),
             metrics_bind_address: file.metrics_bind_address.unwrap_or_else(|| "127.0.0.1:10249".into()),
             kubeconfig: file.client_connection.and_then(|c| c.kubeconfig).filter(|k| !k.is_empty()).map(PathBuf::from),
+            conntrack,
         })
     }
 }
@@ -323,10 +386,13 @@ mod tests {
         let c = with_file(
             "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nclusterCIDR: 10.244.0.0/16\n\
              mode: nftables\nnodePortAddresses: [192.168.0.0/24]\nnftables: {masqueradeAll: true, syncPeriod: 1m0s}\n\
-             iptables: {masqueradeBit: 14}\nconntrack: {maxPerCore: 0}\n\
+             iptables: {masqueradeBit: 14}\nconntrack: {maxPerCore: 0, tcpEstablishedTimeout: 2h0m0s}\n\
              clientConnection: {kubeconfig: /var/lib/kproxy/kubeconfig, qps: 5}\n",
         )
         .unwrap();
+        assert_eq!(c.conntrack.max_per_core, 0);
+        assert_eq!(c.conntrack.tcp_established, Duration::from_secs(7200));
+        assert_eq!(c.conntrack.tcp_close_wait, Duration::from_secs(3600), "kube-proxy's default");
         assert_eq!(c.kubeconfig.as_deref(), Some(std::path::Path::new("/var/lib/kproxy/kubeconfig")));
         assert_eq!(c.cluster_cidrs, ["10.244.0.0/16".parse::<ipnet::IpNet>().unwrap()]);
         assert!(c.masquerade_all);

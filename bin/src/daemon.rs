@@ -217,6 +217,14 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     anyhow::ensure!(!sync_period.is_zero(), "--sync-period must be greater than zero");
     let poll = parse_duration(&args.poll_interval).context("--poll-interval")?;
 
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let (changed, warnings) = config.conntrack.apply(&crate::sysctls::Roots::default(), cpus);
+    for sysctl in changed {
+        info!("set {sysctl}");
+    }
+    for warning in warnings {
+        warn!("could not set a conntrack sysctl: {warning}");
+    }
     let health = Arc::new(Health::default());
     let metrics = Arc::new(Metrics::new());
     let healthz_addr = args.healthz_bind_address.clone().unwrap_or_else(|| config.healthz_bind_address.clone());

@@ -8,6 +8,7 @@ mod daemon;
 mod manifests;
 mod node;
 mod serve;
+mod sysctls;
 mod trace_cmd;
 
 use std::path::PathBuf;

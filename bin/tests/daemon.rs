@@ -1,6 +1,6 @@
 //! `kproxy run --manifests DIR` in a throwaway node: edits converge, a foreign flush is
 //! repaired within a second, a restart under continuous traffic loses nothing, and a bad
-//! configuration is refused with a clear message.
+//! configuration is refused with a clear message; the conntrack sysctls are set.
 
 mod common;
 
@@ -33,11 +33,16 @@ struct Daemon(Child);
 
 impl Daemon {
     fn start(dir: &std::path::Path) -> Daemon {
+        Daemon::start_with(dir, &[])
+    }
+
+    fn start_with(dir: &std::path::Path, extra: &[&str]) -> Daemon {
         let child = Command::new(env!("CARGO_BIN_EXE_kproxy"))
             .args(["run", "--manifests"])
             .arg(dir)
             .args(["--hostname-override", "node-a", "--cluster-cidr", "10.244.0.0/16"])
             .args(["--min-sync-period", "100ms", "--poll-interval", "100ms"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -215,6 +220,33 @@ fn health_and_metrics_endpoints() {
         write(&node, &format!("{WEB}{node_yaml}"));
         wait_for("healthz 503", Duration::from_secs(3), || get("127.0.0.1:10256", "/healthz").0 == 503);
         assert_eq!(get("127.0.0.1:10256", "/livez").0, 200);
+    });
+}
+
+fn sysctl(name: &str) -> String {
+    std::fs::read_to_string(format!("/proc/sys/net/netfilter/{name}")).unwrap_or_default().trim().to_string()
+}
+
+#[test]
+fn conntrack_sysctls_are_set_at_start() {
+    in_sandbox("conntrack_sysctls_are_set_at_start", || {
+        let node = Node::new();
+        let dir = write(&node, WEB);
+        std::fs::write("/proc/sys/net/netfilter/nf_conntrack_tcp_timeout_established", "1000\n").unwrap();
+        let flags = [
+            "--conntrack-tcp-timeout-close-wait",
+            "30m",
+            "--conntrack-tcp-be-liberal",
+            "--conntrack-udp-timeout",
+            "45s",
+        ];
+        let _daemon = Daemon::start_with(&dir, &flags);
+        wait_for("first sync", Duration::from_secs(10), table_exists);
+        // kube-proxy's default for established connections, and the flags.
+        assert_eq!(sysctl("nf_conntrack_tcp_timeout_established"), "86400");
+        assert_eq!(sysctl("nf_conntrack_tcp_timeout_close_wait"), "1800");
+        assert_eq!(sysctl("nf_conntrack_tcp_be_liberal"), "1");
+        assert_eq!(sysctl("nf_conntrack_udp_timeout"), "45");
     });
 }
 
