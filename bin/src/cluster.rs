@@ -39,7 +39,7 @@ pub enum Update {
     Event(Event),
     /// This node's Node or a ServiceCIDR changed; these are the context objects now.
     Context(Vec<Object>),
-    /// Services and EndpointSlices have both finished their initial list.
+    /// Services, EndpointSlices and this node's Node have finished their initial list.
     Listed,
 }
 
@@ -136,6 +136,8 @@ struct Watchers {
     services: Names,
     slices: Names,
     node: Option<Node>,
+    /// The Node watch has finished its first list (found the Node or not).
+    node_listed: bool,
     cidrs: BTreeMap<String, ServiceCIDR>,
     /// The last problems reported per Service, so that a relist does not repeat Events.
     reported: HashMap<ObjectRef, String>,
@@ -199,6 +201,7 @@ impl Watchers {
             services: Names::default(),
             slices: Names::default(),
             node: None,
+            node_listed: false,
             cidrs: BTreeMap::new(),
             reported: HashMap::new(),
             announced: false,
@@ -245,7 +248,9 @@ impl Watchers {
             Tagged::Node(Err(e)) => warn!("watching Node {}: {e}; retrying", self.node_name),
             Tagged::Cidr(Err(e)) => warn!("watching ServiceCIDRs: {e}; retrying"),
         }
-        if !self.announced && self.services.listed && self.slices.listed {
+        // Like kube-proxy, wait for the Node too: its zone and addresses shape the rules,
+        // and learning them just after the first sync would redo that sync in full.
+        if !self.announced && self.services.listed && self.slices.listed && self.node_listed {
             self.announced = true;
             info!(services = self.services.known.len(), slices = self.slices.known.len(), "initial list done");
             out.push(Update::Listed);
@@ -300,7 +305,11 @@ impl Watchers {
     /// Returns whether the Node changed.
     fn on_node(&mut self, ev: Watched<Node>) -> bool {
         match ev {
-            Watched::Init | Watched::InitDone => false,
+            Watched::Init => false,
+            Watched::InitDone => {
+                self.node_listed = true;
+                false
+            }
             Watched::InitApply(node) | Watched::Apply(node) => {
                 let changed = self.node.as_ref() != Some(&node);
                 self.node = Some(node);
@@ -429,16 +438,17 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn nothing_is_listed_until_services_and_slices_both_are() {
+    async fn nothing_is_listed_until_services_slices_and_the_node_are() {
         let mut w = watchers();
         assert!(!summary(w.handle(Tagged::Service(Ok(Watched::Init)))).1);
         let (events, listed) = summary(w.handle(Tagged::Service(Ok(Watched::InitApply(service("a", "10.96.0.1"))))));
         assert_eq!(events, ["+svc ns/a"]);
         assert!(!listed);
         assert!(!summary(w.handle(Tagged::Service(Ok(Watched::InitDone)))).1, "slices are not listed yet");
-        assert!(!summary(w.handle(Tagged::Node(Ok(Watched::InitDone)))).1, "the Node does not gate");
         assert!(!summary(w.handle(Tagged::Slice(Ok(Watched::Init)))).1);
-        assert!(summary(w.handle(Tagged::Slice(Ok(Watched::InitDone)))).1);
+        assert!(!summary(w.handle(Tagged::Slice(Ok(Watched::InitDone)))).1, "the Node is not listed yet");
+        assert!(!summary(w.handle(Tagged::Cidr(Ok(Watched::InitDone)))).1, "ServiceCIDRs do not gate");
+        assert!(summary(w.handle(Tagged::Node(Ok(Watched::InitDone)))).1);
         assert!(!summary(w.handle(Tagged::Slice(Ok(Watched::Init)))).1, "Listed is sent once");
     }
 

@@ -166,14 +166,7 @@ fn watch_manifests(paths: Vec<PathBuf>, interval: Duration, tx: Sender<Trigger>)
     }
 }
 
-fn watch_drift(table: String, own_port: Arc<AtomicU32>, tx: Sender<Trigger>) {
-    let mut monitor = match Monitor::open(&table) {
-        Ok(m) => m,
-        Err(e) => {
-            warn!("drift detection disabled: {e}");
-            return;
-        }
-    };
+fn watch_drift(mut monitor: Monitor, own_port: Arc<AtomicU32>, tx: Sender<Trigger>) {
     loop {
         let own = [own_port.load(Ordering::Relaxed)];
         match monitor.wait(Duration::from_millis(500), &own) {
@@ -236,10 +229,24 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let mut backend = NftBackend::new(&config.table);
     let own_port = Arc::new(AtomicU32::new(backend.connect().context("opening the nftables netlink socket")?));
     let (tx, rx) = mpsc::channel();
+    // Drift detection, on its own thread (the netlink socket stays there); `quiet` pauses
+    // it around our own transactions (see `Quiet`).
+    let (quiet_tx, quiet_rx) = mpsc::channel();
     {
         let (table, port, tx) = (config.table.clone(), own_port.clone(), tx.clone());
-        std::thread::spawn(move || watch_drift(table, port, tx));
+        std::thread::spawn(move || match Monitor::open(&table) {
+            Ok(monitor) => {
+                let quiet = monitor.quiet().map_err(|e| warn!("drift detection stays on during syncs: {e}")).ok();
+                let _ = quiet_tx.send(quiet);
+                watch_drift(monitor, port, tx);
+            }
+            Err(e) => {
+                warn!("drift detection disabled: {e}");
+                let _ = quiet_tx.send(None);
+            }
+        });
     }
+    let quiet = quiet_rx.recv().ok().flatten();
 
     // The first read of the sources: nothing is programmed before it completes (for the
     // API, until Services and EndpointSlices have both been listed).
@@ -292,7 +299,14 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             let start = Instant::now();
             metrics.service_changes.inc_by(plan.service_changes);
             metrics.endpoint_changes.inc_by(plan.endpoint_changes);
-            match syncer.sync(&plan, engine.desired()) {
+            let paused = quiet.as_ref().and_then(|q| pause_drift(q, syncer.backend_mut()));
+            let result = syncer.sync(&plan, engine.desired());
+            if let (Some(q), Some(before)) = (&quiet, paused)
+                && !resume_drift(q, syncer.backend_mut(), before)
+            {
+                let _ = tx.send(Trigger::Drift);
+            }
+            match result {
                 Ok(stats) => {
                     record_sync(&metrics, &plan, engine.desired(), start.elapsed(), full);
                     metrics.transaction_bytes.set(syncer.backend().last_transaction_bytes() as i64);
@@ -394,6 +408,37 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Ok(ExitCode::FAILURE),
+        }
+    }
+}
+
+/// The generation and our commit count before a paused sync.
+struct Paused {
+    generation: u32,
+    commits: u64,
+}
+
+/// Pauses drift notifications for one of our syncs; `None` (and not paused) when the
+/// generation cannot be read.
+fn pause_drift(quiet: &nft_backend::netlink::monitor::Quiet, backend: &mut NftBackend) -> Option<Paused> {
+    let generation = backend.current_generation().ok()?;
+    quiet.pause().ok()?;
+    Some(Paused { generation, commits: backend.commits() })
+}
+
+/// Resumes drift notifications after a sync. Returns false when someone else committed
+/// while they were paused: the generation moved by more than our own commits. (A commit
+/// to another table counts too; the cost is one needless repair, never a missed one.)
+fn resume_drift(quiet: &nft_backend::netlink::monitor::Quiet, backend: &mut NftBackend, before: Paused) -> bool {
+    if let Err(e) = quiet.resume() {
+        warn!("drift detection: could not resubscribe: {e}");
+    }
+    let ours = (backend.commits() - before.commits) as u32;
+    match backend.current_generation() {
+        Ok(now) => now == before.generation.wrapping_add(ours),
+        Err(e) => {
+            warn!("drift detection: could not read the ruleset generation: {e}");
+            true
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct NftBackend {
     socket: Option<Socket>,
     families: [FamilyState; 2],
     generation: Option<u32>,
+    /// Successful transactions so far (each bumps the generation by one).
+    commits: u64,
     last_transaction_bytes: usize,
     /// Whether the next full sync must replace the tables (their contents unknown: at
     /// start, and after any failed transaction) rather than refresh them in place.
@@ -70,6 +72,7 @@ impl NftBackend {
             socket: None,
             families: Default::default(),
             generation: None,
+            commits: 0,
             last_transaction_bytes: 0,
             replace_next: true,
         }
@@ -83,6 +86,16 @@ impl NftBackend {
     /// The ruleset generation after our last successful transaction.
     pub fn generation(&self) -> Option<u32> {
         self.generation
+    }
+
+    /// The kernel's ruleset generation now (it counts every commit, by anyone).
+    pub fn current_generation(&mut self) -> Result<u32, Error> {
+        self.socket()?.generation().map_err(Error::Socket)
+    }
+
+    /// How many transactions this backend has committed so far.
+    pub fn commits(&self) -> u64 {
+        self.commits
     }
 
     /// The netlink port id our transactions come from (see
@@ -167,6 +180,7 @@ impl NftBackend {
             return Err(Error::Transaction { errno: first.errno, op, errors: outcome.errors.len() });
         }
         self.generation = Some(outcome.generation);
+        self.commits += 1;
         Ok(encoded.messages)
     }
 

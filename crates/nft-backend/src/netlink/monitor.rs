@@ -8,7 +8,7 @@
 //! sync (about an hour); a daemon blocked on [`Monitor::wait`] can repair it at once.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
 /// `NFNLGRP_NFTABLES`.
@@ -17,6 +17,45 @@ const GROUP_NFTABLES: u32 = 7;
 const SUBSYS_NFTABLES: u16 = 10;
 /// The first attribute of table, chain, rule, set and element messages names the table.
 const ATTR_TABLE: u16 = 1;
+
+/// Stops and restarts a [`Monitor`]'s notifications, from any thread.
+///
+/// The kernel builds a notification for every object a transaction touches, but only
+/// while someone listens: with a monitor subscribed, a full sync of 10k Services makes
+/// the kernel build and queue ~100k messages we would then read and discard as our own.
+/// Pausing the subscription around our own transactions avoids that work. What a pause
+/// could hide (someone else's commit meanwhile) shows in the ruleset generation: the
+/// caller compares it before and after, see `NftBackend::current_generation`.
+pub struct Quiet {
+    fd: OwnedFd,
+}
+
+impl Quiet {
+    fn membership(&self, option: libc::c_int) -> io::Result<()> {
+        let group = GROUP_NFTABLES as libc::c_int;
+        // SAFETY: setsockopt with an int on a socket we own (a duplicate of the monitor's).
+        let rc = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_NETLINK,
+                option,
+                (&group as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    }
+
+    /// Leaves the notification group: no notifications are built for us until `resume`.
+    pub fn pause(&self) -> io::Result<()> {
+        self.membership(libc::NETLINK_DROP_MEMBERSHIP)
+    }
+
+    /// Joins the notification group again.
+    pub fn resume(&self) -> io::Result<()> {
+        self.membership(libc::NETLINK_ADD_MEMBERSHIP)
+    }
+}
 
 /// A subscription to nf_tables change notifications.
 pub struct Monitor {
@@ -43,6 +82,14 @@ impl Monitor {
             );
         }
         Ok(Monitor { sock, table: table.to_string() })
+    }
+
+    /// A handle to pause and resume this monitor's subscription (it shares the socket).
+    pub fn quiet(&self) -> io::Result<Quiet> {
+        let fd = self.sock.as_raw_fd();
+        // SAFETY: the fd is open for the lifetime of `self.sock`; we duplicate it at once.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        Ok(Quiet { fd: borrowed.as_fd().try_clone_to_owned()? })
     }
 
     /// Waits up to `timeout` for a foreign change to our table. `own_ports` are the netlink
