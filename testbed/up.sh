@@ -5,6 +5,9 @@
 #   testbed/up.sh STATE_DIR [API_PORT]
 #   testbed/up.sh STATE_DIR API_PORT apiserver   # restart only kube-apiserver
 #
+# KPROXY_TESTBED_BIND=0.0.0.0 makes kube-apiserver listen beyond loopback (the serving
+# certificate also names 10.250.0.1, where testbed/versus.sh's proxies reach it).
+#
 # Run it inside the network namespace the test uses (e2e runs everything under
 # `unshare -rnm`), so nothing listens on the host. The PIDs go to STATE_DIR/pids;
 # testbed/down.sh STATE_DIR stops exactly those processes.
@@ -27,7 +30,7 @@ if [[ ! -f $pki/ca.crt ]]; then
         openssl x509 -req -in "$pki/$1.csr" -CA "$pki/ca.crt" -CAkey "$pki/ca.key" -CAcreateserial -days 30 \
             ${3:+-extfile "$3"} -out "$pki/$1.crt" 2>/dev/null
     }
-    printf 'subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' \
+    printf 'subjectAltName=IP:127.0.0.1,IP:10.96.0.1,IP:10.250.0.1,DNS:localhost,DNS:kubernetes.default.svc\nextendedKeyUsage=serverAuth\n' \
         > "$pki/server.ext"
     issue apiserver /CN=kube-apiserver "$pki/server.ext"
     printf 'extendedKeyUsage=clientAuth\n' > "$pki/client.ext"
@@ -52,7 +55,7 @@ fi
 start_apiserver() {
     "$bin/kube-apiserver" \
         --etcd-servers "http://127.0.0.1:$etcd_port" \
-        --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$port" \
+        --bind-address "${KPROXY_TESTBED_BIND:-127.0.0.1}" --advertise-address 127.0.0.1 --secure-port "$port" \
         --service-cluster-ip-range 10.96.0.0/16 --allow-privileged=true \
         --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
         --client-ca-file "$pki/ca.crt" \

@@ -1,0 +1,249 @@
+#!/usr/bin/env bash
+# The inside of testbed/versus.sh: runs as root of a private user, network and mount
+# namespace. etcd and kube-apiserver run here; each proxy runs, one at a time, in its own
+# network namespace (`vs-upstream`, `vs-kproxy`) with the same node identity, and reaches
+# the API server over a bridge at 10.250.0.1.
+#
+#   versus-in-netns.sh STATE RESULTS.tsv SCENARIO...    # SCENARIO: SERVICESxENDPOINTS
+set -euo pipefail
+state=$1 results=$2
+shift 2
+here=$(cd "$(dirname "$0")/../.." && pwd)
+export PATH=$KPROXY_TESTBED_BIN:$PATH
+cd "$here"
+
+NODE=vs-node NODE_IP=10.250.0.10
+TIMEOUT=${KPROXY_VERSUS_TIMEOUT:-1200}
+DATAPATH_SIZES=" ${KPROXY_VERSUS_DATAPATH:-100 30000} "
+SAMPLES=${KPROXY_VERSUS_SAMPLES:-3}
+proxy_pid= server_pid=
+cleanup() {
+    for p in $proxy_pid $server_pid; do kill "$p" 2>/dev/null || true; done
+    testbed/down.sh "$state"
+}
+trap cleanup EXIT
+kc() { kubectl --kubeconfig "$state/admin.kubeconfig" "$@"; }
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
+
+mount -t tmpfs tmpfs /run && mkdir -p /run/netns
+ip link set lo up
+sysctl -qw net.ipv4.ip_forward=1
+KPROXY_TESTBED_BIND=0.0.0.0 testbed/up.sh "$state" 6443
+ip link add vsbr type bridge && ip addr add 10.250.0.1/24 dev vsbr && ip link set vsbr up
+kc create namespace bench >/dev/null
+kc apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Node
+metadata: {name: $NODE}
+EOF
+kc patch node $NODE --subresource=status --type=merge \
+    -p "{\"status\": {\"addresses\": [{\"type\": \"InternalIP\", \"address\": \"$NODE_IP\"}]}}" >/dev/null
+# The data-path probe: one Service whose endpoint is a pod next to the proxy.
+kc apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: probe, namespace: default}
+spec: {clusterIP: 10.96.0.10, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: probe-1, namespace: default, labels: {kubernetes.io/service-name: probe}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints: [{addresses: [10.130.0.2], conditions: {ready: true}, nodeName: $NODE}]
+EOF
+cat > "$state/proxy.kubeconfig" <<EOF
+apiVersion: v1
+kind: Config
+clusters:
+- name: testbed
+  cluster: {server: "https://10.250.0.1:6443", certificate-authority: "$state/pki/ca.crt"}
+users:
+- name: admin
+  user: {client-certificate: "$state/pki/admin.crt", client-key: "$state/pki/admin.key"}
+contexts:
+- name: testbed
+  context: {cluster: testbed, user: admin}
+current-context: testbed
+EOF
+
+# A fresh node for one proxy: its netns on the bridge, and a pod behind a veth.
+make_node() { # NETNS
+    local ns=$1
+    ip netns add "$ns" && ip -n "$ns" link set lo up
+    ip link add "$ns-up" type veth peer name eth0 netns "$ns"
+    ip link set "$ns-up" master vsbr up
+    ip -n "$ns" addr add $NODE_IP/24 dev eth0 && ip -n "$ns" link set eth0 up
+    ip -n "$ns" route add default via 10.250.0.1
+    ip netns add "$ns-pod" && ip -n "$ns-pod" link set lo up
+    ip -n "$ns" link add pod type veth peer name eth0 netns "$ns-pod"
+    ip -n "$ns" addr add 10.130.0.1/24 dev pod && ip -n "$ns" link set pod up
+    ip -n "$ns-pod" addr add 10.130.0.2/24 dev eth0 && ip -n "$ns-pod" link set eth0 up
+    ip -n "$ns-pod" route add default via 10.130.0.1
+    ip netns exec "$ns-pod" python3 testbed/lib/connlat.py serve 8080 &
+    server_pid=$!
+    ip neigh flush dev vsbr
+}
+remove_node() { # NETNS
+    kill $server_pid 2>/dev/null && wait $server_pid 2>/dev/null || true
+    server_pid=
+    ip netns del "$1-pod"
+    ip netns del "$1"
+}
+
+start_proxy() { # NETNS TABLE-OWNER
+    local flags=(--kubeconfig "$state/proxy.kubeconfig" --hostname-override $NODE --cluster-cidr 10.128.0.0/9
+        --healthz-bind-address 127.0.0.1:10256 --metrics-bind-address 127.0.0.1:10249)
+    if [[ $2 == upstream ]]; then
+        ip netns exec "$1" kube-proxy "${flags[@]}" --proxy-mode nftables --conntrack-max-per-core 0 --v 1 \
+            >>"$state/$2.log" 2>&1 &
+    else
+        ip netns exec "$1" "$KPROXY" run "${flags[@]}" >>"$state/$2.log" 2>&1 &
+    fi
+    proxy_pid=$!
+}
+stop_proxy() {
+    kill $proxy_pid 2>/dev/null || true
+    wait $proxy_pid 2>/dev/null || true
+    proxy_pid=
+}
+# The number of ClusterIP entries in the proxy's service-ips map.
+service_count() { # NETNS TABLE
+    ip netns exec "$1" nft list map ip "$2" service-ips 2>/dev/null | grep -c "goto" || true
+}
+# A metric's value; for upstream's per-family series, the IPv4 one.
+metric() { # NETNS NAME
+    ip netns exec "$1" curl -s 127.0.0.1:10249/metrics 2>/dev/null \
+        | awk -v n="$2" '$1 == n || (index($1, n "{") == 1 && $1 ~ /ip_family="IPv4"/) { print $2; exit }'
+}
+median() { printf '%s\n' "$@" | sort -n | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+# Polls COMMAND until it succeeds; prints the milliseconds since START, or "timeout".
+poll_since() { # START LIMIT_S COMMAND...
+    local start=$1 limit=$2
+    shift 2
+    until "$@"; do
+        if (($(now_ms) - start > limit * 1000)); then
+            echo timeout
+            return
+        fi
+        sleep 0.01
+    done
+    echo $(($(now_ms) - start))
+}
+in_chain() { ip netns exec "$1" nft list chain ip "$2" "$3" 2>/dev/null | grep -F -- "$4" >/dev/null; }
+has_element() { ip netns exec "$1" nft get element ip "$2" service-ips "{ $3 . tcp . 80 }" >/dev/null 2>&1; }
+healthy() { [[ $(ip netns exec "$1" curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:10256/healthz) == 200 ]]; }
+full_syncs_done() {
+    local count
+    count=$(metric "$1" kubeproxy_sync_full_proxy_rules_duration_seconds_count)
+    [[ -n $count ]] && ((${count%.*} >= 1))
+}
+# The mean of the full syncs so far, in seconds, from the proxy's own histogram.
+mean_full_sync() {
+    local sum count
+    sum=$(metric "$1" kubeproxy_sync_full_proxy_rules_duration_seconds_sum)
+    count=$(metric "$1" kubeproxy_sync_full_proxy_rules_duration_seconds_count)
+    awk -v s="$sum" -v c="$count" 'BEGIN { if (c > 0) printf "%.3f", s / c }'
+}
+
+run_proxy() { # PROXY SERVICES ENDPOINTS
+    local proxy=$1 n=$2 e=$3 ns=vs-$1 table
+    [[ $proxy == upstream ]] && table=kube-proxy || table=kproxy
+    local want=$((n + 1)) # the bench Services and the probe
+    make_node "$ns"
+    log "$proxy: cold start with $n Services x $e endpoints"
+    local t0 cold status=ok count=0 next_report
+    t0=$(now_ms)
+    next_report=$((t0 + 30000))
+    start_proxy "$ns" "$proxy"
+    while :; do
+        count=$(service_count "$ns" "$table")
+        ((count >= want)) && break
+        if (($(now_ms) - t0 > TIMEOUT * 1000)); then
+            status="timeout"
+            break
+        fi
+        if (($(now_ms) > next_report)); then
+            log "$proxy: $count of $want ClusterIPs in the kernel after $((($(now_ms) - t0) / 1000)) s"
+            next_report=$((next_report + 30000))
+        fi
+        if (($(now_ms) - t0 < 10000)); then sleep 0.05; else sleep 1; fi
+    done
+    cold=$(($(now_ms) - t0))
+    log "$proxy: cold start $status in $cold ms ($count of $want)"
+    local ep_ms="" add_ms="" resync="" p50="" p99="" rss="" cpu=""
+    if [[ $status == ok ]]; then
+        # One endpoint change: an extra endpoint for svc-0, found in its service chain.
+        local chain samples=() i ip start
+        chain=$(ip netns exec "$ns" nft list map ip $table service-ips | grep -F "10.96.1.0 . tcp . 80" \
+            | sed 's/.*goto \([^ ,}]*\).*/\1/')
+        for i in $(seq 1 "$SAMPLES"); do
+            sleep 1.2
+            ip=10.127.$((RANDOM % 250)).$i
+            kc -n bench patch endpointslice svc-0-1 --type=json -p "[{\"op\": \"add\", \"path\": \"/endpoints/-\",
+                \"value\": {\"addresses\": [\"$ip\"], \"conditions\": {\"ready\": true}}}]" >/dev/null
+            start=$(now_ms)
+            samples+=("$(poll_since "$start" 60 in_chain "$ns" $table "$chain" "$ip")")
+        done
+        ep_ms=$(median "${samples[@]}")
+        log "$proxy: one endpoint change: ${samples[*]} ms (median $ep_ms)"
+        # One Service added.
+        samples=()
+        for i in $(seq 1 "$SAMPLES"); do
+            sleep 1.2
+            ip=10.96.0.$((100 + i))
+            kc apply -f - >/dev/null <<EOF
+apiVersion: v1
+kind: Service
+metadata: {name: added-$i, namespace: bench}
+spec: {clusterIP: $ip, ports: [{name: http, port: 80, targetPort: 8080}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: added-$i-1, namespace: bench, labels: {kubernetes.io/service-name: added-$i}}
+addressType: IPv4
+ports: [{name: http, port: 8080, protocol: TCP}]
+endpoints: [{addresses: [10.126.0.$i], conditions: {ready: true}, nodeName: $NODE}]
+EOF
+            start=$(now_ms)
+            samples+=("$(poll_since "$start" 60 has_element "$ns" $table "$ip")")
+        done
+        add_ms=$(median "${samples[@]}")
+        log "$proxy: one Service added: ${samples[*]} ms (median $add_ms)"
+        kc -n bench delete service added-1 added-2 added-3 --ignore-not-found >/dev/null
+        kc -n bench delete endpointslice added-1-1 added-2-1 added-3-1 --ignore-not-found >/dev/null
+        if [[ $DATAPATH_SIZES == *" $n "* ]]; then
+            read -r p50 p99 < <(ip netns exec "$ns" python3 testbed/lib/connlat.py measure 10.96.0.10:80 2000)
+            log "$proxy: new connections through a ClusterIP among $n Services: p50 $p50 us, p99 $p99 us"
+        fi
+    fi
+    rss=$(awk '/VmHWM/ { print $2 }' /proc/$proxy_pid/status)
+    # CPU of the process and of the children it has waited for (upstream's nft runs).
+    cpu=$(awk -v hz="$(getconf CLK_TCK)" '{ printf "%.1f", ($14 + $15 + $16 + $17) / hz }' /proc/$proxy_pid/stat)
+    log "$proxy: peak RSS $((rss / 1024)) MiB, $cpu CPU seconds so far"
+    stop_proxy
+    if [[ $status == ok ]]; then
+        # A full resync over the rules already there: a restart, timed by the proxy's own
+        # full-sync metric.
+        start_proxy "$ns" "$proxy"
+        local r
+        r=$(poll_since "$(now_ms)" "$TIMEOUT" full_syncs_done "$ns")
+        [[ $r != timeout ]] && resync=$(mean_full_sync "$ns")
+        log "$proxy: full resync after a restart: ${resync:-timeout} s (metric)"
+        stop_proxy
+    fi
+    remove_node "$ns"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$e" "$proxy" "$status" "$cold" \
+        "${ep_ms:-}" "${add_ms:-}" "${resync:-}" "$rss" "$cpu" "${p50:-}" "${p99:-}" >>"$results"
+}
+
+for scenario in "$@"; do
+    n=${scenario%x*} e=${scenario#*x}
+    log "== $n Services x $e endpoints"
+    loadgen -delete >&2
+    loadgen -services "$n" -endpoints "$e" -node $NODE >&2
+    for proxy in ${KPROXY_VERSUS_PROXIES:-upstream kproxy}; do
+        run_proxy "$proxy" "$n" "$e"
+    done
+done

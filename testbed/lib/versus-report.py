@@ -1,0 +1,194 @@
+#!/usr/bin/env python3
+"""Turns testbed/versus.sh's results into a Markdown section and an SVG chart.
+
+    versus-report.py RESULTS.tsv BENCHMARKS.md CHART.svg COMMAND STARTED
+
+The section replaces whatever lies between the markers <!-- versus:begin --> and
+<!-- versus:end --> in BENCHMARKS.md (it is appended when they are missing).
+"""
+import math
+import platform
+import sys
+
+COLUMNS = ["services", "endpoints", "proxy", "status", "cold_ms", "endpoint_ms", "added_ms",
+           "resync_s", "rss_kb", "cpu_s", "conn_p50_us", "conn_p99_us"]
+
+
+def load(path):
+    rows = {}
+    for line in open(path):
+        fields = line.rstrip("\n").split("\t")
+        if len(fields) != len(COLUMNS):
+            continue
+        row = dict(zip(COLUMNS, fields))
+        rows[(int(row["services"]), int(row["endpoints"]), row["proxy"])] = row
+    return rows
+
+
+def number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def machine():
+    cpu = "unknown CPU"
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem = 0
+    for line in open("/proc/meminfo"):
+        if line.startswith("MemTotal"):
+            mem = int(line.split()[1]) // (1024 * 1024)
+    import os
+    return f"Linux {platform.release()}, {os.cpu_count()} × {cpu}, {mem} GiB"
+
+
+def cell(value, unit, digits=0):
+    v = number(value)
+    if v is None:
+        return "—"
+    return f"{v:,.{digits}f} {unit}"
+
+
+def ratio(up, kp, higher_is_worse=True):
+    u, k = number(up), number(kp)
+    if u is None or k is None or k == 0:
+        return "—"
+    r = u / k if higher_is_worse else k / u
+    return f"{r:,.1f}×"
+
+
+def section(rows, command, started, timeout_note):
+    scenarios = sorted({(n, e) for (n, e, _) in rows}, key=lambda s: (s[1] > 2, s[0], s[1]))
+    out = ["<!-- versus:begin -->", "## Side by side with upstream kube-proxy", "",
+           f"Measured {started} on {machine()}, one proxy at a time against the same "
+           "kube-apiserver (the test bed's), each in its own network namespace with the same node "
+           "identity. Upstream is kube-proxy v1.37.2 built from source, `--proxy-mode nftables`; "
+           "kproxy is the release build. Command:", "", "```sh", command, "```", "",
+           "Ratios are upstream ÷ kproxy (how many times faster or smaller kproxy is). "
+           "Cold start: process start until every ClusterIP is in the kernel's `service-ips` map, "
+           "polled from the kernel. One change: API write acknowledged until the rule is in the "
+           "kernel, median of 3. Full resync: the proxy's own "
+           "`kubeproxy_sync_full_proxy_rules_duration_seconds` after a restart over its existing rules. "
+           "RSS and CPU: the first process, from start through the changes; CPU includes the children it "
+           "waited for (upstream's `nft` runs), peak RSS is the proxy process alone. " + timeout_note, "",
+           "| Services × endpoints | measure | upstream kube-proxy | kproxy | ratio |",
+           "|---|---|---|---|---|"]
+    for n, e in scenarios:
+        up = rows.get((n, e, "upstream"), {})
+        kp = rows.get((n, e, "kproxy"), {})
+        label = f"{n:,} × {e}"
+
+        def cold(r):
+            if not r:
+                return "not run"
+            if r["status"] != "ok":
+                return f"timeout (> {number(r['cold_ms']) / 1000:,.0f} s)"
+            return cell(number(r["cold_ms"]) / 1000, "s", 2)
+
+        lines = [("cold start", cold(up), cold(kp),
+                  ratio(up.get("cold_ms"), kp.get("cold_ms")) if up.get("status") == "ok" else
+                  (f"> {number(up['cold_ms']) / number(kp['cold_ms']):,.0f}×" if up and kp and kp.get("status") == "ok" else "—")),
+                 ("one endpoint change", cell(up.get("endpoint_ms"), "ms"), cell(kp.get("endpoint_ms"), "ms"),
+                  ratio(up.get("endpoint_ms"), kp.get("endpoint_ms"))),
+                 ("one Service added", cell(up.get("added_ms"), "ms"), cell(kp.get("added_ms"), "ms"),
+                  ratio(up.get("added_ms"), kp.get("added_ms"))),
+                 ("full resync (metric)", cell(up.get("resync_s"), "s", 3), cell(kp.get("resync_s"), "s", 3),
+                  ratio(up.get("resync_s"), kp.get("resync_s"))),
+                 ("peak RSS", cell((number(up.get("rss_kb")) or 0) / 1024 or None, "MiB"),
+                  cell((number(kp.get("rss_kb")) or 0) / 1024 or None, "MiB"),
+                  ratio(up.get("rss_kb"), kp.get("rss_kb"))),
+                 ("CPU", cell(up.get("cpu_s"), "s", 1), cell(kp.get("cpu_s"), "s", 1),
+                  ratio(up.get("cpu_s"), kp.get("cpu_s")))]
+        if up.get("conn_p50_us") or kp.get("conn_p50_us"):
+            lines.append(("new connection p50 / p99",
+                          f"{cell(up.get('conn_p50_us'), 'µs')} / {cell(up.get('conn_p99_us'), 'µs')}",
+                          f"{cell(kp.get('conn_p50_us'), 'µs')} / {cell(kp.get('conn_p99_us'), 'µs')}",
+                          ratio(up.get("conn_p50_us"), kp.get("conn_p50_us"))))
+        for i, (what, u, k, r) in enumerate(lines):
+            out.append(f"| {label if i == 0 else ''} | {what} | {u} | {k} | {r} |")
+    out += ["", "![cold start against the number of Services](versus.svg)", "", "<!-- versus:end -->"]
+    return "\n".join(out) + "\n"
+
+
+def chart(rows, path):
+    """Cold start against the number of Services (1–2 endpoints each), log–log."""
+    series = {}
+    for (n, e, proxy), r in rows.items():
+        if e <= 2 and number(r["cold_ms"]):
+            series.setdefault(proxy, []).append((n, number(r["cold_ms"]) / 1000, r["status"] == "ok"))
+    width, height, left, bottom, top, right = 640, 400, 70, 50, 30, 130
+    xs = [p[0] for s in series.values() for p in s] or [100, 100000]
+    ys = [p[1] for s in series.values() for p in s] or [0.01, 1000]
+    x0, x1 = math.floor(math.log10(min(xs))), math.ceil(math.log10(max(xs)))
+    y0, y1 = math.floor(math.log10(min(ys))), math.ceil(math.log10(max(ys)))
+    x1, y1 = max(x1, x0 + 1), max(y1, y0 + 1)
+
+    def px(x):
+        return left + (math.log10(x) - x0) / (x1 - x0) * (width - left - right)
+
+    def py(y):
+        return height - bottom - (math.log10(y) - y0) / (y1 - y0) * (height - bottom - top)
+
+    svg = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="12">',
+           f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="{width / 2}" y="18" text-anchor="middle" font-size="14">'
+           'Cold start: process start → every ClusterIP in the kernel</text>']
+    for d in range(x0, x1 + 1):
+        x = px(10 ** d)
+        svg.append(f'<line x1="{x}" y1="{top}" x2="{x}" y2="{height - bottom}" stroke="#ddd"/>')
+        svg.append(f'<text x="{x}" y="{height - bottom + 16}" text-anchor="middle">{10 ** d:,}</text>')
+    for d in range(y0, y1 + 1):
+        y = py(10 ** d)
+        svg.append(f'<line x1="{left}" y1="{y}" x2="{width - right}" y2="{y}" stroke="#ddd"/>')
+        svg.append(f'<text x="{left - 6}" y="{y + 4}" text-anchor="end">{10.0 ** d:g} s</text>')
+    svg.append(f'<text x="{(left + width - right) / 2}" y="{height - 12}" text-anchor="middle">'
+               'Services (log scale)</text>')
+    colours = {"upstream": "#d62728", "kproxy": "#1f77b4"}
+    names = {"upstream": "upstream kube-proxy", "kproxy": "kproxy"}
+    for i, (proxy, points) in enumerate(sorted(series.items())):
+        points.sort()
+        colour = colours.get(proxy, "#555")
+        svg.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
+                   + " ".join(f"{px(n):.1f},{py(s):.1f}" for n, s, _ in points) + '"/>')
+        for n, s, ok in points:
+            fill = colour if ok else "white"
+            svg.append(f'<circle cx="{px(n):.1f}" cy="{py(s):.1f}" r="4" fill="{fill}" stroke="{colour}"/>')
+            if not ok:
+                svg.append(f'<text x="{px(n) + 6:.1f}" y="{py(s) - 6:.1f}" fill="{colour}">timeout</text>')
+        y = top + 20 + 20 * i
+        svg.append(f'<line x1="{width - right + 10}" y1="{y}" x2="{width - right + 30}" y2="{y}" '
+                   f'stroke="{colour}" stroke-width="2"/>')
+        svg.append(f'<text x="{width - right + 35}" y="{y + 4}">{names.get(proxy, proxy)}</text>')
+    svg.append("</svg>")
+    with open(path, "w") as f:
+        f.write("\n".join(svg) + "\n")
+
+
+def main():
+    results, markdown, svg, command, started = sys.argv[1:6]
+    rows = load(results)
+    timeout_note = ("A timeout means the proxy had not programmed every ClusterIP when the "
+                    "script gave up (`KPROXY_VERSUS_TIMEOUT`); its other measures are then not taken.")
+    text = section(rows, command, started, timeout_note)
+    try:
+        doc = open(markdown).read()
+    except FileNotFoundError:
+        doc = ""
+    begin, end = doc.find("<!-- versus:begin -->"), doc.find("<!-- versus:end -->")
+    if begin >= 0 and end > begin:
+        doc = doc[:begin] + text + doc[end + len("<!-- versus:end -->") + 1:]
+    else:
+        doc = doc.rstrip("\n") + "\n\n" + text
+    with open(markdown, "w") as f:
+        f.write(doc)
+    chart(rows, svg)
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

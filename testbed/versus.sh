@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Side by side: upstream kube-proxy (nftables mode, built from source at the test bed's
+# Kubernetes version) and kproxy, against one real kube-apiserver, one proxy at a time,
+# each in its own network namespace with the same node identity. For every scenario it
+# measures cold start (process start -> every ClusterIP in the kernel, polled from the
+# kernel), one endpoint change and one Service added (API write -> rule in the kernel), a
+# full resync (a restart, from each proxy's own full-sync metric), peak RSS and CPU
+# seconds; and new-connection latency through a ClusterIP at 100 and 30k Services.
+#
+#   testbed/versus.sh [SCENARIO...]     # default: 1000x2 10000x2 44000x1 5000x50 100x1 30000x1
+#
+#   KPROXY_VERSUS_TIMEOUT=1200     give up on a cold start after this many seconds
+#   KPROXY_VERSUS_PROXIES="upstream kproxy"
+#
+# Results: target/versus/results.tsv; the table goes into docs/benchmarks.md and the
+# chart into docs/versus.svg (testbed/lib/versus-report.py). Progress goes to stderr.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/deps.sh >/dev/null
+export KPROXY_TESTBED_BIN=${KPROXY_TESTBED_BIN:-$(testbed/build.sh)}
+cargo build -q --release -p kproxy
+export KPROXY=$PWD/target/release/kproxy
+scenarios=("$@")
+((${#scenarios[@]})) || scenarios=(1000x2 10000x2 44000x1 5000x50 100x1 30000x1)
+mkdir -p target/versus
+results=$PWD/target/versus/results.tsv
+: >"$results"
+state=$(mktemp -d /tmp/kproxy-versus.XXXXXX)
+trap 'cp "$state"/*.log target/versus/ 2>/dev/null; rm -rf "$state"' EXIT
+started=$(date -u +%Y-%m-%dT%H:%MZ)
+# As root, private network and mount namespaces without a user namespace: inside a user
+# namespace the kernel refuses SO_SNDBUFFORCE, and upstream's nft then fails every
+# transaction over the default socket buffer ("Message too long") and retries every 30 s
+# forever, which would measure the sandbox rather than kube-proxy.
+if (($(id -u) == 0)); then
+    sandbox=(unshare -nm)
+else
+    echo "versus: not root; in a user namespace upstream kube-proxy fails big transactions" >&2
+    sandbox=(unshare -rnm)
+fi
+"${sandbox[@]}" testbed/lib/versus-in-netns.sh "$state" "$results" "${scenarios[@]}"
+python3 testbed/lib/versus-report.py "$results" docs/benchmarks.md docs/versus.svg \
+    "testbed/versus.sh ${scenarios[*]}" "$started"
