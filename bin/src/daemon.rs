@@ -299,10 +299,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             let start = Instant::now();
             metrics.service_changes.inc_by(plan.service_changes);
             metrics.endpoint_changes.inc_by(plan.endpoint_changes);
-            let paused = quiet.as_ref().and_then(|q| pause_drift(q, syncer.backend_mut()));
+            let paused = quiet.as_ref().and_then(|q| q.pause(syncer.backend_mut()));
             let result = syncer.sync(&plan, engine.desired());
             if let (Some(q), Some(before)) = (&quiet, paused)
-                && !resume_drift(q, syncer.backend_mut(), before)
+                && !q.resume(syncer.backend_mut(), before)
             {
                 let _ = tx.send(Trigger::Drift);
             }
@@ -408,37 +408,6 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             }
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Ok(ExitCode::FAILURE),
-        }
-    }
-}
-
-/// The generation and our commit count before a paused sync.
-struct Paused {
-    generation: u32,
-    commits: u64,
-}
-
-/// Pauses drift notifications for one of our syncs; `None` (and not paused) when the
-/// generation cannot be read.
-fn pause_drift(quiet: &nft_backend::netlink::monitor::Quiet, backend: &mut NftBackend) -> Option<Paused> {
-    let generation = backend.current_generation().ok()?;
-    quiet.pause().ok()?;
-    Some(Paused { generation, commits: backend.commits() })
-}
-
-/// Resumes drift notifications after a sync. Returns false when someone else committed
-/// while they were paused: the generation moved by more than our own commits. (A commit
-/// to another table counts too; the cost is one needless repair, never a missed one.)
-fn resume_drift(quiet: &nft_backend::netlink::monitor::Quiet, backend: &mut NftBackend, before: Paused) -> bool {
-    if let Err(e) = quiet.resume() {
-        warn!("drift detection: could not resubscribe: {e}");
-    }
-    let ours = (backend.commits() - before.commits) as u32;
-    match backend.current_generation() {
-        Ok(now) => now == before.generation.wrapping_add(ours),
-        Err(e) => {
-            warn!("drift detection: could not read the ruleset generation: {e}");
-            true
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Drift: a change to our table by anyone else is noticed at once (not at the next
 //! periodic resync), our own transactions are not mistaken for it, and a full sync
-//! repairs it.
+//! repairs it; also while notifications are paused around our own syncs.
 
 mod common;
 
@@ -40,5 +40,35 @@ fn foreign_changes_are_detected_and_repaired() {
             assert!(repaired.contains(&good), "{what}: not repaired");
             assert!(!monitor.wait(Duration::from_millis(200), &own).unwrap(), "{what}: the repair counted as drift");
         }
+    });
+}
+
+#[test]
+fn a_foreign_commit_while_paused_shows_in_the_generation() {
+    in_netns("a_foreign_commit_while_paused_shows_in_the_generation", || {
+        let desired = fixture();
+        let mut backend = NftBackend::new("kproxy");
+        let mut monitor = Monitor::open("kproxy").expect("monitor");
+        let quiet = monitor.quiet().expect("quiet");
+        let own = [backend.connect().expect("connect")];
+
+        // Our own syncs while paused: no notifications at all, and no drift.
+        let paused = quiet.pause(&mut backend).expect("pause");
+        backend.sync_full(&desired).expect("sync");
+        backend.sync_full(&desired).expect("resync");
+        assert!(quiet.resume(&mut backend, paused), "our own commits counted as drift");
+        assert!(!monitor.wait(Duration::from_millis(300), &own).unwrap(), "notified while paused");
+
+        // Someone flushes our chain during our sync: the monitor cannot see it, the
+        // generation does.
+        let paused = quiet.pause(&mut backend).expect("pause");
+        sh("nft flush chain ip kproxy services");
+        backend.sync_full(&desired).expect("sync");
+        assert!(!quiet.resume(&mut backend, paused), "a foreign commit during the pause went unnoticed");
+        assert!(!monitor.wait(Duration::from_millis(300), &own).unwrap());
+
+        // Resumed: foreign changes are notified again.
+        sh("nft flush chain ip kproxy services");
+        assert!(monitor.wait(Duration::from_secs(1), &own).unwrap(), "not resubscribed");
     });
 }

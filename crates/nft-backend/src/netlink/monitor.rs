@@ -11,6 +11,8 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
+use crate::NftBackend;
+
 /// `NFNLGRP_NFTABLES`.
 const GROUP_NFTABLES: u32 = 7;
 /// `NFNL_SUBSYS_NFTABLES`.
@@ -46,15 +48,39 @@ impl Quiet {
         if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 
-    /// Leaves the notification group: no notifications are built for us until `resume`.
-    pub fn pause(&self) -> io::Result<()> {
-        self.membership(libc::NETLINK_DROP_MEMBERSHIP)
+    /// Pauses the notifications before a sync of `backend`. Returns `None`, without
+    /// pausing, when the ruleset generation cannot be read (then nothing could tell a
+    /// foreign commit during the pause from ours).
+    pub fn pause(&self, backend: &mut NftBackend) -> Option<Paused> {
+        let generation = backend.current_generation().ok()?;
+        self.membership(libc::NETLINK_DROP_MEMBERSHIP).ok()?;
+        Some(Paused { generation, commits: backend.commits() })
     }
 
-    /// Joins the notification group again.
-    pub fn resume(&self) -> io::Result<()> {
-        self.membership(libc::NETLINK_ADD_MEMBERSHIP)
+    /// Resumes the notifications after the sync. Returns `false` when someone else
+    /// committed while they were paused: the generation moved by more than our own
+    /// commits. (A commit to another table counts too; the cost is one needless repair,
+    /// never a missed one.) When the generation cannot be read, it assumes no drift.
+    pub fn resume(&self, backend: &mut NftBackend, before: Paused) -> bool {
+        if let Err(e) = self.membership(libc::NETLINK_ADD_MEMBERSHIP) {
+            tracing::warn!("drift detection: could not resubscribe: {e}");
+        }
+        let ours = (backend.commits() - before.commits) as u32;
+        match backend.current_generation() {
+            Ok(now) => now == before.generation.wrapping_add(ours),
+            Err(e) => {
+                tracing::warn!("drift detection: could not read the ruleset generation: {e}");
+                true
+            }
+        }
     }
+}
+
+/// The ruleset generation and our commit count when notifications were paused.
+#[derive(Clone, Copy, Debug)]
+pub struct Paused {
+    generation: u32,
+    commits: u64,
 }
 
 /// A subscription to nf_tables change notifications.
