@@ -249,7 +249,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let quiet = quiet_rx.recv().ok().flatten();
 
     // The first read of the sources: nothing is programmed before it completes (for the
-    // API, until Services and EndpointSlices have both been listed).
+    // API, until Services, EndpointSlices and this Node have been listed).
     let from_cluster = args.manifests.is_empty();
     let mut listed = !from_cluster;
     let mut cache = BTreeMap::new();

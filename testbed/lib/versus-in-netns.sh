@@ -53,20 +53,9 @@ addressType: IPv4
 ports: [{name: http, port: 8080, protocol: TCP}]
 endpoints: [{addresses: [10.130.0.2], conditions: {ready: true}, nodeName: $NODE}]
 EOF
-cat > "$state/proxy.kubeconfig" <<EOF
-apiVersion: v1
-kind: Config
-clusters:
-- name: testbed
-  cluster: {server: "https://10.250.0.1:6443", certificate-authority: "$state/pki/ca.crt"}
-users:
-- name: admin
-  user: {client-certificate: "$state/pki/admin.crt", client-key: "$state/pki/admin.key"}
-contexts:
-- name: testbed
-  context: {cluster: testbed, user: admin}
-current-context: testbed
-EOF
+# The proxies reach the API server over the bridge, not loopback: the admin kubeconfig with
+# another address (the serving certificate names both).
+sed 's|https://127.0.0.1:6443|https://10.250.0.1:6443|' "$state/admin.kubeconfig" >"$state/proxy.kubeconfig"
 
 # A fresh node for one proxy: its netns on the bridge, and a pod behind a veth.
 make_node() { # NETNS
