@@ -4,6 +4,9 @@
 #
 #   benches/nft.sh                 # the sizes of issue 3
 #   benches/nft.sh 1000x2 5000x50  # chosen sizes
+#   KPROXY_NFT_BASELINE=REV benches/nft.sh ...
+#                                  # also runs git revision REV's backend, size by size in
+#                                  # the same run, and prints both with their ratio
 #
 # Needs root for batches above net.core.wmem_max (a few hundred KB): as root it uses a
 # plain network namespace (unshare -n); otherwise a user namespace (unshare -rn).
@@ -14,16 +17,50 @@ sizes=("$@")
 cargo build -q --release -p kproxy-benches --example nft_sync
 bin=target/release/examples/nft_sync
 ns=-rn; [ "$(id -u)" = 0 ] && ns=-n
+
+baseline=${KPROXY_NFT_BASELINE:-}
+if [ -n "$baseline" ]; then
+  # The baseline is built from its own worktree, into its own target directory.
+  rev=$(git rev-parse --short "$baseline")
+  tree=target/nft-baseline/$rev
+  [ -d "$tree" ] || git worktree add -q --detach "$tree" "$rev"
+  echo "building baseline $rev..." >&2
+  (cd "$tree" && CARGO_TARGET_DIR="$PWD/../target-$rev" cargo build -q --release -p kproxy-benches --example nft_sync)
+  base_bin=target/nft-baseline/target-$rev/release/examples/nft_sync
+fi
+
+run() { # BIN SERVICES ENDPOINTS -> key=value line
+  unshare $ns -- "$1" "$2" "$3" 100
+}
+row() { # LABEL LINE
+  declare -A v=()
+  for kv in $2; do v[${kv%%=*}]=${kv#*=}; done
+  printf '| %s | %s | %s msgs, %s KiB | %s | %s / %s | %s / %s | %s |\n' \
+    "$1" "${v[cold_full_ms]}" "${v[cold_messages]}" "$(( ${v[cold_bytes]} / 1024 ))" "${v[resync_ms]}" \
+    "${v[endpoint_change_p50_ms]}" "${v[endpoint_change_p99_ms]}" "${v[service_change_p50_ms]}" \
+    "${v[service_change_p99_ms]}" "${v[peak_rss_mib]}"
+}
+ratio() { # KEY BASE NEW -> baseline ÷ this
+  local b n
+  b=$(tr ' ' '\n' <<<"$2" | sed -n "s/^$1=//p"); n=$(tr ' ' '\n' <<<"$3" | sed -n "s/^$1=//p")
+  awk -v b="$b" -v n="$n" 'BEGIN { if (n > 0) printf "%.1f×", b / n; else printf "–" }'
+}
+
 echo "| services × endpoints | cold full sync (ms) | transaction | full resync (ms) | one endpoint change p50 / p99 (ms) | one service added p50 / p99 (ms) | peak RSS (MiB) |"
 echo "|---|---|---|---|---|---|---|"
 for size in "${sizes[@]}"; do
   s=${size%x*} e=${size#*x}
   echo "running $size..." >&2
-  line=$(unshare $ns -- "$bin" "$s" "$e" 100)
-  declare -A v=()
-  for kv in $line; do v[${kv%%=*}]=${kv#*=}; done
-  printf '| %s × %s | %s | %s msgs, %s KiB | %s | %s / %s | %s / %s | %s |\n' \
-    "$s" "$e" "${v[cold_full_ms]}" "${v[cold_messages]}" "$(( ${v[cold_bytes]} / 1024 ))" "${v[resync_ms]}" \
-    "${v[endpoint_change_p50_ms]}" "${v[endpoint_change_p99_ms]}" "${v[service_change_p50_ms]}" "${v[service_change_p99_ms]}" \
-    "${v[peak_rss_mib]}"
+  line=$(run "$bin" "$s" "$e")
+  if [ -z "$baseline" ]; then
+    row "$s × $e" "$line"
+    continue
+  fi
+  base=$(run "$base_bin" "$s" "$e")
+  row "$s × $e, baseline $rev" "$base"
+  row "$s × $e, this tree" "$line"
+  printf '| %s × %s, baseline ÷ this | %s | | %s | %s | %s | %s |\n' "$s" "$e" \
+    "$(ratio cold_full_ms "$base" "$line")" "$(ratio resync_ms "$base" "$line")" \
+    "$(ratio endpoint_change_p50_ms "$base" "$line")" "$(ratio service_change_p50_ms "$base" "$line")" \
+    "$(ratio peak_rss_mib "$base" "$line")"
 done

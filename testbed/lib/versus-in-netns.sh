@@ -97,9 +97,14 @@ stop_proxy() {
     wait $proxy_pid 2>/dev/null || true
     proxy_pid=
 }
-# The number of ClusterIP entries in the proxy's service-ips map.
+# The number of ClusterIPs the proxy has programmed: entries of upstream's service-ips
+# map; entries of kproxy's to-cluster-endpoints set (kproxy keeps Services as data).
 service_count() { # NETNS TABLE
-    ip netns exec "$1" nft list map ip "$2" service-ips 2>/dev/null | grep -c "goto" || true
+    if [[ $2 == kube-proxy ]]; then
+        ip netns exec "$1" nft list map ip "$2" service-ips 2>/dev/null | grep -c "goto" || true
+    else
+        ip netns exec "$1" nft list set ip "$2" to-cluster-endpoints 2>/dev/null | grep -o ' \. tcp \. ' | wc -l
+    fi
 }
 # A metric's value; for upstream's per-family series, the IPv4 one.
 metric() { # NETNS NAME
@@ -120,8 +125,36 @@ poll_since() { # START LIMIT_S COMMAND...
     done
     echo $(($(now_ms) - start))
 }
-in_chain() { ip netns exec "$1" nft list chain ip "$2" "$3" 2>/dev/null | grep -F -- "$4" >/dev/null; }
-has_element() { ip netns exec "$1" nft get element ip "$2" service-ips "{ $3 . tcp . 80 }" >/dev/null 2>&1; }
+# Whether svc-0's endpoints include IP. Upstream: its service chain names the endpoint.
+# kproxy: the endpoint is in one of svc-0's N slots of cluster-endpoints (slots
+# N(N-1)/2 … N(N-1)/2 + N - 1), asked for with one `nft get element`.
+has_endpoint() { # NETNS TABLE CHAIN_OR_COUNT IP
+    if [[ $2 == kube-proxy ]]; then
+        ip netns exec "$1" nft list chain ip "$2" "$3" 2>/dev/null | grep -F -- "$4" >/dev/null
+    else
+        local n=$3 first s keys=()
+        first=$((n * (n - 1) / 2))
+        for ((s = first; s < first + n; s++)); do keys+=("10.96.1.0 . tcp . 80 . $s"); done
+        ip netns exec "$1" nft get element ip "$2" cluster-endpoints "{ $(IFS=,; echo "${keys[*]}") }" 2>/dev/null \
+            | grep -F -- "$4 . " >/dev/null
+    fi
+}
+# Whether a Service's ClusterIP is programmed.
+has_element() { # NETNS TABLE IP
+    local map=service-ips
+    [[ $2 == kproxy ]] && map=to-cluster-endpoints
+    ip netns exec "$1" nft get element ip "$2" $map "{ $3 . tcp . 80 }" >/dev/null 2>&1
+}
+# The cost of a probe that succeeds at once (median of 5, ms): part of every change figure.
+probe_cost() { # COMMAND...
+    local i start costs=()
+    for i in 1 2 3 4 5; do
+        start=$(now_ms)
+        "$@" || true
+        costs+=($(($(now_ms) - start)))
+    done
+    median "${costs[@]}"
+}
 healthy() { [[ $(ip netns exec "$1" curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:10256/healthz) == 200 ]]; }
 full_syncs_done() {
     local count
@@ -161,22 +194,28 @@ run_proxy() { # PROXY SERVICES ENDPOINTS
     done
     cold=$(($(now_ms) - t0))
     log "$proxy: cold start $status in $cold ms ($count of $want)"
-    local ep_ms="" add_ms="" resync="" p50="" p99="" rss="" cpu=""
+    local ep_ms="" add_ms="" resync="" p50="" p99="" rss="" cpu="" probe_ms=""
     if [[ $status == ok ]]; then
-        # One endpoint change: an extra endpoint for svc-0, found in its service chain.
-        local chain samples=() i ip start
-        chain=$(ip netns exec "$ns" nft list map ip $table service-ips | grep -F "10.96.1.0 . tcp . 80" \
-            | sed 's/.*goto \([^ ,}]*\).*/\1/')
+        # One endpoint change: an extra endpoint for svc-0, found where the proxy keeps
+        # svc-0's endpoints.
+        local where samples=() i ip start
         for i in $(seq 1 "$SAMPLES"); do
             sleep 1.2
             ip=10.127.$((RANDOM % 250)).$i
+            if [[ $table == kube-proxy ]]; then
+                where=$(ip netns exec "$ns" nft list map ip $table service-ips | grep -F "10.96.1.0 . tcp . 80" \
+                    | sed 's/.*goto \([^ ,}]*\).*/\1/')
+            else
+                where=$((e + i))
+            fi
             kc -n bench patch endpointslice svc-0-1 --type=json -p "[{\"op\": \"add\", \"path\": \"/endpoints/-\",
                 \"value\": {\"addresses\": [\"$ip\"], \"conditions\": {\"ready\": true}}}]" >/dev/null
             start=$(now_ms)
-            samples+=("$(poll_since "$start" 60 in_chain "$ns" $table "$chain" "$ip")")
+            samples+=("$(poll_since "$start" 60 has_endpoint "$ns" $table "$where" "$ip")")
         done
         ep_ms=$(median "${samples[@]}")
-        log "$proxy: one endpoint change: ${samples[*]} ms (median $ep_ms)"
+        probe_ms=$(probe_cost has_endpoint "$ns" $table "$where" "$ip")
+        log "$proxy: one endpoint change: ${samples[*]} ms (median $ep_ms; the probe alone takes $probe_ms ms)"
         # One Service added.
         samples=()
         for i in $(seq 1 "$SAMPLES"); do
@@ -223,8 +262,8 @@ EOF
         stop_proxy
     fi
     remove_node "$ns"
-    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$e" "$proxy" "$status" "$cold" \
-        "${ep_ms:-}" "${add_ms:-}" "${resync:-}" "$rss" "$cpu" "${p50:-}" "${p99:-}" >>"$results"
+    printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$e" "$proxy" "$status" "$cold" \
+        "${ep_ms:-}" "${add_ms:-}" "${resync:-}" "$rss" "$cpu" "${p50:-}" "${p99:-}" "${probe_ms:-}" >>"$results"
 }
 
 for scenario in "$@"; do

@@ -11,13 +11,15 @@ import platform
 import sys
 
 COLUMNS = ["services", "endpoints", "proxy", "status", "cold_ms", "endpoint_ms", "added_ms",
-           "resync_s", "rss_kb", "cpu_s", "conn_p50_us", "conn_p99_us"]
+           "resync_s", "rss_kb", "cpu_s", "conn_p50_us", "conn_p99_us", "probe_ms"]
 
 
 def load(path):
     rows = {}
     for line in open(path):
         fields = line.rstrip("\n").split("\t")
+        if len(fields) == len(COLUMNS) - 1:
+            fields.append("")  # results written before the probe cost was recorded
         if len(fields) != len(COLUMNS):
             continue
         row = dict(zip(COLUMNS, fields))
@@ -69,9 +71,11 @@ def section(rows, command, started, timeout_note):
            "identity. Upstream is kube-proxy v1.37.2 built from source, `--proxy-mode nftables`; "
            "kproxy is the release build. Command:", "", "```sh", command, "```", "",
            "Ratios are upstream ÷ kproxy (how many times faster or smaller kproxy is). "
-           "Cold start: process start until every ClusterIP is in the kernel's `service-ips` map, "
-           "polled from the kernel. One change: API write acknowledged until the rule is in the "
-           "kernel, median of 3. Full resync: the proxy's own "
+           "Cold start: process start until every ClusterIP is in the kernel (upstream's `service-ips` "
+           "map, kproxy's `to-cluster-endpoints` set), polled from the kernel. One change: API write "
+           "acknowledged until the change is in the kernel, median of 3; this includes the time of the "
+           "kernel probe itself (`nft list chain` of the service chain for upstream, one `nft get element` "
+           "for kproxy), which the 'probe alone' row gives. Full resync: the proxy's own "
            "`kubeproxy_sync_full_proxy_rules_duration_seconds` after a restart over its existing rules. "
            "RSS and CPU: the first process, from start through the changes; CPU includes the children it "
            "waited for (upstream's `nft` runs), peak RSS is the proxy process alone. " + timeout_note, "",
@@ -94,6 +98,7 @@ def section(rows, command, started, timeout_note):
                   (f"> {number(up['cold_ms']) / number(kp['cold_ms']):,.0f}×" if up and kp and kp.get("status") == "ok" else "—")),
                  ("one endpoint change", cell(up.get("endpoint_ms"), "ms"), cell(kp.get("endpoint_ms"), "ms"),
                   ratio(up.get("endpoint_ms"), kp.get("endpoint_ms"))),
+                 ("endpoint probe alone", cell(up.get("probe_ms"), "ms"), cell(kp.get("probe_ms"), "ms"), ""),
                  ("one Service added", cell(up.get("added_ms"), "ms"), cell(kp.get("added_ms"), "ms"),
                   ratio(up.get("added_ms"), kp.get("added_ms"))),
                  ("full resync (metric)", cell(up.get("resync_s"), "s", 3), cell(kp.get("resync_s"), "s", 3),

@@ -7,33 +7,55 @@
 //! kernel accepted the batch, so a failed batch leaves both the kernel and the record as
 //! they were.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use proxy_core::{Backend, Changes, Desired, IpFamily, ServicePortName, SyncStats};
 
 use crate::error::Error;
 use crate::netlink::{self, socket::Socket};
-use crate::render::{self, PortObjects};
-use crate::ruleset::{Key, Verdict};
-use crate::tx::{Op, Transaction};
+use crate::render::{self, Pick, PortObjects};
+use crate::ruleset::{Data, Key};
+use crate::tx::{Op, OpCounts, Transaction};
 
 /// The default table name.
 pub const DEFAULT_TABLE: &str = "kproxy";
 
-/// Claims on shared elements: per (set, key), each claimant's verdict. The kernel holds
-/// the first claimant's, in name order, as a full sync resolves conflicts; when it lets go,
+/// Claims on shared elements: per (set, key), each claimant's data. The kernel holds the
+/// first claimant's, in name order, as a full sync resolves conflicts; when it lets go,
 /// the next claimant's takes its place.
 type Claims = HashMap<(&'static str, Key), Claimants>;
 
-/// The claims on one element: claimant → verdict.
-type Claimants = BTreeMap<ServicePortName, Option<Verdict>>;
+/// The claims on one element: (claimant, data), in claimant name order. Nearly every
+/// element has exactly one claimant, so this is a vector, not a map: a one-entry `BTreeMap`
+/// allocates a node for eleven, and there are several elements per service port.
+#[derive(Clone, Debug, Default)]
+struct Claimants(Vec<(ServicePortName, Option<Data>)>);
 
-/// What the kernel holds for an element: absent, or present with this verdict.
-type Held = Option<Option<Verdict>>;
+impl Claimants {
+    fn insert(&mut self, name: ServicePortName, data: Option<Data>) {
+        match self.0.binary_search_by(|(n, _)| n.cmp(&name)) {
+            Ok(i) => self.0[i].1 = data,
+            Err(i) => self.0.insert(i, (name, data)),
+        }
+    }
 
-/// The verdict the kernel holds for an element, if any service port claims it.
+    fn remove(&mut self, name: &ServicePortName) {
+        if let Ok(i) = self.0.binary_search_by(|(n, _)| n.cmp(name)) {
+            self.0.remove(i);
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// What the kernel holds for an element: absent, or present with this data.
+type Held = Option<Option<Data>>;
+
+/// The data the kernel holds for an element, if any service port claims it.
 fn effective(claims: &Claimants) -> Held {
-    claims.values().next().cloned()
+    claims.0.first().map(|(_, data)| data.clone())
 }
 
 /// What was committed for one family.
@@ -43,6 +65,17 @@ struct Committed {
     ports: HashMap<ServicePortName, PortObjects>,
     /// Every service port's claim on each shared element.
     claims: Claims,
+    /// The `pick-…` rules in the kernel.
+    picks: BTreeMap<Pick, PickRule>,
+}
+
+/// A `pick-…` rule in the kernel.
+#[derive(Clone, Copy, Debug, Default)]
+struct PickRule {
+    /// How many service ports need it.
+    users: usize,
+    /// Its handle, as the kernel echoed it; unknown after a batch sent in parts.
+    handle: Option<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -59,6 +92,10 @@ pub struct NftBackend {
     /// Successful transactions so far (each bumps the generation by one).
     commits: u64,
     last_transaction_bytes: usize,
+    last_counts: OpCounts,
+    /// The handles of the rules the last transaction added with an echo request:
+    /// (index of the operation over all its transactions, handle).
+    last_handles: Vec<(usize, u64)>,
     /// Whether the next full sync must replace the tables (their contents unknown: at
     /// start, and after any failed transaction) rather than refresh them in place.
     replace_next: bool,
@@ -74,6 +111,8 @@ impl NftBackend {
             generation: None,
             commits: 0,
             last_transaction_bytes: 0,
+            last_counts: OpCounts::default(),
+            last_handles: Vec::new(),
             replace_next: true,
         }
     }
@@ -109,6 +148,11 @@ impl NftBackend {
         self.last_transaction_bytes
     }
 
+    /// What the last transaction sent did, counted by kind.
+    pub fn last_counts(&self) -> OpCounts {
+        self.last_counts
+    }
+
     /// Opens the netlink socket now (instead of at the first sync) and returns its port
     /// id, so a drift monitor can tell our changes from others' from the start.
     pub fn connect(&mut self) -> Result<u32, Error> {
@@ -133,6 +177,11 @@ impl NftBackend {
         if ops == 0 {
             return Ok(0);
         }
+        self.last_counts = OpCounts::default();
+        self.last_handles.clear();
+        for tx in txs {
+            self.last_counts += tx.counts();
+        }
         // After a failure the kernel's contents are unknown: the next full sync replaces.
         self.replace_next = true;
         let result = self.commit_unchecked(txs);
@@ -152,6 +201,8 @@ impl NftBackend {
                 for tx in txs {
                     messages += self.commit_in_parts(tx, &tx.ops)?;
                 }
+                // Operation indices of the parts do not map back: rule handles stay unknown.
+                self.last_handles.clear();
                 Ok(messages)
             }
             other => other,
@@ -181,6 +232,11 @@ impl NftBackend {
         }
         self.generation = Some(outcome.generation);
         self.commits += 1;
+        for (seq, handle) in outcome.rule_handles {
+            if let Some((_, op)) = encoded.seqs.iter().find(|(s, _)| *s == seq) {
+                self.last_handles.push((*op, handle));
+            }
+        }
         Ok(encoded.messages)
     }
 
@@ -219,6 +275,26 @@ fn stale(previous: &Committed, next: &Committed) -> (Vec<String>, Vec<String>) {
     (chains, sets)
 }
 
+/// The `pick-…` rules the last transaction added, with the handles the kernel gave them.
+fn echoed_picks(txs: &[Transaction], handles: &[(usize, u64)]) -> Vec<(IpFamily, Pick, u64)> {
+    let mut out = Vec::new();
+    for (index, handle) in handles {
+        let mut i = *index;
+        for tx in txs {
+            if i < tx.ops.len() {
+                if let Op::AddRule(chain, rule) | Op::InsertRule(chain, rule, _) = &tx.ops[i]
+                    && let Some(pick) = Pick::of(chain, rule)
+                {
+                    out.push((tx.family, pick, *handle));
+                }
+                break;
+            }
+            i -= tx.ops.len();
+        }
+    }
+    out
+}
+
 /// The `nft` command of the operation at a global index over several transactions.
 fn op_at(txs: &[Transaction], mut i: usize) -> Option<String> {
     for tx in txs {
@@ -242,13 +318,17 @@ impl Backend for NftBackend {
             let mut committed = Committed::default();
             for r in rules.service_ports.values() {
                 let objects = render::service_port(r, &rules.context);
-                for (key, verdict) in &objects.elements {
-                    committed.claims.entry(*key).or_default().insert(r.name.clone(), verdict.clone());
+                for (key, data) in &objects.elements {
+                    committed.claims.entry(*key).or_default().insert(r.name.clone(), data.clone());
+                }
+                for pick in &objects.picks {
+                    committed.picks.entry(*pick).or_default().users += 1;
                 }
                 committed.ports.insert(r.name.clone(), objects);
             }
             // In name order, so that conflicting claims resolve as they do in `plan`.
-            let skeleton = render::skeleton(&rules.context);
+            let picks: BTreeSet<Pick> = committed.picks.keys().copied().collect();
+            let skeleton = render::skeleton(&rules.context, &picks);
             let ordered = rules.service_ports.keys().filter_map(|name| committed.ports.get(name));
             // A set redefined in place would be refused, so a redefinition (an affinity
             // timeout change arriving with a full sync) means a replace.
@@ -266,6 +346,13 @@ impl Backend for NftBackend {
             records.push((family, committed));
         }
         let operations = self.commit(&txs)?;
+        for (family, pick, handle) in echoed_picks(&txs, &self.last_handles) {
+            if let Some((_, committed)) = records.iter_mut().find(|(f, _)| *f == family)
+                && let Some(rule) = committed.picks.get_mut(&pick)
+            {
+                rule.handle = Some(handle);
+            }
+        }
         for (family, committed) in records {
             self.families[family.index()].committed = Some(committed);
         }
@@ -296,13 +383,20 @@ impl Backend for NftBackend {
                 new_objects.push((name.clone(), new));
             }
             let mut tx = Transaction::new(family, &self.table);
-            let claims = plan.emit(&mut tx);
+            let (claims, picks) = plan.emit(&mut tx, &committed.picks);
             txs.push(tx);
-            updates.push((family, new_objects, claims));
+            updates.push((family, new_objects, claims, picks));
         }
         let operations = self.commit(&txs)?;
-        for (family, new_objects, claims) in updates {
+        let echoed = echoed_picks(&txs, &self.last_handles);
+        for (family, new_objects, claims, mut picks) in updates {
+            for (_, pick, handle) in echoed.iter().filter(|(f, ..)| *f == family) {
+                if let Some(rule) = picks.get_mut(pick) {
+                    rule.handle = Some(*handle);
+                }
+            }
             let committed = self.families[family.index()].committed.as_mut().expect("checked above");
+            committed.picks = picks;
             for (key, claimants) in claims {
                 if claimants.is_empty() {
                     committed.claims.remove(&key);
@@ -345,7 +439,9 @@ struct PortPlan {
     add_chains: Vec<Op>,
     rewrite: Vec<Op>,
     delete_elements: BTreeMap<&'static str, Vec<Key>>,
-    add_elements: BTreeMap<&'static str, Vec<(Key, Option<Verdict>)>>,
+    add_elements: BTreeMap<&'static str, Vec<(Key, Option<Data>)>>,
+    /// Per `pick-…` rule, how many more (or fewer) service ports need it.
+    picks: BTreeMap<Pick, isize>,
     flush_removed: Vec<Op>,
     delete_chains: Vec<Op>,
     delete_sets: Vec<Op>,
@@ -400,9 +496,15 @@ impl PortPlan {
                 (effective(&claims), claims)
             });
             match new.elements.get(key) {
-                Some(verdict) => claims.insert(name.clone(), verdict.clone()),
+                Some(data) => claims.insert(name.clone(), data.clone()),
                 None => claims.remove(name),
-            };
+            }
+        }
+        for pick in &old.picks {
+            *self.picks.entry(*pick).or_default() -= 1;
+        }
+        for pick in &new.picks {
+            *self.picks.entry(*pick).or_default() += 1;
         }
         for chain_name in old.chains.keys().filter(|c| !new.chains.contains_key(*c)) {
             self.flush_removed.push(Op::FlushChain(chain_name.clone()));
@@ -413,9 +515,14 @@ impl PortPlan {
         }
     }
 
-    /// Appends the operations; returns the claims to record once the transaction is
-    /// committed.
-    fn emit(mut self, tx: &mut Transaction) -> Claims {
+    /// Appends the operations; returns the claims and `pick-…` rules to record once the
+    /// transaction is committed.
+    fn emit(
+        mut self,
+        tx: &mut Transaction,
+        committed: &BTreeMap<Pick, PickRule>,
+    ) -> (Claims, BTreeMap<Pick, PickRule>) {
+        let picks = self.emit_picks(committed);
         let mut claims = Claims::new();
         for (key, (before, after)) in self.elements.drain() {
             let now = effective(&after);
@@ -423,8 +530,8 @@ impl PortPlan {
                 if before.is_some() {
                     self.delete_elements.entry(key.0).or_default().push(key.1);
                 }
-                if let Some(verdict) = now {
-                    self.add_elements.entry(key.0).or_default().push((key.1, verdict));
+                if let Some(data) = now {
+                    self.add_elements.entry(key.0).or_default().push((key.1, data));
                 }
             }
             claims.insert(key, after);
@@ -443,6 +550,67 @@ impl PortPlan {
         tx.ops.extend(self.flush_removed);
         tx.ops.extend(self.delete_chains);
         tx.ops.extend(self.delete_sets);
-        claims
+        (claims, picks)
+    }
+
+    /// The `pick-…` rules: one is added when an endpoint count is used for the first time,
+    /// and deleted when it is no longer used. A new rule goes right after the one for the
+    /// next smaller count, so the chain stays in the order a full sync writes. Adding or
+    /// deleting single rules keeps the chain's other rules bound to the endpoint map; a
+    /// flushed chain would make the kernel re-check every element of the map when the
+    /// first rule binds it again. That rewrite happens only when a handle is unknown or
+    /// two counts appear in one chain at once.
+    fn emit_picks(&mut self, committed: &BTreeMap<Pick, PickRule>) -> BTreeMap<Pick, PickRule> {
+        let mut picks = committed.clone();
+        let mut added: BTreeMap<&'static str, Vec<Pick>> = BTreeMap::new();
+        let mut deleted: BTreeMap<&'static str, Vec<Option<u64>>> = BTreeMap::new();
+        for (pick, delta) in std::mem::take(&mut self.picks) {
+            let before = picks.get(&pick).map_or(0, |r| r.users);
+            let after = before.checked_add_signed(delta).expect("pick counts never go below zero");
+            match (before > 0, after > 0) {
+                (false, true) => added.entry(pick.chain).or_default().push(pick),
+                (true, false) => deleted.entry(pick.chain).or_default().push(picks[&pick].handle),
+                _ => {}
+            }
+            if after == 0 {
+                picks.remove(&pick);
+            } else {
+                picks.entry(pick).or_default().users = after;
+            }
+        }
+        let chains: BTreeSet<&'static str> = added.keys().chain(deleted.keys()).copied().collect();
+        for chain in chains {
+            let new = added.remove(chain).unwrap_or_default();
+            let gone = deleted.remove(chain).unwrap_or_default();
+            // Where each new rule goes: after its predecessor in the chain, if any.
+            let placed: Option<Vec<(Pick, Option<u64>)>> = new
+                .iter()
+                .map(|p| {
+                    let before = picks.range(..*p).rev().find(|(q, _)| q.chain == chain);
+                    match before {
+                        None => Some((*p, None)),
+                        Some((q, _)) if new.contains(q) => None,
+                        Some((_, rule)) => rule.handle.map(|h| (*p, Some(h))),
+                    }
+                })
+                .collect();
+            let handles: Option<Vec<u64>> = gone.into_iter().collect();
+            match (placed, handles) {
+                (Some(placed), Some(handles)) if placed.len() <= 1 => {
+                    self.rewrite.extend(handles.into_iter().map(|h| Op::DeleteRule(chain.to_string(), h)));
+                    for (pick, after) in placed {
+                        self.rewrite.push(Op::InsertRule(chain.to_string(), pick.rule(), after));
+                    }
+                }
+                _ => {
+                    self.rewrite.push(Op::FlushChain(chain.to_string()));
+                    for (pick, rule) in picks.iter_mut().filter(|(p, _)| p.chain == chain) {
+                        rule.handle = None;
+                        self.rewrite.push(Op::AddRule(chain.to_string(), pick.rule()));
+                    }
+                }
+            }
+        }
+        picks
     }
 }

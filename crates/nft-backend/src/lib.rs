@@ -8,10 +8,10 @@
 //! |---|---|
 //! | [`ruleset`] | the objects: chains, rules from a closed vocabulary, sets and maps |
 //! | [`names`] | upstream's chain names (`service-HASH-ns/svc/proto/port`, …) |
-//! | [`render`] | `Desired` → `Ruleset` (pure), load balancing without sets |
+//! | [`render`] | `Desired` → `Ruleset` (pure): Services as elements of shared maps |
 //! | [`text`] | `Ruleset` → nft syntax (`kproxy plan`, golden tests) |
 //! | [`tx`] | a transaction: the operations of one sync, as data |
-//! | [`netlink`] | transactions → one netlink batch, sent in one `sendmsg` |
+//! | [`netlink`] | transactions → one netlink batch, sent in one `sendmsg`; set userdata |
 //! | [`NftBackend`] | proxy-core's `Backend`: full and partial syncs, committed-state record |
 #![deny(missing_docs)]
 

@@ -3,9 +3,9 @@
 //!
 //! Rules are built from a closed vocabulary ([`Match`] and [`Action`]): every shape kproxy
 //! emits is listed here, rendered to nft syntax by [`crate::text`] and to netlink by
-//! [`crate::netlink`], and interpreted by the ruleset tracer in tests. Nothing else can be
-//! written, so the kernel never holds a rule the tools cannot show or the tests cannot
-//! trace.
+//! [`crate::netlink`]. Nothing else can be written, and a kernel test checks that `nft`
+//! lists every shape back as [`crate::text`] prints it, so the kernel never holds a rule
+//! the tools cannot show.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -90,11 +90,17 @@ pub enum Match {
     MarkBitClear(u32),
     /// `numgen random mod N 0`: true with probability 1/N.
     NumgenZero(u32),
+    /// `ct status dnat`: the connection's destination was translated.
+    CtStatusDnat,
+    /// `KEY @set`, e.g. `ip daddr . meta l4proto . th dport @set`.
+    KeyInSet(FrontendKey, String),
+    /// `ip saddr . ip daddr @set`.
+    SaddrDaddrInSet(String),
 }
 
-/// The key a verdict map is looked up with.
+/// The packet fields a frontend is looked up by, in a set, a verdict map or an endpoint map.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum VmapKey {
+pub enum FrontendKey {
     /// `ip daddr . meta l4proto . th dport`.
     DaddrProtoPort,
     /// `meta l4proto . th dport`.
@@ -124,8 +130,21 @@ pub enum Action {
     /// `KEY vmap @MAP`.
     Vmap {
         /// How the key is built.
-        key: VmapKey,
+        key: FrontendKey,
         /// The map.
+        map: String,
+    },
+    /// `dnat ip to KEY . numgen random mod M offset O map @MAP` (needs a preceding
+    /// [`Match::L4Proto`]): picks one of a frontend's M endpoints, stored in the endpoint
+    /// map under slots `O` to `O + M - 1`.
+    DnatMap {
+        /// The frontend part of the key.
+        key: FrontendKey,
+        /// The number of endpoints.
+        modulus: u32,
+        /// The first slot.
+        offset: u32,
+        /// The endpoint map.
         map: String,
     },
     /// `meta mark set meta mark | BIT`.
@@ -181,6 +200,13 @@ pub enum KeyType {
     AddrProtoPort,
     /// `inet_proto . inet_service`.
     ProtoPort,
+    /// `ipv4_addr . ipv4_addr` (hairpin pairs).
+    AddrAddr,
+    /// `typeof ip daddr . meta l4proto . th dport . numgen …`: an endpoint slot of an
+    /// address frontend.
+    AddrProtoPortSlot,
+    /// `typeof meta l4proto . th dport . numgen …`: an endpoint slot of a NodePort.
+    ProtoPortSlot,
 }
 
 /// A set or map key.
@@ -192,32 +218,66 @@ pub enum Key {
     AddrProtoPort(IpAddr, Protocol, u16),
     /// Protocol, port.
     ProtoPort(Protocol, u16),
+    /// Two addresses.
+    AddrAddr(IpAddr, IpAddr),
+    /// Address, protocol, port, endpoint slot.
+    AddrProtoPortSlot(IpAddr, Protocol, u16, u32),
+    /// Protocol, port, endpoint slot.
+    ProtoPortSlot(Protocol, u16, u32),
 }
 
-/// A set (no data) or a verdict map.
+/// What the elements of a map hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DataType {
+    /// A verdict.
+    Verdict,
+    /// An endpoint: address and port (`ip daddr . th dport`).
+    Endpoint,
+}
+
+/// The data of one map element.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Data {
+    /// A verdict.
+    Verdict(Verdict),
+    /// An endpoint.
+    Endpoint(SocketAddr),
+}
+
+/// A set (no data) or a map.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Set {
     /// The key type.
     pub key: KeyType,
-    /// Whether elements map to verdicts.
-    pub map: bool,
+    /// For a map, what its elements hold.
+    pub data: Option<DataType>,
     /// `flags dynamic,timeout` with this default timeout in seconds (affinity sets).
     pub timeout: Option<u32>,
     /// A comment shown by `nft list`.
     pub comment: String,
-    /// Elements; for a map, each with its verdict.
-    pub elements: BTreeMap<Key, Option<Verdict>>,
+    /// Elements; for a map, each with its data.
+    pub elements: BTreeMap<Key, Option<Data>>,
 }
 
 impl Set {
     /// An empty set.
     pub fn plain(key: KeyType, comment: &str) -> Set {
-        Set { key, map: false, timeout: None, comment: comment.to_string(), elements: BTreeMap::new() }
+        Set { key, data: None, timeout: None, comment: comment.to_string(), elements: BTreeMap::new() }
     }
 
     /// An empty verdict map.
     pub fn vmap(key: KeyType, comment: &str) -> Set {
-        Set { map: true, ..Set::plain(key, comment) }
+        Set { data: Some(DataType::Verdict), ..Set::plain(key, comment) }
+    }
+
+    /// An empty map from endpoint slots to endpoints.
+    pub fn endpoint_map(key: KeyType, comment: &str) -> Set {
+        Set { data: Some(DataType::Endpoint), ..Set::plain(key, comment) }
+    }
+
+    /// Whether this is a map.
+    pub fn is_map(&self) -> bool {
+        self.data.is_some()
     }
 
     /// A dynamic set with timeout, for ClientIP affinity.
@@ -227,7 +287,10 @@ impl Set {
 
     /// The definition without elements (what `add set` creates).
     pub fn same_definition(&self, other: &Set) -> bool {
-        self.key == other.key && self.map == other.map && self.timeout == other.timeout && self.comment == other.comment
+        self.key == other.key
+            && self.data == other.data
+            && self.timeout == other.timeout
+            && self.comment == other.comment
     }
 }
 

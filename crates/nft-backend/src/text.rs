@@ -10,7 +10,8 @@ use std::net::{IpAddr, SocketAddr};
 use proxy_core::IpFamily;
 
 use crate::ruleset::{
-    Action, AddrMatch, Chain, ChainType, Hook, Key, KeyType, Match, Rule, Ruleset, Set, Verdict, VmapKey, nft_family,
+    Action, AddrMatch, Chain, ChainType, Data, DataType, FrontendKey, Hook, Key, KeyType, Match, Rule, Ruleset, Set,
+    Verdict, nft_family,
 };
 
 /// Renders a whole table as an nft script.
@@ -32,21 +33,37 @@ fn write_table(out: &mut String, family: IpFamily, name: &str, ruleset: &Ruleset
     writeln!(out, "}}")
 }
 
-fn key_type(family: IpFamily, key: KeyType) -> &'static str {
-    match (key, family) {
-        (KeyType::Addr, IpFamily::V4) => "ipv4_addr",
-        (KeyType::Addr, IpFamily::V6) => "ipv6_addr",
-        (KeyType::AddrProtoPort, IpFamily::V4) => "ipv4_addr . inet_proto . inet_service",
-        (KeyType::AddrProtoPort, IpFamily::V6) => "ipv6_addr . inet_proto . inet_service",
-        (KeyType::ProtoPort, _) => "inet_proto . inet_service",
+/// The modulus written in the `typeof` of endpoint maps. `typeof` names the slot's type
+/// by an expression; the rules that look the map up use their own modulus.
+pub(crate) const TYPEOF_MODULUS: u32 = 2;
+
+/// A set's key and data declaration: `type …` or, for endpoint maps, `typeof …`.
+fn declaration(family: IpFamily, set: &Set) -> String {
+    let kw = ip_kw(family);
+    let addr = match family {
+        IpFamily::V4 => "ipv4_addr",
+        IpFamily::V6 => "ipv6_addr",
+    };
+    let slot = format!("numgen random mod {TYPEOF_MODULUS}");
+    let key = match set.key {
+        KeyType::Addr => format!("type {addr}"),
+        KeyType::AddrProtoPort => format!("type {addr} . inet_proto . inet_service"),
+        KeyType::ProtoPort => "type inet_proto . inet_service".to_string(),
+        KeyType::AddrAddr => format!("type {addr} . {addr}"),
+        KeyType::AddrProtoPortSlot => format!("typeof {kw} daddr . meta l4proto . th dport . {slot}"),
+        KeyType::ProtoPortSlot => format!("typeof meta l4proto . th dport . {slot}"),
+    };
+    match set.data {
+        None => key,
+        Some(DataType::Verdict) => format!("{key} : verdict"),
+        Some(DataType::Endpoint) => format!("{key} : {kw} daddr . th dport"),
     }
 }
 
 fn write_set(out: &mut String, family: IpFamily, name: &str, set: &Set) -> fmt::Result {
-    let kind = if set.map { "map" } else { "set" };
+    let kind = if set.is_map() { "map" } else { "set" };
     writeln!(out, "\t{kind} {name} {{")?;
-    let data = if set.map { " : verdict" } else { "" };
-    writeln!(out, "\t\ttype {}{data}", key_type(family, set.key))?;
+    writeln!(out, "\t\t{}", declaration(family, set))?;
     if let Some(timeout) = set.timeout {
         writeln!(out, "\t\tflags dynamic,timeout")?;
         writeln!(out, "\t\ttimeout {timeout}s")?;
@@ -62,7 +79,7 @@ fn write_set(out: &mut String, family: IpFamily, name: &str, set: &Set) -> fmt::
             }
             write!(out, "{}", key(k))?;
             if let Some(v) = v {
-                write!(out, " : {}", verdict(v))?;
+                write!(out, " : {}", data(v))?;
             }
         }
         writeln!(out, " }}")?;
@@ -76,6 +93,17 @@ pub fn key(k: &Key) -> String {
         Key::Addr(ip) => ip.to_string(),
         Key::AddrProtoPort(ip, proto, port) => format!("{ip} . {proto} . {port}"),
         Key::ProtoPort(proto, port) => format!("{proto} . {port}"),
+        Key::AddrAddr(a, b) => format!("{a} . {b}"),
+        Key::AddrProtoPortSlot(ip, proto, port, slot) => format!("{ip} . {proto} . {port} . {slot}"),
+        Key::ProtoPortSlot(proto, port, slot) => format!("{proto} . {port} . {slot}"),
+    }
+}
+
+/// Map element data in nft syntax.
+pub fn data(d: &Data) -> String {
+    match d {
+        Data::Verdict(v) => verdict(v),
+        Data::Endpoint(addr) => format!("{} . {}", addr.ip(), addr.port()),
     }
 }
 
@@ -145,6 +173,16 @@ fn matcher(family: IpFamily, m: &Match) -> String {
         Match::NotIifnamePrefix(p) => format!("iifname != \"{p}*\""),
         Match::MarkBitClear(bit) => format!("meta mark & 0x{bit:08x} == 0x00000000"),
         Match::NumgenZero(modulus) => format!("numgen random mod {modulus} 0"),
+        Match::CtStatusDnat => "ct status dnat".into(),
+        Match::KeyInSet(key, set) => format!("{} @{set}", frontend_key(family, *key)),
+        Match::SaddrDaddrInSet(set) => format!("{kw} saddr . {kw} daddr @{set}"),
+    }
+}
+
+fn frontend_key(family: IpFamily, key: FrontendKey) -> String {
+    match key {
+        FrontendKey::DaddrProtoPort => format!("{} daddr . meta l4proto . th dport", ip_kw(family)),
+        FrontendKey::ProtoPort => "meta l4proto . th dport".into(),
     }
 }
 
@@ -159,10 +197,11 @@ fn action(family: IpFamily, a: &Action) -> String {
     let kw = ip_kw(family);
     match a {
         Action::Verdict(v) => verdict(v),
-        Action::Vmap { key, map } => match key {
-            VmapKey::DaddrProtoPort => format!("{kw} daddr . meta l4proto . th dport vmap @{map}"),
-            VmapKey::ProtoPort => format!("meta l4proto . th dport vmap @{map}"),
-        },
+        Action::Vmap { key, map } => format!("{} vmap @{map}", frontend_key(family, *key)),
+        Action::DnatMap { key, modulus, offset, map } => {
+            let offset = if *offset == 0 { String::new() } else { format!(" offset {offset}") };
+            format!("dnat {kw} to {} . numgen random mod {modulus}{offset} map @{map}", frontend_key(family, *key))
+        }
         Action::MarkOr(bit) => format!("meta mark set meta mark | 0x{bit:08x}"),
         Action::MarkXor(bit) => format!("meta mark set meta mark ^ 0x{bit:08x}"),
         Action::MasqueradeFullyRandom => "masquerade fully-random".into(),

@@ -9,7 +9,7 @@ use std::fmt;
 use proxy_core::IpFamily;
 
 use crate::render::PortObjects;
-use crate::ruleset::{BaseChain, ChainType, Key, Rule, Ruleset, Set, Verdict, nft_family};
+use crate::ruleset::{BaseChain, ChainType, Data, Key, Rule, Ruleset, Set, nft_family};
 use crate::text;
 
 /// One operation.
@@ -27,6 +27,11 @@ pub enum Op {
     DeleteChain(String),
     /// `add rule`: append to the chain.
     AddRule(String, Rule),
+    /// `add rule … position HANDLE` (after that rule), or `insert rule` (at the head) when
+    /// there is no handle.
+    InsertRule(String, Rule, Option<u64>),
+    /// `delete rule … handle HANDLE`.
+    DeleteRule(String, u64),
     /// `add set` / `add map` (a no-op if it exists with the same definition).
     AddSet(String, Set),
     /// `flush set`: delete every element.
@@ -34,9 +39,32 @@ pub enum Op {
     /// `delete set`.
     DeleteSet(String),
     /// `add element`.
-    AddElements(String, Vec<(Key, Option<Verdict>)>),
+    AddElements(String, Vec<(Key, Option<Data>)>),
     /// `delete element`.
     DeleteElements(String, Vec<Key>),
+}
+
+/// What a transaction does, counted by kind: the kernel validates the table's chains only
+/// when rules or `goto` elements are added, so `rules` tells how costly a commit is.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpCounts {
+    /// Chains added, flushed or deleted.
+    pub chains: usize,
+    /// Rules added or deleted.
+    pub rules: usize,
+    /// Sets and maps added, flushed or deleted.
+    pub sets: usize,
+    /// Elements added or deleted.
+    pub elements: usize,
+}
+
+impl std::ops::AddAssign for OpCounts {
+    fn add_assign(&mut self, other: OpCounts) {
+        self.chains += other.chains;
+        self.rules += other.rules;
+        self.sets += other.sets;
+        self.elements += other.elements;
+    }
 }
 
 /// The operations of one sync on one table.
@@ -64,6 +92,22 @@ impl Transaction {
     /// Whether there is nothing to do.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
+    }
+
+    /// The operations, counted by kind (table operations are not counted).
+    pub fn counts(&self) -> OpCounts {
+        let mut c = OpCounts::default();
+        for op in &self.ops {
+            match op {
+                Op::AddTable | Op::DeleteTable => {}
+                Op::AddChain(..) | Op::FlushChain(_) | Op::DeleteChain(_) => c.chains += 1,
+                Op::AddRule(..) | Op::InsertRule(..) | Op::DeleteRule(..) => c.rules += 1,
+                Op::AddSet(..) | Op::FlushSet(_) | Op::DeleteSet(_) => c.sets += 1,
+                Op::AddElements(_, e) => c.elements += e.len(),
+                Op::DeleteElements(_, k) => c.elements += k.len(),
+            }
+        }
+        c
     }
 
     /// A transaction that atomically replaces the table with the skeleton plus every
@@ -139,7 +183,7 @@ impl Transaction {
                 self.push(Op::AddRule(name.clone(), rule.clone()));
             }
         }
-        let mut elements: BTreeMap<&str, Vec<(Key, Option<Verdict>)>> = BTreeMap::new();
+        let mut elements: BTreeMap<&str, Vec<(Key, Option<Data>)>> = BTreeMap::new();
         let mut claimed = HashSet::new();
         for (name, set) in &skeleton.sets {
             elements.entry(name).or_default().extend(set.elements.iter().map(|(k, v)| (*k, v.clone())));
@@ -175,8 +219,15 @@ impl fmt::Display for Transaction {
                 Op::FlushChain(name) => writeln!(f, "flush chain {t} {name}")?,
                 Op::DeleteChain(name) => writeln!(f, "delete chain {t} {name}")?,
                 Op::AddRule(chain, rule) => writeln!(f, "add rule {t} {chain} {}", text::rule(self.family, rule))?,
+                Op::InsertRule(chain, rule, Some(after)) => {
+                    writeln!(f, "add rule {t} {chain} position {after} {}", text::rule(self.family, rule))?
+                }
+                Op::InsertRule(chain, rule, None) => {
+                    writeln!(f, "insert rule {t} {chain} {}", text::rule(self.family, rule))?
+                }
+                Op::DeleteRule(chain, handle) => writeln!(f, "delete rule {t} {chain} handle {handle}")?,
                 Op::AddSet(name, set) => {
-                    let kind = if set.map { "map" } else { "set" };
+                    let kind = if set.is_map() { "map" } else { "set" };
                     writeln!(f, "add {kind} {t} {name}")?
                 }
                 Op::FlushSet(name) => writeln!(f, "flush set {t} {name}")?,
@@ -184,9 +235,7 @@ impl fmt::Display for Transaction {
                 Op::AddElements(set, elements) => {
                     for (k, v) in elements {
                         match v {
-                            Some(v) => {
-                                writeln!(f, "add element {t} {set} {{ {} : {} }}", text::key(k), text::verdict(v))?
-                            }
+                            Some(v) => writeln!(f, "add element {t} {set} {{ {} : {} }}", text::key(k), text::data(v))?,
                             None => writeln!(f, "add element {t} {set} {{ {} }}", text::key(k))?,
                         }
                     }

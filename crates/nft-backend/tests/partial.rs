@@ -152,6 +152,60 @@ fn partial_syncs_equal_full_syncs() {
     });
 }
 
+/// Endpoint changes and new Services are data: their transactions hold map elements and
+/// no rule or chain, so the kernel has no chain to re-validate. Only an endpoint count
+/// seen for the first time adds a rule, in its place in a shared `pick-…` chain, and the
+/// last user of a count takes its rule away.
+#[test]
+fn endpoint_changes_and_new_services_write_only_elements() {
+    in_netns("endpoint_changes_and_new_services_write_only_elements", || {
+        let mut engine = engine(node(), include_str!("fixtures/cluster.yaml"));
+        let mut syncer = Syncer::new(NftBackend::new("kproxy"));
+        syncer.sync(&proxy_core::Plan { full: true, ..Default::default() }, engine.desired()).expect("full sync");
+        let slice = |eps: &str| {
+            format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{namespace: ns1, name: svc1-1, labels: {{kubernetes.io/service-name: svc1}}}}\naddressType: IPv4\nports: [{{name: p80, port: 80}}]\nendpoints: [{eps}]\n"
+            )
+        };
+        let mut step = |name: &str, yaml: &str| {
+            apply_yaml(&mut engine, yaml);
+            let plan = engine.plan();
+            syncer.sync(&plan, engine.desired()).unwrap_or_else(|e| panic!("{name}: {e}"));
+            let counts = syncer.backend().last_counts();
+            eprintln!("{name}: {counts:?}");
+            counts
+        };
+        // svc1 has one endpoint; svc4 has two, so a second endpoint needs no new rule.
+        let moved = step("endpoint moved", &slice("{addresses: [10.180.0.9]}"));
+        assert_eq!((moved.rules, moved.chains, moved.sets), (0, 0, 0), "{moved:?}");
+        assert!(moved.elements > 0);
+        let added = step("endpoint added", &slice("{addresses: [10.180.0.9]}, {addresses: [10.180.0.10]}"));
+        assert_eq!((added.rules, added.chains), (0, 0), "{added:?}");
+        let new_count = step(
+            "a third endpoint: a count no Service had",
+            &slice("{addresses: [10.180.0.9]}, {addresses: [10.180.0.10]}, {addresses: [10.180.0.11]}"),
+        );
+        assert_eq!((new_count.rules, new_count.chains), (1, 0), "one rule inserted: {new_count:?}");
+        let listing = list();
+        let pick = &listing[listing.find("chain pick-cluster-endpoint {").unwrap()..];
+        let pick = &pick[..pick.find('}').unwrap()];
+        let counts: Vec<&str> = pick.lines().filter_map(|l| l.split("numgen random mod ").nth(1)).collect();
+        assert_eq!(counts.len(), 3, "{pick}");
+        assert!(counts[0].starts_with("1 ") && counts[1].starts_with("2 ") && counts[2].starts_with("3 "), "{pick}");
+        let dropped = step("back to two endpoints", &slice("{addresses: [10.180.0.9]}, {addresses: [10.180.0.10]}"));
+        assert_eq!((dropped.rules, dropped.chains), (1, 0), "one rule deleted: {dropped:?}");
+        assert!(!list().contains("mod 3"), "{}", list());
+        let service = step(
+            "a Service added",
+            "apiVersion: v1\nkind: Service\nmetadata: {namespace: ns8, name: new}\nspec: {clusterIP: 172.30.0.48, ports: [{name: p, port: 80}]}\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {namespace: ns8, name: new-1, labels: {kubernetes.io/service-name: new}}\n\
+             addressType: IPv4\nports: [{name: p, port: 80}]\nendpoints: [{addresses: [10.180.8.1]}, {addresses: [10.180.8.2]}]\n",
+        );
+        assert_eq!((service.rules, service.chains, service.sets), (0, 0, 0), "{service:?}");
+        assert!(list().contains("172.30.0.48 . tcp . 80 . 1 : 10.180.8.1 . 80"), "{}", list());
+    });
+}
+
 #[test]
 fn a_rejected_transaction_changes_nothing() {
     in_netns("a_rejected_transaction_changes_nothing", || {
@@ -183,13 +237,13 @@ fn a_rejected_transaction_changes_nothing() {
         let mut engine = engine(node(), include_str!("fixtures/cluster.yaml"));
         let mut syncer = Syncer::new(NftBackend::new("kproxy"));
         syncer.sync(&proxy_core::Plan { full: true, ..Default::default() }, engine.desired()).unwrap();
-        sh("nft delete element ip kproxy service-ips '{ 172.30.0.41 . tcp . 80 }'");
+        sh("nft delete element ip kproxy to-cluster-endpoints '{ 172.30.0.41 . tcp . 80 }'");
         let tampered = list();
         engine.apply(Event::ServiceDeleted(ObjectRef::new("ns1", "svc1")));
         let plan = engine.plan();
         let err = syncer.sync(&plan, engine.desired()).expect_err("deleting a missing element must fail");
         assert!(err.is_not_found(), "{err}");
-        assert!(err.to_string().contains("service-ips"), "{err}");
+        assert!(err.to_string().contains("to-cluster-endpoints"), "{err}");
         assert_eq!(list(), tampered, "a failed partial sync changed the ruleset");
         assert!(syncer.needs_full());
         let stats = syncer.sync(&engine.plan(), engine.desired()).expect("repair");

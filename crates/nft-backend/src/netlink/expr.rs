@@ -8,7 +8,7 @@ use std::ptr::NonNull;
 use nftnl::nftnl_sys as sys;
 use proxy_core::IpFamily;
 
-use crate::ruleset::{Action, AddrMatch, Match, Rule, Verdict, VmapKey};
+use crate::ruleset::{Action, AddrMatch, FrontendKey, Match, Rule, Verdict};
 
 // Registers (linux/netfilter/nf_tables.h): the verdict register, the 128-bit register 1,
 // and the 32-bit registers that follow it for concatenations.
@@ -26,6 +26,9 @@ const CMP_EQ: u32 = 0;
 const CMP_NEQ: u32 = 1;
 const LOOKUP_F_INV: u32 = 1;
 const CT_STATE: u32 = 0;
+const CT_STATUS: u32 = 2;
+/// `IPS_DST_NAT`.
+const CT_STATUS_DNAT: u32 = 1 << 5;
 /// `NF_CT_STATE_BIT(IP_CT_NEW)`.
 const CT_STATE_NEW: u32 = 1 << 3;
 const NG_RANDOM: u32 = 1;
@@ -250,6 +253,43 @@ fn matcher(family: IpFamily, m: &Match, out: &mut Vec<Expr>) {
             out.push(bitwise(&bit.to_ne_bytes(), &[0; 4]));
             out.push(cmp(CMP_EQ, &[0; 4]));
         }
+        Match::CtStatusDnat => {
+            out.push(Expr::new(c"ct").u32(sys::NFTNL_EXPR_CT_KEY, CT_STATUS).u32(sys::NFTNL_EXPR_CT_DREG, REG_1));
+            out.push(bitwise(&CT_STATUS_DNAT.to_ne_bytes(), &[0; 4]));
+            out.push(cmp(CMP_NEQ, &[0; 4]));
+        }
+        Match::KeyInSet(key, set) => {
+            frontend_key(family, *key, out);
+            out.push(lookup(set, None, false));
+        }
+        Match::SaddrDaddrInSet(set) => {
+            let (saddr, len) = addr_field(family, false);
+            let (daddr, _) = addr_field(family, true);
+            out.push(payload(PAYLOAD_NETWORK, saddr, len, REG_1));
+            out.push(payload(PAYLOAD_NETWORK, daddr, len, REG32_00 + len / 4));
+            out.push(lookup(set, None, false));
+        }
+    }
+}
+
+/// Loads a frontend key into the registers from register 1 on, as nft lays out
+/// concatenations: the address fills `len` bytes, each further field takes the next 32-bit
+/// register. Returns the first register after the key.
+fn frontend_key(family: IpFamily, key: FrontendKey, out: &mut Vec<Expr>) -> u32 {
+    match key {
+        FrontendKey::DaddrProtoPort => {
+            let (offset, len) = addr_field(family, true);
+            let next = REG32_00 + len / 4;
+            out.push(payload(PAYLOAD_NETWORK, offset, len, REG_1));
+            out.push(meta(META_L4PROTO, next));
+            out.push(payload(PAYLOAD_TRANSPORT, 2, 2, next + 1));
+            next + 2
+        }
+        FrontendKey::ProtoPort => {
+            out.push(meta(META_L4PROTO, REG_1));
+            out.push(payload(PAYLOAD_TRANSPORT, 2, 2, REG32_00 + 1));
+            REG32_00 + 2
+        }
     }
 }
 
@@ -264,22 +304,22 @@ fn action(family: IpFamily, a: &Action, out: &mut Vec<Expr>) {
     match a {
         Action::Verdict(v) => out.push(verdict(v)),
         Action::Vmap { key, map } => {
-            match key {
-                VmapKey::DaddrProtoPort => {
-                    let (offset, len) = addr_field(family, true);
-                    // The address fills `len` bytes from register 1; the next fields take
-                    // the following 32-bit registers, as nft lays out concatenations.
-                    let next = REG32_00 + len / 4;
-                    out.push(payload(PAYLOAD_NETWORK, offset, len, REG_1));
-                    out.push(meta(META_L4PROTO, next));
-                    out.push(payload(PAYLOAD_TRANSPORT, 2, 2, next + 1));
-                }
-                VmapKey::ProtoPort => {
-                    out.push(meta(META_L4PROTO, REG_1));
-                    out.push(payload(PAYLOAD_TRANSPORT, 2, 2, REG32_00 + 1));
-                }
-            }
+            frontend_key(family, *key, out);
             out.push(lookup(map, Some(REG_VERDICT), false));
+        }
+        Action::DnatMap { key, modulus, offset, map } => {
+            let slot = frontend_key(family, *key, out);
+            out.push(
+                Expr::new(c"numgen")
+                    .u32(sys::NFTNL_EXPR_NG_DREG, slot)
+                    .u32(sys::NFTNL_EXPR_NG_MODULUS, *modulus)
+                    .u32(sys::NFTNL_EXPR_NG_TYPE, NG_RANDOM)
+                    .u32(sys::NFTNL_EXPR_NG_OFFSET, *offset),
+            );
+            out.push(lookup(map, Some(REG_1), false));
+            // The map's data is the address, then the port in the next 32-bit register.
+            let (_, len) = addr_field(family, true);
+            out.push(nat_dnat(family, REG_1, REG32_00 + len / 4));
         }
         Action::MarkOr(bit) => mark_set(!bit, *bit, out),
         Action::MarkXor(bit) => mark_set(u32::MAX, *bit, out),
@@ -289,17 +329,7 @@ fn action(family: IpFamily, a: &Action, out: &mut Vec<Expr>) {
         Action::Dnat(addr) => {
             out.push(immediate(REG_1, &octets(addr.ip())));
             out.push(immediate(REG_2, &addr.port().to_be_bytes()));
-            let nfproto = match family {
-                IpFamily::V4 => libc::NFPROTO_IPV4,
-                IpFamily::V6 => libc::NFPROTO_IPV6,
-            };
-            out.push(
-                Expr::new(c"nat")
-                    .u32(sys::NFTNL_EXPR_NAT_TYPE, NAT_DNAT)
-                    .u32(sys::NFTNL_EXPR_NAT_FAMILY, nfproto as u32)
-                    .u32(sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, REG_1)
-                    .u32(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, REG_2),
-            );
+            out.push(nat_dnat(family, REG_1, REG_2));
         }
         Action::UpdateSaddr(set) => {
             let (offset, len) = addr_field(family, false);
@@ -324,6 +354,19 @@ fn action(family: IpFamily, a: &Action, out: &mut Vec<Expr>) {
             out.push(e);
         }
     }
+}
+
+/// `dnat` to the address in `addr_reg` and the port in `port_reg`.
+fn nat_dnat(family: IpFamily, addr_reg: u32, port_reg: u32) -> Expr {
+    let nfproto = match family {
+        IpFamily::V4 => libc::NFPROTO_IPV4,
+        IpFamily::V6 => libc::NFPROTO_IPV6,
+    };
+    Expr::new(c"nat")
+        .u32(sys::NFTNL_EXPR_NAT_TYPE, NAT_DNAT)
+        .u32(sys::NFTNL_EXPR_NAT_FAMILY, nfproto as u32)
+        .u32(sys::NFTNL_EXPR_NAT_REG_ADDR_MIN, addr_reg)
+        .u32(sys::NFTNL_EXPR_NAT_REG_PROTO_MIN, port_reg)
 }
 
 /// The expressions of a rule, in order.

@@ -10,6 +10,7 @@
 mod expr;
 pub mod monitor;
 pub mod socket;
+mod udata;
 
 use std::cell::Cell;
 use std::ffi::{CString, c_void};
@@ -21,14 +22,15 @@ use nftnl::nftnl_sys as sys;
 use nftnl::{Batch, FinalizedBatch, MsgType, NlMsg};
 use proxy_core::IpFamily;
 
-use crate::ruleset::{BaseChain, ChainType, Hook, Key, KeyType, Rule, Set, Verdict};
+use crate::ruleset::{Action, BaseChain, ChainType, Data, DataType, Hook, Key, KeyType, Rule, Set, Verdict};
 use crate::tx::{Op, Transaction};
 
 const NLM_F_CREATE: u16 = libc::NLM_F_CREATE as u16;
 const NLM_F_APPEND: u16 = libc::NLM_F_APPEND as u16;
+const NLM_F_ECHO: u16 = libc::NLM_F_ECHO as u16;
 
 // nft's data type ids (nftables' datatype.h), used so `nft list` names the key types.
-const TYPE_VERDICT: u32 = 1;
+const TYPE_INTEGER: u32 = 4;
 const TYPE_IPADDR: u32 = 7;
 const TYPE_IP6ADDR: u32 = 8;
 const TYPE_INET_PROTOCOL: u32 = 12;
@@ -88,7 +90,24 @@ pub(crate) fn key_bytes(key: &Key) -> Vec<u8> {
         Key::Addr(ip) => addr(ip),
         Key::AddrProtoPort(ip, p, n) => [addr(ip), proto(*p).to_vec(), port(*n).to_vec()].concat(),
         Key::ProtoPort(p, n) => [proto(*p), port(*n)].concat(),
+        Key::AddrAddr(a, b) => [addr(a), addr(b)].concat(),
+        // The slot is what `numgen` leaves in its register: a host-order u32.
+        Key::AddrProtoPortSlot(ip, p, n, slot) => {
+            [addr(ip), proto(*p).to_vec(), port(*n).to_vec(), slot.to_ne_bytes().to_vec()].concat()
+        }
+        Key::ProtoPortSlot(p, n, slot) => [proto(*p), port(*n), slot.to_ne_bytes()].concat(),
     }
+}
+
+/// The data bytes of a map element that maps to an endpoint: address, then the port in
+/// network order padded to 32 bits (the registers `dnat` reads).
+fn endpoint_bytes(addr: &std::net::SocketAddr) -> Vec<u8> {
+    let ip = match addr.ip() {
+        IpAddr::V4(a) => a.octets().to_vec(),
+        IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    let port = addr.port().to_be_bytes();
+    [ip, vec![port[0], port[1], 0, 0]].concat()
 }
 
 fn key_type(family: IpFamily, key: KeyType) -> (u32, u32, u32) {
@@ -102,6 +121,11 @@ fn key_type(family: IpFamily, key: KeyType) -> (u32, u32, u32) {
         // nft records no single byte order for a concatenation.
         KeyType::AddrProtoPort => (concat(&[addr.0, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE]), addr.1 + 8, 0),
         KeyType::ProtoPort => (concat(&[TYPE_INET_PROTOCOL, TYPE_INET_SERVICE]), 8, 0),
+        KeyType::AddrAddr => (concat(&[addr.0, addr.0]), addr.1 * 2, 0),
+        KeyType::AddrProtoPortSlot => {
+            (concat(&[addr.0, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE, TYPE_INTEGER]), addr.1 + 12, 0)
+        }
+        KeyType::ProtoPortSlot => (concat(&[TYPE_INET_PROTOCOL, TYPE_INET_SERVICE, TYPE_INTEGER]), 12, 0),
     }
 }
 
@@ -112,6 +136,17 @@ struct Wire<'a> {
     op: usize,
     build: Build,
     seq: Cell<u32>,
+}
+
+/// Where a new rule goes in its chain.
+#[derive(Clone, Copy)]
+enum Position {
+    /// At the end.
+    Append,
+    /// After the rule with this handle.
+    After(u64),
+    /// At the head.
+    Head,
 }
 
 enum Build {
@@ -127,6 +162,11 @@ enum Build {
     Rule {
         chain: String,
         rule: Rule,
+        position: Position,
+    },
+    DeleteRule {
+        chain: String,
+        handle: u64,
     },
     Set {
         name: String,
@@ -204,18 +244,33 @@ unsafe impl NlMsg for Wire<'_> {
                     sys::nftnl_chain_nlmsg_build_payload(header(buf, ty as u32, family, flags, seq), c);
                     sys::nftnl_chain_free(c);
                 }
-                Build::FlushChain(chain) | Build::Rule { chain, .. } => {
+                Build::FlushChain(chain) | Build::Rule { chain, .. } | Build::DeleteRule { chain, .. } => {
                     let r = sys::nftnl_rule_alloc();
                     let chain = cstring(chain);
                     sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_TABLE as u16, table.as_ptr());
                     sys::nftnl_rule_set_str(r, sys::NFTNL_RULE_CHAIN as u16, chain.as_ptr());
                     sys::nftnl_rule_set_u32(r, sys::NFTNL_RULE_FAMILY as u16, u32::from(family));
                     let (ty, flags) = match &self.build {
-                        Build::Rule { rule, .. } => {
+                        Build::Rule { rule, position, .. } => {
                             for e in expr::rule(self.tx.family, rule) {
                                 sys::nftnl_rule_add_expr(r, e.into_raw());
                             }
-                            (libc::NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND)
+                            // Endpoint-picking rules come back with their handles, so a
+                            // later partial sync can insert next to them or delete them.
+                            let echo = if matches!(rule.action, Action::DnatMap { .. }) { NLM_F_ECHO } else { 0 };
+                            let place = match position {
+                                Position::Append => NLM_F_APPEND,
+                                Position::After(handle) => {
+                                    sys::nftnl_rule_set_u64(r, sys::NFTNL_RULE_POSITION as u16, *handle);
+                                    NLM_F_APPEND
+                                }
+                                Position::Head => 0,
+                            };
+                            (libc::NFT_MSG_NEWRULE, NLM_F_CREATE | place | echo)
+                        }
+                        Build::DeleteRule { handle, .. } => {
+                            sys::nftnl_rule_set_u64(r, sys::NFTNL_RULE_HANDLE as u16, *handle);
+                            (libc::NFT_MSG_DELRULE, 0)
                         }
                         // A rule deletion without a handle deletes every rule of the chain.
                         _ => (libc::NFT_MSG_DELRULE, 0),
@@ -233,17 +288,36 @@ unsafe impl NlMsg for Wire<'_> {
                         sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_TYPE as u16, key_type);
                         sys::nftnl_set_set_u32(s, sys::NFTNL_SET_KEY_LEN as u16, key_len);
                         sys::nftnl_set_set_u32(s, sys::NFTNL_SET_ID as u16, *id);
-                        if set.map {
-                            flags |= SET_MAP;
-                            sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DATA_TYPE as u16, DATA_VERDICT);
-                            sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DATA_LEN as u16, 0);
+                        match set.data {
+                            None => {}
+                            Some(DataType::Verdict) => {
+                                flags |= SET_MAP;
+                                sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DATA_TYPE as u16, DATA_VERDICT);
+                                sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DATA_LEN as u16, 0);
+                            }
+                            Some(DataType::Endpoint) => {
+                                flags |= SET_MAP;
+                                let (addr_type, addr_len) = match self.tx.family {
+                                    IpFamily::V4 => (TYPE_IPADDR, 4),
+                                    IpFamily::V6 => (TYPE_IP6ADDR, 16),
+                                };
+                                let data_type = (addr_type << TYPE_BITS) | TYPE_INET_SERVICE;
+                                sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DATA_TYPE as u16, data_type);
+                                sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DATA_LEN as u16, addr_len + 4);
+                            }
                         }
                         if let Some(timeout) = set.timeout {
                             flags |= SET_TIMEOUT | SET_EVAL;
                             sys::nftnl_set_set_u64(s, sys::NFTNL_SET_TIMEOUT as u16, u64::from(timeout) * 1000);
                         }
                         sys::nftnl_set_set_u32(s, sys::NFTNL_SET_FLAGS as u16, flags);
-                        set_udata(s, byteorder, set.map.then_some(TYPE_VERDICT), &set.comment);
+                        let udata = udata::set(self.tx.family, set, byteorder);
+                        sys::nftnl_set_set_data(
+                            s,
+                            sys::NFTNL_SET_USERDATA as u16,
+                            udata.as_ptr().cast(),
+                            udata.len() as u32,
+                        );
                         (libc::NFT_MSG_NEWSET, NLM_F_CREATE)
                     };
                     sys::nftnl_set_nlmsg_build_payload(header(buf, ty as u32, family, flags, seq), s);
@@ -292,31 +366,6 @@ unsafe fn set_udata_comment(apply: impl FnOnce(*const c_void, u32), kind: u8, co
     }
 }
 
-/// A set's userdata: key byte order, data byte order for maps, and the comment, as nft
-/// writes them (nft reads them back to print the set).
-unsafe fn set_udata(s: *mut sys::nftnl_set, key_byteorder: u32, data_type: Option<u32>, comment: &str) {
-    let comment = cstring(comment);
-    // SAFETY: as in set_udata_comment.
-    unsafe {
-        let buf = sys::nftnl_udata_buf_alloc(512);
-        sys::nftnl_udata_put_u32(buf, sys::NFTNL_UDATA_SET_KEYBYTEORDER as u8, key_byteorder);
-        if data_type.is_some() {
-            // As nft writes it for verdict data.
-            sys::nftnl_udata_put_u32(buf, sys::NFTNL_UDATA_SET_DATABYTEORDER as u8, 0);
-        }
-        if !comment.as_bytes().is_empty() {
-            sys::nftnl_udata_put_strz(buf, sys::NFTNL_UDATA_SET_COMMENT as u8, comment.as_ptr());
-        }
-        sys::nftnl_set_set_data(
-            s,
-            sys::NFTNL_SET_USERDATA as u16,
-            sys::nftnl_udata_buf_data(buf),
-            sys::nftnl_udata_buf_len(buf),
-        );
-        sys::nftnl_udata_buf_free(buf);
-    }
-}
-
 /// An element list: a set object holding the elements, and the iterator that splits them
 /// into messages of at most 64 KiB.
 struct ElementList {
@@ -325,7 +374,7 @@ struct ElementList {
 }
 
 impl ElementList {
-    fn new(tx: &Transaction, name: &str, elements: &[(Key, Option<Verdict>)]) -> ElementList {
+    fn new(tx: &Transaction, name: &str, elements: &[(Key, Option<Data>)]) -> ElementList {
         let table = cstring(&tx.table);
         // SAFETY: the set is freshly allocated; elements are allocated, filled with copying
         // setters and handed to the set, which then owns them.
@@ -335,7 +384,16 @@ impl ElementList {
                 let e = sys::nftnl_set_elem_alloc();
                 let bytes = key_bytes(key);
                 sys::nftnl_set_elem_set(e, sys::NFTNL_SET_ELEM_KEY as u16, bytes.as_ptr().cast(), bytes.len() as u32);
-                if let Some(v) = verdict {
+                if let Some(Data::Endpoint(addr)) = verdict {
+                    let bytes = endpoint_bytes(addr);
+                    sys::nftnl_set_elem_set(
+                        e,
+                        sys::NFTNL_SET_ELEM_DATA as u16,
+                        bytes.as_ptr().cast(),
+                        bytes.len() as u32,
+                    );
+                }
+                if let Some(Data::Verdict(v)) = verdict {
                     let (code, chain) = match v {
                         Verdict::Accept => (libc::NF_ACCEPT, None),
                         Verdict::Drop => (libc::NF_DROP, None),
@@ -430,7 +488,14 @@ fn encode_one(tx: &Transaction, batch: &mut Batch, seqs: &mut Vec<(u32, usize)>,
             Op::AddChain(name, base) => add(batch, i, Build::Chain { name: name.clone(), base: *base, delete: false }),
             Op::DeleteChain(name) => add(batch, i, Build::Chain { name: name.clone(), base: None, delete: true }),
             Op::FlushChain(name) => add(batch, i, Build::FlushChain(name.clone())),
-            Op::AddRule(chain, rule) => add(batch, i, Build::Rule { chain: chain.clone(), rule: rule.clone() }),
+            Op::AddRule(chain, rule) => {
+                add(batch, i, Build::Rule { chain: chain.clone(), rule: rule.clone(), position: Position::Append })
+            }
+            Op::InsertRule(chain, rule, after) => {
+                let position = after.map_or(Position::Head, Position::After);
+                add(batch, i, Build::Rule { chain: chain.clone(), rule: rule.clone(), position })
+            }
+            Op::DeleteRule(chain, handle) => add(batch, i, Build::DeleteRule { chain: chain.clone(), handle: *handle }),
             Op::AddSet(name, set) => {
                 *set_id += 1;
                 add(batch, i, Build::Set { name: name.clone(), set: Box::new(set.clone()), id: *set_id, delete: false })
@@ -445,7 +510,7 @@ fn encode_one(tx: &Transaction, batch: &mut Batch, seqs: &mut Vec<(u32, usize)>,
                 ElementList::new(tx, name, elements).write_all(|b| add(batch, i, b), false);
             }
             Op::DeleteElements(name, keys) => {
-                let elements: Vec<(Key, Option<Verdict>)> = keys.iter().map(|k| (*k, None)).collect();
+                let elements: Vec<(Key, Option<Data>)> = keys.iter().map(|k| (*k, None)).collect();
                 ElementList::new(tx, name, &elements).write_all(|b| add(batch, i, b), true);
             }
         }

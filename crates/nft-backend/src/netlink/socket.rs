@@ -18,6 +18,7 @@ use super::Encoded;
 const SUBSYS_NFTABLES: u16 = 10;
 /// `NFTA_GEN_ID`.
 const NFTA_GEN_ID: u16 = 1;
+const NFTA_RULE_HANDLE: u16 = 3;
 
 /// A netfilter netlink socket in the current network namespace.
 pub struct Socket {
@@ -41,6 +42,9 @@ pub struct Outcome {
     pub errors: Vec<MessageError>,
     /// The ruleset generation after the batch.
     pub generation: u32,
+    /// Rules sent with `NLM_F_ECHO`, as the kernel echoed them once committed: (sequence
+    /// number of the message, the rule's handle).
+    pub rule_handles: Vec<(u32, u64)>,
 }
 
 impl Socket {
@@ -162,6 +166,7 @@ impl Socket {
 
     fn read_until_generation(&mut self, gen_seq: u32) -> io::Result<Outcome> {
         let mut errors = Vec::new();
+        let mut rule_handles = Vec::new();
         // u64 storage keeps the buffer aligned for netlink headers.
         let mut storage = vec![0u64; 1 << 16];
         loop {
@@ -200,12 +205,23 @@ impl Socket {
                     && hdr.nlmsg_type == (SUBSYS_NFTABLES << 8) | libc::NFT_MSG_NEWGEN as u16
                 {
                     let generation = parse_generation(body).unwrap_or(0);
-                    return Ok(Outcome { errors, generation });
+                    return Ok(Outcome { errors, generation, rule_handles });
+                } else if hdr.nlmsg_type == (SUBSYS_NFTABLES << 8) | libc::NFT_MSG_NEWRULE as u16
+                    && let Some(handle) = parse_rule_handle(body)
+                {
+                    rule_handles.push((hdr.nlmsg_seq, handle));
                 }
                 off += (len + 3) & !3;
             }
         }
     }
+}
+
+/// The `NFTA_RULE_HANDLE` attribute of a rule message.
+fn parse_rule_handle(body: &[u8]) -> Option<u64> {
+    super::attributes(body)
+        .find(|(kind, _)| *kind == NFTA_RULE_HANDLE)
+        .and_then(|(_, v)| Some(u64::from_be_bytes(v.get(..8)?.try_into().ok()?)))
 }
 
 /// The `NFTA_GEN_ID` attribute after the 4-byte `nfgenmsg`.
