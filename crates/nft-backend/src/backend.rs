@@ -260,7 +260,8 @@ fn redefines_sets(previous: &Committed, next: &Committed) -> bool {
         .any(|(name, set)| before.get(name).is_some_and(|b| !b.same_definition(set)))
 }
 
-/// Chains and sets of `previous` that `next` no longer has.
+/// Chains and sets of `previous` that `next` no longer has: those of service ports, and
+/// endpoint maps of counts no longer in use.
 fn stale(previous: &Committed, next: &Committed) -> (Vec<String>, Vec<String>) {
     let keep_chains: HashSet<&String> = next.ports.values().flat_map(|p| p.chains.keys()).collect();
     let keep_sets: HashSet<&String> = next.ports.values().flat_map(|p| p.sets.keys()).collect();
@@ -268,6 +269,8 @@ fn stale(previous: &Committed, next: &Committed) -> (Vec<String>, Vec<String>) {
         previous.ports.values().flat_map(|p| p.chains.keys()).filter(|c| !keep_chains.contains(c)).cloned().collect();
     let mut sets: Vec<String> =
         previous.ports.values().flat_map(|p| p.sets.keys()).filter(|s| !keep_sets.contains(s)).cloned().collect();
+    let keep_maps: HashSet<&str> = next.picks.keys().map(Pick::map).collect();
+    sets.extend(previous.picks.keys().map(Pick::map).filter(|m| !keep_maps.contains(m)).map(String::from));
     chains.sort();
     chains.dedup();
     sets.sort();
@@ -577,6 +580,19 @@ impl PortPlan {
             } else {
                 picks.entry(pick).or_default().users = after;
             }
+        }
+        // Each endpoint count has its own map, there while any rule looks it up.
+        let maps = |picks: &BTreeMap<Pick, PickRule>| -> BTreeMap<&'static str, Pick> {
+            picks.keys().map(|p| (p.map(), *p)).collect()
+        };
+        let (maps_before, maps_after) = (maps(committed), maps(&picks));
+        for (name, pick) in &maps_after {
+            if !maps_before.contains_key(name) {
+                self.add_sets.push(Op::AddSet(name.to_string(), pick.map_definition()));
+            }
+        }
+        for name in maps_before.keys().filter(|m| !maps_after.contains_key(*m)) {
+            self.delete_sets.push(Op::DeleteSet(name.to_string()));
         }
         let chains: BTreeSet<&'static str> = added.keys().chain(deleted.keys()).copied().collect();
         for chain in chains {

@@ -36,7 +36,7 @@
 //! firewalls (`firewall-…`). Only those chains are re-validated on a commit.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use proxy_core::{FamilyContext, LocalDetector, NoEndpoints, NodePortIps, Policy, Protocol, ServicePortRules, Target};
 
@@ -82,7 +82,8 @@ struct Frontends {
     /// Chains for external traffic under Cluster / Local policy.
     cluster_policy: &'static str,
     local_policy: &'static str,
-    /// Endpoint maps and the chains that pick from them, per policy.
+    /// Endpoint maps (the prefix of their names) and the chains that pick from them, per
+    /// policy.
     cluster_endpoints: &'static str,
     local_endpoints: &'static str,
     pick_cluster: &'static str,
@@ -127,10 +128,10 @@ impl Frontends {
         }
     }
 
-    fn slot_key_type(&self) -> KeyType {
+    fn slot_key_type(&self, endpoints: u32) -> KeyType {
         match self.key {
-            FrontendKey::DaddrProtoPort => KeyType::AddrProtoPortSlot,
-            FrontendKey::ProtoPort => KeyType::ProtoPortSlot,
+            FrontendKey::DaddrProtoPort => KeyType::AddrProtoPortSlot(endpoints),
+            FrontendKey::ProtoPort => KeyType::ProtoPortSlot(endpoints),
         }
     }
 }
@@ -146,10 +147,15 @@ pub struct Pick {
     pub endpoints: u32,
 }
 
-/// The first slot of a frontend with `n` endpoints: the slot ranges of different counts
-/// never overlap.
-pub fn first_slot(n: u32) -> u32 {
-    n * (n - 1) / 2
+/// The name of the endpoint map for frontends with `n` endpoints: `PREFIX-N`.
+///
+/// Element keys name their set with a `&'static str`. The names of endpoint maps are made
+/// once per prefix and endpoint count and kept for the life of the process: there are at
+/// most four prefixes times the distinct endpoint counts ever seen.
+pub fn endpoint_map(prefix: &'static str, n: u32) -> &'static str {
+    static NAMES: Mutex<BTreeMap<(&'static str, u32), &'static str>> = Mutex::new(BTreeMap::new());
+    let mut names = NAMES.lock().unwrap_or_else(|e| e.into_inner());
+    names.entry((prefix, n)).or_insert_with(|| Box::leak(format!("{prefix}-{n}").into_boxed_str()))
 }
 
 impl Pick {
@@ -167,19 +173,29 @@ impl Pick {
         }
     }
 
-    /// The rule: `meta l4proto P dnat to KEY . numgen random mod N offset O map @MAP`.
+    fn frontends(&self) -> &'static Frontends {
+        if self.chain.starts_with("pick-nodeport") { &NODEPORT_FRONTENDS } else { &ADDRESSES }
+    }
+
+    /// The endpoint map the rule looks up: the one for this chain and endpoint count.
+    pub fn map(&self) -> &'static str {
+        let f = self.frontends();
+        let prefix = if self.chain == f.pick_cluster { f.cluster_endpoints } else { f.local_endpoints };
+        endpoint_map(prefix, self.endpoints)
+    }
+
+    /// The endpoint map's definition.
+    pub fn map_definition(&self) -> Set {
+        let which = if self.chain == self.frontends().pick_cluster { "Cluster-policy" } else { "node-local" };
+        let comment = format!("{which} endpoints by frontend and slot, for frontends with {}", self.endpoints);
+        Set::endpoint_map(self.frontends().slot_key_type(self.endpoints), &comment)
+    }
+
+    /// The rule: `meta l4proto P dnat to KEY . numgen random mod N map @MAP-N`.
     pub fn rule(&self) -> Rule {
-        let frontends = if self.chain.starts_with("pick-nodeport") { &NODEPORT_FRONTENDS } else { &ADDRESSES };
-        let map =
-            if self.chain == frontends.pick_cluster { frontends.cluster_endpoints } else { frontends.local_endpoints };
         Rule::new(
             [Match::L4Proto(self.protocol)],
-            Action::DnatMap {
-                key: frontends.key,
-                modulus: self.endpoints,
-                offset: first_slot(self.endpoints),
-                map: map.to_string(),
-            },
+            Action::DnatMap { key: self.frontends().key, modulus: self.endpoints, map: self.map().to_string() },
         )
     }
 }
@@ -374,11 +390,8 @@ pub fn skeleton(ctx: &FamilyContext, picks: &BTreeSet<Pick>) -> Ruleset {
     for (name, key, comment) in frontend_sets {
         sets.insert(name.to_string(), Set::plain(key, comment));
     }
-    for f in [&ADDRESSES, &NODEPORT_FRONTENDS] {
-        for (map, which) in [(f.cluster_endpoints, "Cluster-policy"), (f.local_endpoints, "node-local")] {
-            let comment = format!("{which} endpoints by frontend and slot");
-            sets.insert(map.to_string(), Set::endpoint_map(f.slot_key_type(), &comment));
-        }
+    for pick in picks {
+        sets.insert(pick.map().to_string(), pick.map_definition());
     }
     Ruleset { chains, sets }
 }
@@ -524,10 +537,11 @@ fn mapped_port(r: &ServicePortRules, out: &mut PortObjects) {
             if eps.is_empty() {
                 continue;
             }
-            let (map, pick) = frontend.kind().endpoints(*policy);
+            let (prefix, pick) = frontend.kind().endpoints(*policy);
             let n = eps.len() as u32;
+            let map = endpoint_map(prefix, n);
             for (i, ep) in eps.iter().enumerate() {
-                out.elements.insert((map, frontend.slot(first_slot(n) + i as u32)), Some(Data::Endpoint(ep.addr)));
+                out.elements.insert((map, frontend.slot(i as u32)), Some(Data::Endpoint(ep.addr)));
             }
             out.picks.insert(Pick { chain: pick, protocol: proto, endpoints: n });
         }

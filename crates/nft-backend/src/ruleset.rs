@@ -134,16 +134,14 @@ pub enum Action {
         /// The map.
         map: String,
     },
-    /// `dnat ip to KEY . numgen random mod M offset O map @MAP` (needs a preceding
-    /// [`Match::L4Proto`]): picks one of a frontend's M endpoints, stored in the endpoint
-    /// map under slots `O` to `O + M - 1`.
+    /// `dnat ip to KEY . numgen random mod N map @MAP` (needs a preceding
+    /// [`Match::L4Proto`]): picks one of a frontend's N endpoints, stored in the endpoint
+    /// map under slots 0 to N-1.
     DnatMap {
         /// The frontend part of the key.
         key: FrontendKey,
         /// The number of endpoints.
         modulus: u32,
-        /// The first slot.
-        offset: u32,
         /// The endpoint map.
         map: String,
     },
@@ -202,11 +200,12 @@ pub enum KeyType {
     ProtoPort,
     /// `ipv4_addr . ipv4_addr` (hairpin pairs).
     AddrAddr,
-    /// `typeof ip daddr . meta l4proto . th dport . numgen …`: an endpoint slot of an
-    /// address frontend.
-    AddrProtoPortSlot,
-    /// `typeof meta l4proto . th dport . numgen …`: an endpoint slot of a NodePort.
-    ProtoPortSlot,
+    /// `typeof ip daddr . meta l4proto . th dport . numgen random mod N`: an endpoint slot
+    /// of an address frontend with N endpoints.
+    AddrProtoPortSlot(u32),
+    /// `typeof meta l4proto . th dport . numgen random mod N`: an endpoint slot of a NodePort
+    /// with N endpoints.
+    ProtoPortSlot(u32),
 }
 
 /// A set or map key.

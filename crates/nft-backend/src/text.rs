@@ -33,10 +33,6 @@ fn write_table(out: &mut String, family: IpFamily, name: &str, ruleset: &Ruleset
     writeln!(out, "}}")
 }
 
-/// The modulus written in the `typeof` of endpoint maps. `typeof` names the slot's type
-/// by an expression; the rules that look the map up use their own modulus.
-pub(crate) const TYPEOF_MODULUS: u32 = 2;
-
 /// A set's key and data declaration: `type …` or, for endpoint maps, `typeof …`.
 fn declaration(family: IpFamily, set: &Set) -> String {
     let kw = ip_kw(family);
@@ -44,14 +40,13 @@ fn declaration(family: IpFamily, set: &Set) -> String {
         IpFamily::V4 => "ipv4_addr",
         IpFamily::V6 => "ipv6_addr",
     };
-    let slot = format!("numgen random mod {TYPEOF_MODULUS}");
     let key = match set.key {
         KeyType::Addr => format!("type {addr}"),
         KeyType::AddrProtoPort => format!("type {addr} . inet_proto . inet_service"),
         KeyType::ProtoPort => "type inet_proto . inet_service".to_string(),
         KeyType::AddrAddr => format!("type {addr} . {addr}"),
-        KeyType::AddrProtoPortSlot => format!("typeof {kw} daddr . meta l4proto . th dport . {slot}"),
-        KeyType::ProtoPortSlot => format!("typeof meta l4proto . th dport . {slot}"),
+        KeyType::AddrProtoPortSlot(n) => format!("typeof {kw} daddr . meta l4proto . th dport . numgen random mod {n}"),
+        KeyType::ProtoPortSlot(n) => format!("typeof meta l4proto . th dport . numgen random mod {n}"),
     };
     match set.data {
         None => key,
@@ -198,9 +193,8 @@ fn action(family: IpFamily, a: &Action) -> String {
     match a {
         Action::Verdict(v) => verdict(v),
         Action::Vmap { key, map } => format!("{} vmap @{map}", frontend_key(family, *key)),
-        Action::DnatMap { key, modulus, offset, map } => {
-            let offset = if *offset == 0 { String::new() } else { format!(" offset {offset}") };
-            format!("dnat {kw} to {} . numgen random mod {modulus}{offset} map @{map}", frontend_key(family, *key))
+        Action::DnatMap { key, modulus, map } => {
+            format!("dnat {kw} to {} . numgen random mod {modulus} map @{map}", frontend_key(family, *key))
         }
         Action::MarkOr(bit) => format!("meta mark set meta mark | 0x{bit:08x}"),
         Action::MarkXor(bit) => format!("meta mark set meta mark ^ 0x{bit:08x}"),

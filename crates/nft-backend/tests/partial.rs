@@ -154,8 +154,8 @@ fn partial_syncs_equal_full_syncs() {
 
 /// Endpoint changes and new Services are data: their transactions hold map elements and
 /// no rule or chain, so the kernel has no chain to re-validate. Only an endpoint count
-/// seen for the first time adds a rule, in its place in a shared `pick-…` chain, and the
-/// last user of a count takes its rule away.
+/// seen for the first time adds a rule, in its place in a shared `pick-…` chain, and an
+/// endpoint map for that count; the last user of a count takes both away.
 #[test]
 fn endpoint_changes_and_new_services_write_only_elements() {
     in_netns("endpoint_changes_and_new_services_write_only_elements", || {
@@ -185,7 +185,11 @@ fn endpoint_changes_and_new_services_write_only_elements() {
             "a third endpoint: a count no Service had",
             &slice("{addresses: [10.180.0.9]}, {addresses: [10.180.0.10]}, {addresses: [10.180.0.11]}"),
         );
-        assert_eq!((new_count.rules, new_count.chains), (1, 0), "one rule inserted: {new_count:?}");
+        assert_eq!(
+            (new_count.rules, new_count.chains, new_count.sets),
+            (1, 0, 1),
+            "one rule inserted, with its map: {new_count:?}"
+        );
         let listing = list();
         let pick = &listing[listing.find("chain pick-cluster-endpoint {").unwrap()..];
         let pick = &pick[..pick.find('}').unwrap()];
@@ -193,7 +197,11 @@ fn endpoint_changes_and_new_services_write_only_elements() {
         assert_eq!(counts.len(), 3, "{pick}");
         assert!(counts[0].starts_with("1 ") && counts[1].starts_with("2 ") && counts[2].starts_with("3 "), "{pick}");
         let dropped = step("back to two endpoints", &slice("{addresses: [10.180.0.9]}, {addresses: [10.180.0.10]}"));
-        assert_eq!((dropped.rules, dropped.chains), (1, 0), "one rule deleted: {dropped:?}");
+        assert_eq!(
+            (dropped.rules, dropped.chains, dropped.sets),
+            (1, 0, 1),
+            "one rule deleted, with its map: {dropped:?}"
+        );
         assert!(!list().contains("mod 3"), "{}", list());
         let service = step(
             "a Service added",
@@ -202,7 +210,7 @@ fn endpoint_changes_and_new_services_write_only_elements() {
              addressType: IPv4\nports: [{name: p, port: 80}]\nendpoints: [{addresses: [10.180.8.1]}, {addresses: [10.180.8.2]}]\n",
         );
         assert_eq!((service.rules, service.chains, service.sets), (0, 0, 0), "{service:?}");
-        assert!(list().contains("172.30.0.48 . tcp . 80 . 1 : 10.180.8.1 . 80"), "{}", list());
+        assert!(list().contains("172.30.0.48 . tcp . 80 . 0 : 10.180.8.1 . 80"), "{}", list());
     });
 }
 

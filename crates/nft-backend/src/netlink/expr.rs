@@ -307,14 +307,14 @@ fn action(family: IpFamily, a: &Action, out: &mut Vec<Expr>) {
             frontend_key(family, *key, out);
             out.push(lookup(map, Some(REG_VERDICT), false));
         }
-        Action::DnatMap { key, modulus, offset, map } => {
+        Action::DnatMap { key, modulus, map } => {
             let slot = frontend_key(family, *key, out);
             out.push(
                 Expr::new(c"numgen")
                     .u32(sys::NFTNL_EXPR_NG_DREG, slot)
                     .u32(sys::NFTNL_EXPR_NG_MODULUS, *modulus)
                     .u32(sys::NFTNL_EXPR_NG_TYPE, NG_RANDOM)
-                    .u32(sys::NFTNL_EXPR_NG_OFFSET, *offset),
+                    .u32(sys::NFTNL_EXPR_NG_OFFSET, 0),
             );
             out.push(lookup(map, Some(REG_1), false));
             // The map's data is the address, then the port in the next 32-bit register.

@@ -122,10 +122,10 @@ fn key_type(family: IpFamily, key: KeyType) -> (u32, u32, u32) {
         KeyType::AddrProtoPort => (concat(&[addr.0, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE]), addr.1 + 8, 0),
         KeyType::ProtoPort => (concat(&[TYPE_INET_PROTOCOL, TYPE_INET_SERVICE]), 8, 0),
         KeyType::AddrAddr => (concat(&[addr.0, addr.0]), addr.1 * 2, 0),
-        KeyType::AddrProtoPortSlot => {
+        KeyType::AddrProtoPortSlot(_) => {
             (concat(&[addr.0, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE, TYPE_INTEGER]), addr.1 + 12, 0)
         }
-        KeyType::ProtoPortSlot => (concat(&[TYPE_INET_PROTOCOL, TYPE_INET_SERVICE, TYPE_INTEGER]), 12, 0),
+        KeyType::ProtoPortSlot(_) => (concat(&[TYPE_INET_PROTOCOL, TYPE_INET_SERVICE, TYPE_INTEGER]), 12, 0),
     }
 }
 

@@ -84,10 +84,10 @@ fn th_dport() -> Tlv {
 /// The key of an endpoint map, as `typeof`.
 fn slot_key(family: IpFamily, key: KeyType) -> Option<Tlv> {
     let l4proto = || expr(EXPR_META, &[META_L4PROTO]);
-    let numgen = || expr(EXPR_NUMGEN, &[NG_RANDOM, crate::text::TYPEOF_MODULUS, 0]);
+    let numgen = |n: u32| expr(EXPR_NUMGEN, &[NG_RANDOM, n, 0]);
     match key {
-        KeyType::AddrProtoPortSlot => Some(concat(vec![daddr(family), l4proto(), th_dport(), numgen()])),
-        KeyType::ProtoPortSlot => Some(concat(vec![l4proto(), th_dport(), numgen()])),
+        KeyType::AddrProtoPortSlot(n) => Some(concat(vec![daddr(family), l4proto(), th_dport(), numgen(n)])),
+        KeyType::ProtoPortSlot(n) => Some(concat(vec![l4proto(), th_dport(), numgen(n)])),
         _ => None,
     }
 }
@@ -130,7 +130,7 @@ mod tests {
 
     #[test]
     fn endpoint_map_userdata_is_what_nft_writes() {
-        let set = Set::endpoint_map(KeyType::AddrProtoPortSlot, "");
+        let set = Set::endpoint_map(KeyType::AddrProtoPortSlot(2), "");
         assert_eq!(hex(&set_bytes(IpFamily::V4, &set)), NFT_IPV4_ENDPOINT_MAP);
     }
 
