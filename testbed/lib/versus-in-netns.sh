@@ -103,7 +103,8 @@ service_count() { # NETNS TABLE
     if [[ $2 == kube-proxy ]]; then
         ip netns exec "$1" nft list map ip "$2" service-ips 2>/dev/null | grep -c "goto" || true
     else
-        ip netns exec "$1" nft list set ip "$2" to-cluster-endpoints 2>/dev/null | grep -o ' \. tcp \. ' | wc -l
+        { ip netns exec "$1" nft list set ip "$2" to-cluster-endpoints 2>/dev/null || true; } \
+            | { grep -o ' \. tcp \. ' || true; } | wc -l
     fi
 }
 # A metric's value; for upstream's per-family series, the IPv4 one.
@@ -126,17 +127,16 @@ poll_since() { # START LIMIT_S COMMAND...
     echo $(($(now_ms) - start))
 }
 # Whether svc-0's endpoints include IP. Upstream: its service chain names the endpoint.
-# kproxy: the endpoint is in one of svc-0's N slots of cluster-endpoints (slots
-# N(N-1)/2 … N(N-1)/2 + N - 1), asked for with one `nft get element`.
+# kproxy: svc-0 has N endpoints, so they are in slots 0 … N-1 of cluster-endpoints-N,
+# asked for with one `nft get element`.
 has_endpoint() { # NETNS TABLE CHAIN_OR_COUNT IP
     if [[ $2 == kube-proxy ]]; then
         ip netns exec "$1" nft list chain ip "$2" "$3" 2>/dev/null | grep -F -- "$4" >/dev/null
     else
-        local n=$3 first s keys=()
-        first=$((n * (n - 1) / 2))
-        for ((s = first; s < first + n; s++)); do keys+=("10.96.1.0 . tcp . 80 . $s"); done
-        ip netns exec "$1" nft get element ip "$2" cluster-endpoints "{ $(IFS=,; echo "${keys[*]}") }" 2>/dev/null \
-            | grep -F -- "$4 . " >/dev/null
+        local n=$3 s keys=()
+        for ((s = 0; s < n; s++)); do keys+=("10.96.1.0 . tcp . 80 . $s"); done
+        ip netns exec "$1" nft get element ip "$2" "cluster-endpoints-$n" "{ $(IFS=,; echo "${keys[*]}") }" \
+            2>/dev/null | grep -F -- "$4 . " >/dev/null
     fi
 }
 # Whether a Service's ClusterIP is programmed.

@@ -16,19 +16,18 @@
 //! no chain and no rule. It is only elements in shared sets and maps:
 //! - its frontends in sets that say which shared chain handles them
 //!   (`to-cluster-endpoints`, `external-ips-local-policy`, `nodeports-cluster-policy`, …);
-//! - its endpoints in endpoint maps, keyed by frontend and slot: slot `O + i` holds the
-//!   i-th of N endpoints, with `O = N(N-1)/2`, so each endpoint count has its own slot
-//!   range;
+//! - its N endpoints in the endpoint maps for N (`cluster-endpoints-N`, …), keyed by
+//!   frontend and slot 0 to N-1;
 //! - its endpoints' addresses in `hairpin-endpoints`, for the hairpin masquerade.
 //!
 //! The shared `pick-…` chains hold one rule per protocol and endpoint count in use:
 //! `meta l4proto tcp dnat ip to ip daddr . meta l4proto . th dport . numgen random mod N
-//! offset O map @cluster-endpoints`. A frontend with N endpoints has elements only in its
-//! own slot range, so only the rule for N finds it. Adding, removing or moving endpoints,
-//! or adding a Service, changes map elements only, and data elements make the kernel
-//! validate nothing. A rule is added or removed only when an endpoint count appears for
-//! the first time or disappears for the last time, and then the kernel validates a handful
-//! of shared chains.
+//! map @cluster-endpoints-N`. Only frontends with N endpoints are in that map, so only the
+//! rule for N finds them. Adding, removing or moving endpoints, or adding a Service,
+//! changes map elements only, and data elements make the kernel validate nothing. A rule
+//! (and its map) is added or removed only when an endpoint count appears for the first
+//! time or disappears for the last time; then the kernel validates a handful of shared
+//! chains, and binds the rule to a map that is new, so it has no elements to check.
 //!
 //! Service ports with ClientIP affinity keep upstream's chains (`service-…`,
 //! `endpoint-…`, one dynamic `affinity-…` set per endpoint): the affinity must point at
