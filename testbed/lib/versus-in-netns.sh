@@ -206,7 +206,8 @@ run_proxy() { # PROXY SERVICES ENDPOINTS
                 where=$(ip netns exec "$ns" nft list map ip $table service-ips | grep -F "10.96.1.0 . tcp . 80" \
                     | sed 's/.*goto \([^ ,}]*\).*/\1/')
             else
-                where=$((e + i))
+                # svc-0's endpoint count after this patch (earlier runs may have added some).
+                where=$(($(kc -n bench get endpointslice svc-0-1 -o json | jq '.endpoints | length') + 1))
             fi
             kc -n bench patch endpointslice svc-0-1 --type=json -p "[{\"op\": \"add\", \"path\": \"/endpoints/-\",
                 \"value\": {\"addresses\": [\"$ip\"], \"conditions\": {\"ready\": true}}}]" >/dev/null
