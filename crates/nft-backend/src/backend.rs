@@ -228,7 +228,12 @@ impl NftBackend {
         if let Some(first) = outcome.errors.first() {
             let failed = encoded.seqs.iter().find(|(seq, _)| *seq == first.seq).map(|(_, op)| *op);
             let op = failed.and_then(|i| op_at(txs, i)).unwrap_or_else(|| "(unknown message)".into());
-            return Err(Error::Transaction { errno: first.errno, op, errors: outcome.errors.len() });
+            return Err(Error::Transaction {
+                errno: first.errno,
+                detail: first.detail.clone(),
+                op,
+                errors: outcome.errors.len(),
+            });
         }
         self.generation = Some(outcome.generation);
         self.commits += 1;

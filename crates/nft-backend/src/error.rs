@@ -11,10 +11,16 @@ pub enum Error {
     #[error("netlink socket: {0}")]
     Socket(#[source] io::Error),
     /// The kernel rejected the transaction; nothing of it was applied.
-    #[error("nftables transaction rejected ({errors} failed message(s)); first: {op}: {}", io::Error::from_raw_os_error(*errno))]
+    #[error(
+        "nftables transaction rejected ({errors} failed message(s)); first: {op}: {}{}",
+        io::Error::from_raw_os_error(*errno),
+        detail.as_deref().map(|d| format!(": {d}")).unwrap_or_default()
+    )]
     Transaction {
         /// The errno of the first failed message.
         errno: i32,
+        /// What the kernel's extended acknowledgement said about it, if anything.
+        detail: Option<String>,
         /// The first failed operation, as an `nft` command.
         op: String,
         /// How many messages failed.

@@ -186,7 +186,8 @@ impl Pick {
     /// The endpoint map's definition.
     pub fn map_definition(&self) -> Set {
         let which = if self.chain == self.frontends().pick_cluster { "Cluster-policy" } else { "node-local" };
-        let comment = format!("{which} endpoints by frontend and slot, for frontends with {}", self.endpoints);
+        let n = self.endpoints;
+        let comment = format!("{which} endpoints of frontends with {n} endpoint{}", if n == 1 { "" } else { "s" });
         Set::endpoint_map(self.frontends().slot_key_type(self.endpoints), &comment)
     }
 

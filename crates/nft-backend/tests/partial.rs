@@ -250,6 +250,7 @@ fn a_rejected_transaction_changes_nothing() {
         engine.apply(Event::ServiceDeleted(ObjectRef::new("ns1", "svc1")));
         let plan = engine.plan();
         let err = syncer.sync(&plan, engine.desired()).expect_err("deleting a missing element must fail");
+        assert!(err.to_string().contains("attribute at byte"), "the kernel's extended ack names the attribute: {err}");
         assert!(err.is_not_found(), "{err}");
         assert!(err.to_string().contains("to-cluster-endpoints"), "{err}");
         assert_eq!(list(), tampered, "a failed partial sync changed the ruleset");

@@ -19,6 +19,10 @@ const SUBSYS_NFTABLES: u16 = 10;
 /// `NFTA_GEN_ID`.
 const NFTA_GEN_ID: u16 = 1;
 const NFTA_RULE_HANDLE: u16 = 3;
+/// `NLM_F_ACK_TLVS`: the error carries extended-ack attributes.
+const NLM_F_ACK_TLVS: u16 = 0x200;
+const NLMSGERR_ATTR_MSG: u16 = 1;
+const NLMSGERR_ATTR_OFFS: u16 = 2;
 
 /// A netfilter netlink socket in the current network namespace.
 pub struct Socket {
@@ -27,12 +31,15 @@ pub struct Socket {
 }
 
 /// One failed message of a batch.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MessageError {
     /// The message's sequence number.
     pub seq: u32,
     /// The errno the kernel reported.
     pub errno: i32,
+    /// The kernel's extended acknowledgement (`NETLINK_EXT_ACK`): its message, if it gave
+    /// one, and the offset of the offending attribute in our message, if it named one.
+    pub detail: Option<String>,
 }
 
 /// The outcome of sending a batch.
@@ -64,6 +71,22 @@ impl Socket {
                 (&timeout as *const libc::timeval).cast(),
                 std::mem::size_of::<libc::timeval>() as libc::socklen_t,
             );
+        }
+        // Extended acknowledgements: the kernel says which attribute it refused, and why
+        // when it can. With CAP_ACK it echoes only the header of a failed message, not the
+        // whole message.
+        for option in [libc::NETLINK_EXT_ACK, libc::NETLINK_CAP_ACK] {
+            let one: libc::c_int = 1;
+            // SAFETY: setsockopt with an int-sized value on our own fd.
+            unsafe {
+                libc::setsockopt(
+                    socket.sock.as_raw_fd(),
+                    libc::SOL_NETLINK,
+                    option,
+                    (&one as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                );
+            }
         }
         Ok(socket)
     }
@@ -176,7 +199,7 @@ impl Socket {
                 Ok(n) => n,
                 // Too many error reports to buffer: the batch failed; keep reading.
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => {
-                    errors.push(MessageError { seq: 0, errno: libc::ENOBUFS });
+                    errors.push(MessageError { seq: 0, errno: libc::ENOBUFS, detail: None });
                     continue;
                 }
                 Err(e) => return Err(e),
@@ -199,7 +222,8 @@ impl Socket {
                         if hdr.nlmsg_seq == gen_seq {
                             return Err(io::Error::from_raw_os_error(-code));
                         }
-                        errors.push(MessageError { seq: hdr.nlmsg_seq, errno: -code });
+                        let detail = (hdr.nlmsg_flags & NLM_F_ACK_TLVS != 0).then(|| ext_ack(body)).flatten();
+                        errors.push(MessageError { seq: hdr.nlmsg_seq, errno: -code, detail });
                     }
                 } else if hdr.nlmsg_seq == gen_seq
                     && hdr.nlmsg_type == (SUBSYS_NFTABLES << 8) | libc::NFT_MSG_NEWGEN as u16
@@ -214,6 +238,35 @@ impl Socket {
                 off += (len + 3) & !3;
             }
         }
+    }
+}
+
+/// The extended acknowledgement after an error code and the failed message's header
+/// (`NETLINK_CAP_ACK` leaves out its payload): the message and the attribute offset.
+fn ext_ack(body: &[u8]) -> Option<String> {
+    let mut rest = body.get(4 + std::mem::size_of::<libc::nlmsghdr>()..)?;
+    let (mut msg, mut offset) = (None, None);
+    while rest.len() >= 4 {
+        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
+        let kind = u16::from_ne_bytes([rest[2], rest[3]]);
+        if len < 4 || len > rest.len() {
+            break;
+        }
+        let value = &rest[4..len];
+        match kind {
+            NLMSGERR_ATTR_MSG => msg = Some(String::from_utf8_lossy(value).trim_end_matches('\0').to_string()),
+            NLMSGERR_ATTR_OFFS if value.len() >= 4 => {
+                offset = Some(u32::from_ne_bytes(value[..4].try_into().ok()?));
+            }
+            _ => {}
+        }
+        rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    match (msg, offset) {
+        (None, None) => None,
+        (Some(m), None) => Some(m),
+        (None, Some(o)) => Some(format!("attribute at byte {o} of the message")),
+        (Some(m), Some(o)) => Some(format!("{m} (attribute at byte {o} of the message)")),
     }
 }
 
