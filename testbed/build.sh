@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds the test bed's tools once per version and caches them outside the repository:
 # kube-apiserver, kubectl and kube-proxy from k8s.io/kubernetes, and etcd, as pinned by
-# testbed/go/go.mod; and loadgen (testbed/go/cmd/loadgen). Prints the directory holding
+# testbed/go/go.mod; and loadgen and nftprobe (testbed/go/cmd). Prints the directory holding
 # the binaries.
 #
 #   testbed/build.sh            # build, or reuse the cache
@@ -14,10 +14,11 @@ bin=$root/$version/bin
 # The cache key: the versions of what is built, and the Go toolchain.
 cd "$here/go"
 stamp="kubernetes $version, etcd $(go list -m -f '{{.Version}}' go.etcd.io/etcd/server/v3), $(go env GOVERSION)"
-# loadgen (the benchmark's object writer) is ours and small: always (re)built, from Go's
-# build cache when unchanged.
+# loadgen (the benchmark's object writer) and nftprobe (its kernel probe) are ours and
+# small: always (re)built, from Go's build cache when unchanged.
 mkdir -p "$bin"
 go build -trimpath -o "$bin/loadgen" ./cmd/loadgen
+go build -trimpath -o "$bin/nftprobe" ./cmd/nftprobe
 if [[ -f $bin/.stamp && $(cat "$bin/.stamp") == "$stamp" ]]; then
     echo "$bin"
     exit 0
