@@ -63,12 +63,33 @@ def ratio(up, kp, higher_is_worse=True):
     return f"{r:,.1f}×"
 
 
+POLL_MS = 10  # the probe loop sleeps this long between probes
+
+
 def less_probe(row):
-    """The endpoint change without the probe's own cost (at least 1 ms)."""
+    """The endpoint change without the probe's own cost."""
     change, probe = number(row.get("endpoint_ms")), number(row.get("probe_ms"))
     if change is None or probe is None:
         return None
-    return max(change - probe, 1.0)
+    return change - probe
+
+
+def below_poll(ms):
+    if ms is None:
+        return "—"
+    return f"< {POLL_MS} ms" if ms < POLL_MS else cell(ms, "ms")
+
+
+def ratio_floor(up, kp):
+    """upstream ÷ kproxy, with values under the polling interval taken as the interval
+    (so the ratio is a lower bound, marked "≥")."""
+    if up is None or kp is None:
+        return "—"
+    if up < POLL_MS:
+        return "—"
+    if kp < POLL_MS:
+        return f"≥ {up / POLL_MS:,.0f}×"
+    return f"{up / kp:,.1f}×"
 
 
 def section(rows, command, started, timeout_note):
@@ -82,9 +103,11 @@ def section(rows, command, started, timeout_note):
            "Cold start: process start until every ClusterIP is in the kernel (upstream's `service-ips` "
            "map, kproxy's `to-cluster-endpoints` set), polled from the kernel. One change: API write "
            "acknowledged until the change is in the kernel, median of 3; this includes the time of the "
-           "kernel probe itself (`nft list chain` of the service chain for upstream, one `nft get element` "
-           "for kproxy), which the 'probe alone' row gives (median of 5 probes that succeed at once); "
-           "the 'less the probe' row subtracts it. Full resync: the proxy's own "
+           "kernel probe itself (`nftprobe`: one netlink request for the map upstream's service chain "
+           "DNATs through, or for the slots of kproxy's endpoint map, started by `ip netns exec`), which the "
+           "'probe alone' row gives (median of 5 probes that succeed at once); the 'less the probe' row "
+           "subtracts it, and below the polling interval (10 ms) it says so rather than divide by noise. "
+           "Full resync: the proxy's own "
            "`kubeproxy_sync_full_proxy_rules_duration_seconds` after a restart over its existing rules. "
            "RSS and CPU: the first process, from start through the changes; CPU includes the children it "
            "waited for (upstream's `nft` runs), peak RSS is the proxy process alone. " + timeout_note, "",
@@ -108,8 +131,8 @@ def section(rows, command, started, timeout_note):
                  ("one endpoint change", cell(up.get("endpoint_ms"), "ms"), cell(kp.get("endpoint_ms"), "ms"),
                   ratio(up.get("endpoint_ms"), kp.get("endpoint_ms"))),
                  ("endpoint probe alone", cell(up.get("probe_ms"), "ms"), cell(kp.get("probe_ms"), "ms"), ""),
-                 ("one endpoint change, less the probe", cell(less_probe(up), "ms"), cell(less_probe(kp), "ms"),
-                  ratio(less_probe(up), less_probe(kp))),
+                 ("one endpoint change, less the probe", below_poll(less_probe(up)), below_poll(less_probe(kp)),
+                  ratio_floor(less_probe(up), less_probe(kp))),
                  ("one Service added", cell(up.get("added_ms"), "ms"), cell(kp.get("added_ms"), "ms"),
                   ratio(up.get("added_ms"), kp.get("added_ms"))),
                  ("full resync (metric)", cell(up.get("resync_s"), "s", 3), cell(kp.get("resync_s"), "s", 3),
