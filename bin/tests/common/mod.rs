@@ -100,8 +100,24 @@ impl Node {
             node.serve(pod, &["UDP-RECVFROM:5353,fork", &reply]);
             node.serve(pod, &["TCP6-LISTEN:8080,ipv6only=1,fork,reuseaddr", &reply]);
         }
-        // Let the listeners bind.
-        std::thread::sleep(Duration::from_millis(300));
+        // Wait until every listener is bound: a UDP datagram sent earlier is answered
+        // with port-unreachable, and a loaded machine (CI, parallel tests) can take more
+        // than a fixed pause to start them.
+        for (pod, _) in PODS {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                let out = Command::new("ip").args(["netns", "exec", pod, "ss", "-Hlntu"]).output().expect("ss");
+                let listening = String::from_utf8_lossy(&out.stdout);
+                let bound = |proto: &str, port: &str| {
+                    listening.lines().any(|l| l.starts_with(proto) && l.contains(&format!(":{port} ")))
+                };
+                if bound("udp", "5353") && bound("tcp", "8080") && listening.contains("[::]:8080") {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the servers in {pod} did not start:\n{listening}");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         node
     }
 

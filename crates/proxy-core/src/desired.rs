@@ -257,17 +257,29 @@ impl Desired {
 
     /// Per Service with a health-check NodePort: the port, and how many local ready
     /// endpoints the health check reports.
+    ///
+    /// Runs after every sync, so it counts endpoints only for the Services that have a
+    /// health-check port (those with `externalTrafficPolicy: Local`), not for all of them.
     pub fn health_checks(&self) -> BTreeMap<ObjectRef, (u16, usize)> {
-        let ready = self.local_ready_endpoints();
-        let mut out = BTreeMap::new();
+        let mut ports: BTreeMap<&ObjectRef, u16> = BTreeMap::new();
         for family in &self.families {
             for rules in family.service_ports.values() {
                 if let Some(port) = rules.health_check_node_port {
-                    let count = ready.get(&rules.name.service).copied().unwrap_or(0);
-                    out.insert(rules.name.service.clone(), (port, count));
+                    ports.insert(&rules.name.service, port);
                 }
             }
         }
-        out
+        ports
+            .into_iter()
+            .map(|(service, port)| {
+                let ready: BTreeSet<IpAddr> = self
+                    .families
+                    .iter()
+                    .flat_map(|f| f.ports_of(service))
+                    .flat_map(|r| r.local_ready.iter().copied())
+                    .collect();
+                (service.clone(), (port, ready.len()))
+            })
+            .collect()
     }
 }
