@@ -188,13 +188,17 @@ run_proxy() { # PROXY SERVICES ENDPOINTS
     # Every ClusterIP, checked by counting (slow at scale) only once the last Service
     # written and the probe Service are there (a cheap netlink probe): both proxies write
     # their first full sync in one transaction.
+    local seen
     while :; do
         if has_element "$ns" "$table" "$last_ip" && has_element "$ns" "$table" 10.96.0.10; then
+            # The time is when the probe saw them; the count (seconds at scale) only checks.
+            seen=$(now_ms)
             count=$(service_count "$ns" "$table")
             ((count >= want)) && break
         fi
         if (($(now_ms) - t0 > TIMEOUT * 1000)); then
             status="timeout"
+            seen=$(now_ms)
             count=$(service_count "$ns" "$table")
             break
         fi
@@ -204,7 +208,7 @@ run_proxy() { # PROXY SERVICES ENDPOINTS
         fi
         sleep 0.01
     done
-    cold=$(($(now_ms) - t0))
+    cold=$((seen - t0))
     log "$proxy: cold start $status in $cold ms ($count of $want)"
     local ep_ms="" add_ms="" resync="" p50="" p99="" rss="" cpu="" probe_ms=""
     if [[ $status == ok ]]; then
