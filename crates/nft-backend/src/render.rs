@@ -173,7 +173,8 @@ impl Pick {
     }
 
     fn frontends(&self) -> &'static Frontends {
-        if self.chain.starts_with("pick-nodeport") { &NODEPORT_FRONTENDS } else { &ADDRESSES }
+        let nodeport = [NODEPORT_FRONTENDS.pick_cluster, NODEPORT_FRONTENDS.pick_local].contains(&self.chain);
+        if nodeport { &NODEPORT_FRONTENDS } else { &ADDRESSES }
     }
 
     /// The endpoint map the rule looks up: the one for this chain and endpoint count.

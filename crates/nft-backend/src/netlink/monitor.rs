@@ -34,18 +34,7 @@ pub struct Quiet {
 
 impl Quiet {
     fn membership(&self, option: libc::c_int) -> io::Result<()> {
-        let group = GROUP_NFTABLES as libc::c_int;
-        // SAFETY: setsockopt with an int on a socket we own (a duplicate of the monitor's).
-        let rc = unsafe {
-            libc::setsockopt(
-                self.fd.as_raw_fd(),
-                libc::SOL_NETLINK,
-                option,
-                (&group as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+        super::socket::setsockopt_int(self.fd.as_raw_fd(), libc::SOL_NETLINK, option, GROUP_NFTABLES as libc::c_int)
     }
 
     /// Pauses the notifications before a sync of `backend`. Returns `None`, without

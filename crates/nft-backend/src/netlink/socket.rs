@@ -76,33 +76,13 @@ impl Socket {
         // when it can. With CAP_ACK it echoes only the header of a failed message, not the
         // whole message.
         for option in [libc::NETLINK_EXT_ACK, libc::NETLINK_CAP_ACK] {
-            let one: libc::c_int = 1;
-            // SAFETY: setsockopt with an int-sized value on our own fd.
-            unsafe {
-                libc::setsockopt(
-                    socket.sock.as_raw_fd(),
-                    libc::SOL_NETLINK,
-                    option,
-                    (&one as *const libc::c_int).cast(),
-                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-                );
-            }
+            let _ = setsockopt_int(socket.sock.as_raw_fd(), libc::SOL_NETLINK, option, 1);
         }
         Ok(socket)
     }
 
     fn setsockopt(&self, option: libc::c_int, value: libc::c_int) -> io::Result<()> {
-        // SAFETY: plain setsockopt on our own fd with an int-sized value.
-        let rc = unsafe {
-            libc::setsockopt(
-                self.sock.as_raw_fd(),
-                libc::SOL_SOCKET,
-                option,
-                (&value as *const libc::c_int).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
+        setsockopt_int(self.sock.as_raw_fd(), libc::SOL_SOCKET, option, value)
     }
 
     /// Raises the socket buffers to `bytes`: with `SO_*BUFFORCE` where we may (root in the
@@ -239,6 +219,26 @@ impl Socket {
             }
         }
     }
+}
+
+/// `setsockopt` with an int value.
+pub(crate) fn setsockopt_int(
+    fd: std::os::fd::RawFd,
+    level: libc::c_int,
+    option: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: plain setsockopt with an int-sized value; an invalid fd only makes it fail.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            option,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 { Ok(()) } else { Err(io::Error::last_os_error()) }
 }
 
 /// The extended acknowledgement after an error code and the failed message's header
