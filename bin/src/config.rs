@@ -50,6 +50,9 @@ pub struct NodeFlags {
     /// The nftables table kproxy owns (in families ip and ip6).
     #[arg(long, default_value = nft_backend::DEFAULT_TABLE)]
     pub table: String,
+    /// The IPVS scheduler, with --proxy-mode=ipvs: rr (default), lc, dh, sh, mh, sed, nq, …
+    #[arg(long)]
+    pub ipvs_scheduler: Option<String>,
     /// Log verbosity, as kube-proxy's `-v`.
     #[arg(short = 'v', long = "v", default_value_t = 0)]
     pub verbosity: u8,
@@ -103,6 +106,8 @@ pub struct Config {
     pub detect_local: DetectLocal,
     pub proxy_mode: String,
     pub table: String,
+    /// The IPVS scheduler (`--ipvs-scheduler`, `ipvs.scheduler`).
+    pub ipvs_scheduler: String,
     /// How often the daemon runs a full resync.
     pub sync_period: Duration,
     /// The shortest time between two syncs.
@@ -347,6 +352,12 @@ impl NodeFlags {
             detect_local,
             proxy_mode,
             table: self.table.clone(),
+            ipvs_scheduler: self
+                .ipvs_scheduler
+                .clone()
+                .or_else(|| file.ipvs.as_ref()?.get("scheduler")?.as_str().map(String::from))
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| ipvs_backend::render::DEFAULT_SCHEDULER.into()),
             sync_period,
             min_sync_period,
             healthz_bind_address: file.healthz_bind_address.unwrap_or_else(|| "0.0.0.0:10256".into()),

@@ -22,8 +22,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use nft_backend::NftBackend;
 use nft_backend::netlink::monitor::Monitor;
+
+use crate::dataplane::Dataplane;
 use proxy_core::manifest::Object;
 use proxy_core::{Desired, Event, ObjectRef, Plan, Syncer};
 use tracing::{info, warn};
@@ -198,7 +199,6 @@ fn object_ref(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta)
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
     crate::init_logging(&args.node, 2);
     let config = args.node.resolve()?;
-    anyhow::ensure!(config.proxy_mode == "nftables", "kproxy run supports --proxy-mode=nftables only for now");
     let min_sync_period = match &args.min_sync_period {
         Some(v) => parse_duration(v).context("--min-sync-period")?,
         None => config.min_sync_period,
@@ -226,13 +226,15 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     serve::metrics_server(&metrics_addr, metrics.clone())?;
 
     let mut service_health = serve::ServiceHealth::default();
-    let mut backend = NftBackend::new(&config.table);
-    let own_port = Arc::new(AtomicU32::new(backend.connect().context("opening the nftables netlink socket")?));
+    let mut backend = Dataplane::new(&config);
     let (tx, rx) = mpsc::channel();
-    // Drift detection, on its own thread (the netlink socket stays there); `quiet` pauses
-    // it around our own transactions (see `Quiet`).
-    let (quiet_tx, quiet_rx) = mpsc::channel();
-    {
+    let own_port = Arc::new(AtomicU32::new(0));
+    let mut quiet = None;
+    if let Some(nft) = backend.nft_mut() {
+        own_port.store(nft.connect().context("opening the nftables netlink socket")?, Ordering::Relaxed);
+        // Drift detection, on its own thread (the netlink socket stays there); `quiet`
+        // pauses it around our own transactions (see `Quiet`).
+        let (quiet_tx, quiet_rx) = mpsc::channel();
         let (table, port, tx) = (config.table.clone(), own_port.clone(), tx.clone());
         std::thread::spawn(move || match Monitor::open(&table) {
             Ok(monitor) => {
@@ -245,8 +247,17 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                 let _ = quiet_tx.send(None);
             }
         });
+        quiet = quiet_rx.recv().ok().flatten();
+    } else {
+        // IPVS mode: drift is repaired by the periodic full sync, which reads the kernel.
+        let (changed, warnings) = crate::sysctls::ipvs(&crate::sysctls::Roots::default());
+        for sysctl in changed {
+            info!("set {sysctl}");
+        }
+        for warning in warnings {
+            warn!("could not set an IPVS sysctl: {warning}");
+        }
     }
-    let quiet = quiet_rx.recv().ok().flatten();
 
     // The first read of the sources: nothing is programmed before it completes (for the
     // API, until Services, EndpointSlices and this Node have been listed).
@@ -299,17 +310,19 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             let start = Instant::now();
             metrics.service_changes.inc_by(plan.service_changes);
             metrics.endpoint_changes.inc_by(plan.endpoint_changes);
-            let paused = quiet.as_ref().and_then(|q| q.pause(syncer.backend_mut()));
+            let paused = quiet.as_ref().zip(syncer.backend_mut().nft_mut()).and_then(|(q, nft)| q.pause(nft));
             let result = syncer.sync(&plan, engine.desired());
-            if let (Some(q), Some(before)) = (&quiet, paused)
-                && !q.resume(syncer.backend_mut(), before)
+            if let (Some(q), Some(before), Some(nft)) = (&quiet, paused, syncer.backend_mut().nft_mut())
+                && !q.resume(nft, before)
             {
                 let _ = tx.send(Trigger::Drift);
             }
             match result {
                 Ok(stats) => {
                     record_sync(&metrics, &plan, engine.desired(), start.elapsed(), full);
-                    metrics.transaction_bytes.set(syncer.backend().last_transaction_bytes() as i64);
+                    if let Some(nft) = syncer.backend().nft() {
+                        metrics.transaction_bytes.set(nft.last_transaction_bytes() as i64);
+                    }
                     health.updated();
                     service_health.sync(&engine.desired().health_checks(), &health_check_addrs(engine.node_context()));
                     info!(
@@ -342,7 +355,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                 }
             }
             limiter.take(Instant::now());
-            if let Some(port) = syncer.backend().port_id() {
+            if let Some(port) = syncer.backend().nft().and_then(|nft| nft.port_id()) {
                 own_port.store(port, Ordering::Relaxed);
             }
         }

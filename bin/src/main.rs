@@ -5,6 +5,7 @@ mod cluster;
 mod config;
 mod conntrack;
 mod daemon;
+mod dataplane;
 mod manifests;
 mod node;
 mod serve;
@@ -21,6 +22,7 @@ use nft_backend::NftBackend;
 use proxy_core::{Backend, IpFamily};
 
 use crate::config::NodeFlags;
+use crate::dataplane::Dataplane;
 
 /// kproxy: Kubernetes Services on a node, with kube-proxy's nftables semantics.
 #[derive(Parser, Debug)]
@@ -122,14 +124,19 @@ pub(crate) fn report(problems: &[String]) {
 fn sync(paths: &[PathBuf], flags: &NodeFlags) -> Result<ExitCode> {
     init_logging(flags, 0);
     let config = flags.resolve()?;
-    anyhow::ensure!(config.proxy_mode == "nftables", "kproxy sync supports --proxy-mode=nftables only for now");
     let start = Instant::now();
     let loaded = manifests::load(paths)?;
     let mut problems = loaded.problems;
     let engine = manifests::engine(&config, &loaded.objects, &mut problems)?;
     report(&problems);
     let desired = engine.desired();
-    let mut backend = NftBackend::new(&config.table);
+    let mut backend = Dataplane::new(&config);
+    if let Dataplane::Ipvs(_) = backend {
+        let (_, warnings) = sysctls::ipvs(&sysctls::Roots::default());
+        for w in warnings {
+            eprintln!("warning: could not set an IPVS sysctl: {w}");
+        }
+    }
     let stats = backend.sync_full(desired).context("applying the rules")?;
     // As after every sync: UDP flows pinned to endpoints that are gone would otherwise
     // keep going there.
@@ -141,6 +148,23 @@ fn sync(paths: &[PathBuf], flags: &NodeFlags) -> Result<ExitCode> {
         }
     };
     let ports = |f: IpFamily| desired.family(f).service_ports.len();
+    if let Dataplane::Ipvs(ipvs) = &backend {
+        println!(
+            "kproxy: synced {} service ports (IPv4 {}, IPv6 {}) for node {} into IPVS and table {}: {} IPVS operations, {} operations in all, {:.1} ms; {} stale UDP flow(s) cleared; {} problem(s)",
+            desired.service_port_count(),
+            ports(IpFamily::V4),
+            ports(IpFamily::V6),
+            engine.node_context().node_name,
+            config.table,
+            ipvs.last_ops().len(),
+            stats.operations,
+            start.elapsed().as_secs_f64() * 1e3,
+            stale,
+            problems.len(),
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let nft = backend.nft().expect("nftables mode");
     println!(
         "kproxy: synced {} service ports (IPv4 {}, IPv6 {}) for node {} into table {}: {} netlink messages, {} bytes, {:.1} ms; {} stale UDP flow(s) cleared; {} problem(s)",
         desired.service_port_count(),
@@ -149,7 +173,7 @@ fn sync(paths: &[PathBuf], flags: &NodeFlags) -> Result<ExitCode> {
         engine.node_context().node_name,
         config.table,
         stats.operations,
-        backend.last_transaction_bytes(),
+        nft.last_transaction_bytes(),
         start.elapsed().as_secs_f64() * 1e3,
         stale,
         problems.len(),
@@ -164,11 +188,18 @@ fn plan(paths: &[PathBuf], flags: &NodeFlags) -> Result<ExitCode> {
     let mut problems = loaded.problems;
     let engine = manifests::engine(&config, &loaded.objects, &mut problems)?;
     report(&problems);
-    print!("{}", NftBackend::new(&config.table).plan(engine.desired()));
+    print!("{}", Dataplane::new(&config).plan(engine.desired()));
     Ok(ExitCode::SUCCESS)
 }
 
 fn cleanup(table: &str, include_kube_proxy: bool) -> Result<ExitCode> {
+    // IPVS mode's virtual services and dummy interface, where the kernel has IPVS.
+    let ipvs_config = ipvs_backend::Config { table: table.to_string(), ..Default::default() };
+    match ipvs_backend::IpvsBackend::new(ipvs_config).cleanup() {
+        Ok(()) => println!("kproxy: removed IPVS services bound to {}", ipvs_backend::link::DEFAULT_NAME),
+        Err(ipvs_backend::Error::NoIpvs) => {}
+        Err(e) => return Err(e).context("removing IPVS services"),
+    }
     NftBackend::new(table).cleanup().with_context(|| format!("removing table {table}"))?;
     println!("kproxy: removed tables ip {table} and ip6 {table}");
     if include_kube_proxy {

@@ -128,6 +128,22 @@ impl Conntrack {
     }
 }
 
+/// The sysctls IPVS mode needs, as upstream's IPVS proxier sets them: IPVS keeps
+/// conntrack entries (so that nftables can masquerade its flows), drops flows whose real
+/// server is gone on their next packet, and expires persistence templates of quiesced
+/// (weight 0) servers. Returns what changed and warnings, as [`Conntrack::apply`].
+pub fn ipvs(roots: &Roots) -> (Vec<String>, Vec<String>) {
+    let (mut changed, mut warnings) = (Vec::new(), Vec::new());
+    for name in ["conntrack", "expire_nodest_conn", "expire_quiescent_template"] {
+        match set(&roots.proc_sys.join("net/ipv4/vs").join(name), 1) {
+            Ok(true) => changed.push(format!("net.ipv4.vs.{name}=1")),
+            Ok(false) => {}
+            Err(e) => warnings.push(format!("net.ipv4.vs.{name}: {e:#}")),
+        }
+    }
+    (changed, warnings)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -70,20 +70,6 @@ items:
       - {addresses: [10.244.0.12], nodeName: node-a}
 "#;
 
-fn both() -> std::collections::BTreeSet<String> {
-    ["pod1", "pod2"].iter().map(|s| s.to_string()).collect()
-}
-
-fn peers(replies: &[Reply]) -> std::collections::BTreeSet<String> {
-    replies
-        .iter()
-        .filter_map(|r| match r {
-            Reply::From { peer, .. } => Some(peer.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
 #[test]
 fn cluster_ips_node_ports_and_verdicts() {
     in_sandbox("cluster_ips_node_ports_and_verdicts", || {

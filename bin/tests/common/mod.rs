@@ -17,6 +17,19 @@ const IN_SANDBOX: &str = "KPROXY_TEST_SANDBOX";
 /// Runs `body` as root of fresh user, network and mount namespaces.
 #[track_caller]
 pub fn in_sandbox(test: &str, body: impl FnOnce()) {
+    sandbox(test, "-rnm", body)
+}
+
+/// Runs `body` in fresh network and mount namespaces of the initial user namespace: for
+/// IPVS, which answers only to `CAP_NET_ADMIN` there and shows its sysctls only there.
+/// Needs root.
+#[track_caller]
+pub fn in_root_sandbox(test: &str, body: impl FnOnce()) {
+    sandbox(test, "-nm", body)
+}
+
+#[track_caller]
+fn sandbox(test: &str, flags: &str, body: impl FnOnce()) {
     if std::env::var_os(IN_SANDBOX).is_some() {
         sh("mount -t tmpfs tmpfs /run && mkdir -p /run/netns && ip link set lo up");
         body();
@@ -24,9 +37,11 @@ pub fn in_sandbox(test: &str, body: impl FnOnce()) {
     }
     let exe = std::env::current_exe().expect("test binary");
     let out = Command::new("unshare")
-        .args(["-rnm", "--"])
+        .args([flags, "--"])
         .arg(exe)
-        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        // `--include-ignored`: the tests that need IPVS are ignored unless asked for, and
+        // were asked for if they got here.
+        .args(["--exact", test, "--nocapture", "--test-threads=1", "--include-ignored"])
         .env(IN_SANDBOX, "1")
         .output()
         .expect("unshare (util-linux) must be installed");
@@ -111,7 +126,10 @@ impl Node {
                 let bound = |proto: &str, port: &str| {
                     listening.lines().any(|l| l.starts_with(proto) && l.contains(&format!(":{port} ")))
                 };
-                if bound("udp", "5353") && bound("tcp", "8080") && listening.contains("[::]:8080") {
+                // Two TCP listeners on 8080, IPv4 and IPv6 (listed as `[::]:8080` or, by
+                // older kernels, `*:8080`).
+                let tcp8080 = listening.lines().filter(|l| l.starts_with("tcp") && l.contains(":8080 ")).count();
+                if bound("udp", "5353") && tcp8080 >= 2 {
                     break;
                 }
                 assert!(Instant::now() < deadline, "the servers in {pod} did not start:\n{listening}");
@@ -121,7 +139,8 @@ impl Node {
         node
     }
 
-    fn serve(&mut self, netns: &str, args: &[&str]) {
+    /// Starts a server (socat with `args`) in `netns`; it is killed when the node is dropped.
+    pub fn serve(&mut self, netns: &str, args: &[&str]) {
         let child = Command::new("ip")
             .args(["netns", "exec", netns, "socat"])
             .args(args)
@@ -232,6 +251,22 @@ pub fn pods(replies: &[Reply]) -> std::collections::BTreeSet<String> {
         .iter()
         .filter_map(|r| match r {
             Reply::From { pod, .. } => Some(pod.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Both pods.
+pub fn both() -> std::collections::BTreeSet<String> {
+    PODS.iter().map(|(pod, _)| pod.to_string()).collect()
+}
+
+/// The set of source addresses the pods saw.
+pub fn peers(replies: &[Reply]) -> std::collections::BTreeSet<String> {
+    replies
+        .iter()
+        .filter_map(|r| match r {
+            Reply::From { peer, .. } => Some(peer.clone()),
             _ => None,
         })
         .collect()

@@ -14,7 +14,7 @@ use proxy_core::{Backend, Changes, Desired, IpFamily, ServicePortName, SyncStats
 use crate::error::Error;
 use crate::netlink::{self, socket::Socket};
 use crate::render::{self, Pick, PortObjects};
-use crate::ruleset::{Data, Key};
+use crate::ruleset::{Data, Key, Ruleset};
 use crate::tx::{Op, OpCounts, Transaction};
 
 /// The default table name.
@@ -243,6 +243,21 @@ impl NftBackend {
             }
         }
         Ok(encoded.messages)
+    }
+
+    /// Replaces this backend's table in each given family with `ruleset`, atomically (one
+    /// batch): for other backends that keep a small table of their own (the IPVS backend's
+    /// masquerade, reject and firewall rules). Returns the netlink messages sent.
+    pub fn replace_tables(&mut self, rulesets: &[(IpFamily, &Ruleset)]) -> Result<usize, Error> {
+        let txs: Vec<Transaction> = rulesets
+            .iter()
+            .map(|(family, ruleset)| Transaction::replace(*family, &self.table, ruleset, std::iter::empty()))
+            .collect();
+        let sent = self.commit(&txs)?;
+        // The table no longer holds what a full or partial sync of ours would expect.
+        self.families = Default::default();
+        self.replace_next = true;
+        Ok(sent)
     }
 
     /// Renders the full rule set of every family as nft text (`kproxy plan`).

@@ -421,7 +421,7 @@ fn loopback_net(ctx: &FamilyContext) -> ipnet::IpNet {
 }
 
 /// Matches for "the source is not a local pod" (one rule); `None` without a detector.
-fn if_not_local(detector: &LocalDetector) -> Option<Vec<Match>> {
+pub fn if_not_local(detector: &LocalDetector) -> Option<Vec<Match>> {
     match detector {
         LocalDetector::Cidrs(nets) => Some(nets.iter().map(|n| Match::Saddr(AddrMatch::NotIn(*n))).collect()),
         LocalDetector::Bridge(name) => Some(vec![Match::NotIifname(name.clone())]),

@@ -1,0 +1,184 @@
+//! What IPVS cannot do, done with nftables: masquerade, REJECT/DROP for frontends without
+//! endpoints, and `loadBalancerSourceRanges` firewalls (pure: `Desired` → one
+//! [`Ruleset`] per family, written by nft-backend's netlink code).
+//!
+//! Upstream's IPVS mode does this with iptables and ipsets; here the sets are nftables
+//! sets and the vocabulary is nft-backend's, so `nft list ruleset` shows it:
+//!
+//! - `filter-input` and `filter-output` (priority -110, before IPVS sees the packet at
+//!   `LOCAL_IN`/`LOCAL_OUT`) jump to `services-check`, which looks the destination up in
+//!   `firewall-ips` (source-range firewalls), `no-endpoint-services` and
+//!   `no-endpoint-nodeports` (reject or drop).
+//! - `nat-prerouting` and `nat-output` (priority -100, before IPVS) mark for masquerade
+//!   the connections upstream masquerades: to ClusterIPs from outside the pod network,
+//!   to external and LB IPs and to NodePorts with Cluster policy.
+//! - `nat-postrouting` masquerades marked connections and hairpin ones (a pod reaching
+//!   itself through a Service: after IPVS's DNAT, source and destination are the same).
+//!   IPVS keeps conntrack (`net.ipv4.vs.conntrack=1`) so that the NAT hooks see its flows.
+
+use std::collections::BTreeMap;
+
+use nft_backend::ruleset::{
+    Action, AddrMatch, BaseChain, Chain, ChainType, Data, FrontendKey, Hook, Key, KeyType, Match, Rule, Ruleset, Set,
+    Verdict,
+};
+use proxy_core::{FamilyContext, FamilyRules, NoEndpoints};
+
+use crate::render::node_port_addresses;
+
+/// The masquerade bit in the packet mark (upstream's 0x4000).
+const MASQUERADE_MARK: u32 = 0x4000;
+
+const SERVICES_CHECK: &str = "services-check";
+const REJECT_CHAIN: &str = "reject-chain";
+const SERVICES: &str = "services";
+const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
+const MASQUERADING: &str = "masquerading";
+const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+const FIREWALL_IPS: &str = "firewall-ips";
+const CLUSTER_IPS: &str = "cluster-ip-ports";
+const EXTERNAL: &str = "external-masquerade";
+const NODEPORTS: &str = "nodeports-masquerade";
+const HAIRPIN: &str = "hairpin-endpoints";
+
+fn base(kind: ChainType, hook: Hook, priority: i32, jump: &str) -> Chain {
+    Chain {
+        base: Some(BaseChain { kind, hook, priority }),
+        rules: vec![Rule::always(Action::Verdict(Verdict::Jump(jump.into())))],
+    }
+}
+
+fn regular(rules: Vec<Rule>) -> Chain {
+    Chain { base: None, rules }
+}
+
+fn verdict(v: NoEndpoints) -> Option<Data> {
+    Some(Data::Verdict(match v {
+        NoEndpoints::Reject => Verdict::Goto(REJECT_CHAIN.into()),
+        NoEndpoints::Drop => Verdict::Drop,
+    }))
+}
+
+fn jump(chain: &str) -> Action {
+    Action::Verdict(Verdict::Jump(chain.into()))
+}
+
+/// The fixed chains and empty sets of one family.
+fn skeleton(ctx: &FamilyContext) -> Ruleset {
+    let mut rs = Ruleset::default();
+    let chains = &mut rs.chains;
+    chains.insert("filter-input".into(), base(ChainType::Filter, Hook::Input, -110, SERVICES_CHECK));
+    chains.insert("filter-output".into(), base(ChainType::Filter, Hook::Output, -110, SERVICES_CHECK));
+    chains.insert("nat-prerouting".into(), base(ChainType::Nat, Hook::Prerouting, -100, SERVICES));
+    chains.insert("nat-output".into(), base(ChainType::Nat, Hook::Output, -100, SERVICES));
+    chains.insert("nat-postrouting".into(), base(ChainType::Nat, Hook::Postrouting, 100, MASQUERADING));
+    let by_frontend = |map: &str| Action::Vmap { key: FrontendKey::DaddrProtoPort, map: map.into() };
+    chains.insert(
+        SERVICES_CHECK.into(),
+        regular(vec![
+            Rule::always(by_frontend(FIREWALL_IPS)),
+            Rule::always(by_frontend(NO_ENDPOINT_SERVICES)),
+            Rule::new(
+                [Match::FibDaddrLocal],
+                Action::Vmap { key: FrontendKey::ProtoPort, map: NO_ENDPOINT_NODEPORTS.into() },
+            ),
+        ]),
+    );
+    chains.insert(REJECT_CHAIN.into(), regular(vec![Rule::always(Action::Reject)]));
+
+    let mut services = Vec::new();
+    let cluster_ip = Match::KeyInSet(FrontendKey::DaddrProtoPort, CLUSTER_IPS.into());
+    if ctx.masquerade_all {
+        services.push(Rule::new([cluster_ip], jump(MARK_FOR_MASQUERADE)));
+    } else if let Some(mut not_local) = nft_backend::render::if_not_local(&ctx.local_detector) {
+        not_local.insert(0, cluster_ip);
+        services.push(Rule::new(not_local, jump(MARK_FOR_MASQUERADE)));
+    }
+    services
+        .push(Rule::new([Match::KeyInSet(FrontendKey::DaddrProtoPort, EXTERNAL.into())], jump(MARK_FOR_MASQUERADE)));
+    services.push(Rule::new(
+        [Match::FibDaddrLocal, Match::KeyInSet(FrontendKey::ProtoPort, NODEPORTS.into())],
+        jump(MARK_FOR_MASQUERADE),
+    ));
+    chains.insert(SERVICES.into(), regular(services));
+    chains.insert(MARK_FOR_MASQUERADE.into(), regular(vec![Rule::always(Action::MarkOr(MASQUERADE_MARK))]));
+    chains.insert(
+        MASQUERADING.into(),
+        regular(vec![
+            Rule::new([Match::SaddrDaddrInSet(HAIRPIN.into())], jump(MARK_FOR_MASQUERADE)),
+            Rule::new([Match::MarkBitClear(MASQUERADE_MARK)], Action::Verdict(Verdict::Return)),
+            Rule::always(Action::MarkXor(MASQUERADE_MARK)),
+            Rule::always(Action::MasqueradeFullyRandom),
+        ]),
+    );
+
+    let sets = &mut rs.sets;
+    sets.insert(NO_ENDPOINT_SERVICES.into(), Set::vmap(KeyType::AddrProtoPort, "frontends without usable endpoints"));
+    sets.insert(NO_ENDPOINT_NODEPORTS.into(), Set::vmap(KeyType::ProtoPort, "NodePorts without usable endpoints"));
+    sets.insert(FIREWALL_IPS.into(), Set::vmap(KeyType::AddrProtoPort, "LB IPs with source ranges"));
+    sets.insert(CLUSTER_IPS.into(), Set::plain(KeyType::AddrProtoPort, "ClusterIP frontends"));
+    sets.insert(EXTERNAL.into(), Set::plain(KeyType::AddrProtoPort, "external and LB frontends with Cluster policy"));
+    sets.insert(NODEPORTS.into(), Set::plain(KeyType::ProtoPort, "NodePorts with Cluster policy"));
+    sets.insert(HAIRPIN.into(), Set::plain(KeyType::AddrAddr, "endpoints that may reach themselves"));
+    rs
+}
+
+fn add(rs: &mut Ruleset, set: &str, key: Key, data: Option<Data>) {
+    let elements = &mut rs.sets.get_mut(set).expect("a skeleton set").elements;
+    elements.entry(key).or_insert(data);
+}
+
+/// The nftables side of one family.
+pub fn family(rules: &FamilyRules) -> Ruleset {
+    let ctx = &rules.context;
+    let mut rs = skeleton(ctx);
+    let node_ports = node_port_addresses(ctx);
+    let mut firewalls: BTreeMap<String, Chain> = BTreeMap::new();
+    for r in rules.service_ports.values() {
+        let proto = r.name.protocol;
+        let frontend = |ip| Key::AddrProtoPort(ip, proto, r.port);
+        add(&mut rs, CLUSTER_IPS, frontend(r.cluster_ip), None);
+        if let proxy_core::Route::NoEndpoints(v) = r.internal_route() {
+            add(&mut rs, NO_ENDPOINT_SERVICES, frontend(r.cluster_ip), verdict(v));
+        }
+        let externals = r.external_ips.iter().chain(&r.load_balancer_ips);
+        match r.external_verdict() {
+            Some(v) => {
+                for ip in externals {
+                    add(&mut rs, NO_ENDPOINT_SERVICES, frontend(*ip), verdict(v));
+                }
+                if let Some(np) = r.node_port.filter(|_| !node_ports.is_empty()) {
+                    add(&mut rs, NO_ENDPOINT_NODEPORTS, Key::ProtoPort(proto, np), verdict(v));
+                }
+            }
+            None if !r.external_policy_local => {
+                for ip in externals {
+                    add(&mut rs, EXTERNAL, frontend(*ip), None);
+                }
+                if let Some(np) = r.node_port {
+                    add(&mut rs, NODEPORTS, Key::ProtoPort(proto, np), None);
+                }
+            }
+            None => {}
+        }
+        for ep in r.reachable_endpoints() {
+            add(&mut rs, HAIRPIN, Key::AddrAddr(ep.addr.ip(), ep.addr.ip()), None);
+        }
+        if let Some(fw) = &r.firewall {
+            let chain = format!("firewall-{}", nft_backend::names::service_port(&r.name));
+            for ip in &r.load_balancer_ips {
+                add(&mut rs, FIREWALL_IPS, frontend(*ip), Some(Data::Verdict(Verdict::Jump(chain.clone()))));
+            }
+            let mut fw_rules: Vec<Rule> = fw
+                .allowed
+                .iter()
+                .map(|net| Rule::new([Match::Saddr(AddrMatch::In(*net))], Action::Verdict(Verdict::Return)))
+                .collect();
+            fw_rules.push(Rule::always(Action::Verdict(Verdict::Drop)));
+            firewalls.insert(chain, regular(fw_rules));
+        }
+    }
+    rs.chains.extend(firewalls);
+    rs
+}

@@ -1,0 +1,76 @@
+//! `Desired` → the virtual services and real servers IPVS should hold, and the addresses
+//! bound to the dummy interface (pure).
+//!
+//! As upstream's IPVS mode: one virtual service per ClusterIP, external IP and
+//! load-balancer IP, and one per NodePort address. The ClusterIP balances over the
+//! endpoints its internal traffic policy picks; the other frontends over those of the
+//! external policy. A frontend without usable endpoints keeps its virtual service with no
+//! real servers; the nftables side rejects or drops its traffic first.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use proxy_core::{Desired, FamilyContext, NodePortIps, Route, ServicePortRules, Target};
+
+use crate::kernel::{IpvsState, RealServer, ServiceEntry, ServiceKey, VirtualService};
+
+/// The scheduler of virtual services when none is configured (upstream's default).
+pub const DEFAULT_SCHEDULER: &str = "rr";
+
+/// What IPVS and the dummy interface should hold.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct IpvsDesired {
+    /// The virtual services with their real servers.
+    pub services: IpvsState,
+    /// The addresses bound to the dummy interface: ClusterIPs, external IPs, LB IPs.
+    pub bound: BTreeSet<IpAddr>,
+}
+
+/// The addresses NodePort virtual services listen on.
+pub fn node_port_addresses(ctx: &FamilyContext) -> Vec<IpAddr> {
+    match &ctx.nodeport_ips {
+        NodePortIps::All => ctx.node_ips.clone(),
+        NodePortIps::Only(ips) => ips.clone(),
+    }
+}
+
+fn entry(scheduler: &str, r: &ServicePortRules, endpoints: &[Target]) -> ServiceEntry {
+    ServiceEntry {
+        service: VirtualService { scheduler: scheduler.to_string(), persistence: r.affinity_timeout },
+        servers: endpoints.iter().map(|t| (t.addr, RealServer::SERVING)).collect(),
+    }
+}
+
+/// Renders the desired IPVS state. When two service ports claim one frontend, the first
+/// by name keeps it.
+pub fn render(desired: &Desired, scheduler: &str) -> IpvsDesired {
+    let mut out = IpvsDesired::default();
+    for family in desired.families() {
+        let node_ports = node_port_addresses(&family.context);
+        for r in family.service_ports.values() {
+            let proto = r.name.protocol;
+            let internal: &[Target] = match r.internal_route() {
+                Route::Endpoints(policy) => r.endpoints(policy),
+                Route::NoEndpoints(_) => &[],
+            };
+            let external: &[Target] =
+                if r.external_verdict().is_none() { r.endpoints(r.external_policy()) } else { &[] };
+            let mut add = |addr: IpAddr, port: u16, endpoints: &[Target]| {
+                let key = ServiceKey { protocol: proto, addr, port };
+                out.services.entry(key).or_insert_with(|| entry(scheduler, r, endpoints));
+            };
+            add(r.cluster_ip, r.port, internal);
+            for ip in r.external_ips.iter().chain(&r.load_balancer_ips) {
+                add(*ip, r.port, external);
+            }
+            if let Some(np) = r.node_port {
+                for ip in &node_ports {
+                    add(*ip, np, external);
+                }
+            }
+            out.bound.insert(r.cluster_ip);
+            out.bound.extend(r.external_ips.iter().chain(&r.load_balancer_ips));
+        }
+    }
+    out
+}
