@@ -4,7 +4,9 @@
 set -euo pipefail
 
 packages=(pkg-config libnftnl-dev libmnl-dev nftables iproute2 conntrack socat jq procps util-linux
-  containernetworking-plugins openssl curl)
+  containernetworking-plugins openssl curl
+  # the IPVS VM (testbed/vm/): qemu, the guest's busybox and tools, initramfs packing
+  qemu-system-x86 ipvsadm busybox-static cpio kmod binutils dash)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

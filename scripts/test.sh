@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs kproxy's whole test suite: lints, unit, table and property tests, kernel and packet
-# tests, examples, and the e2e against a real kube-apiserver (built once by testbed/build.sh).
+# tests, examples, the IPVS and old-kernel tests in a Debian VM (testbed/vm/run.sh), and the
+# e2e against a real kube-apiserver (built once by testbed/build.sh).
 # Installs what it needs first (scripts/deps.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,6 +16,8 @@ echo "== tests"
 cargo test --workspace --all-features
 echo "== embedding example"
 cargo run -q -p proxy-core --features manifests --example print_backend -- examples/cluster >/dev/null
+echo "== VM: IPVS and the nftables packet tests on Debian 12's kernel 6.1, in qemu (testbed/vm/)"
+testbed/vm/run.sh
 echo "== e2e: kproxy against a real kube-apiserver, pods wired by CNI (testbed/)"
 testbed/e2e.sh
 echo "all tests passed"

@@ -152,7 +152,7 @@ struct File {
     enable_profiling: Option<Value>,
     feature_gates: Option<Value>,
     iptables: Option<Value>,
-    ipvs: Option<Value>,
+    ipvs: Option<FileIpvs>,
     linux: Option<Value>,
     logging: Option<Value>,
     oom_score_adj: Option<Value>,
@@ -200,6 +200,24 @@ struct FileNftables {
     masquerade_bit: Option<i32>,
     sync_period: Option<String>,
     min_sync_period: Option<String>,
+}
+
+/// `ipvs:` (KubeProxyIPVSConfiguration): the scheduler and periods kproxy reads in IPVS
+/// mode; the other fields are accepted and not acted on.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[allow(dead_code)]
+struct FileIpvs {
+    scheduler: Option<String>,
+    sync_period: Option<String>,
+    min_sync_period: Option<String>,
+    #[serde(rename = "excludeCIDRs")]
+    exclude_cidrs: Option<Value>,
+    #[serde(rename = "strictARP")]
+    strict_arp: Option<Value>,
+    tcp_timeout: Option<Value>,
+    tcp_fin_timeout: Option<Value>,
+    udp_timeout: Option<Value>,
 }
 
 /// Parses a Go duration (`1h0m0s`, `30s`, `500ms`).
@@ -262,7 +280,8 @@ impl NodeFlags {
             }
             None => File::default(),
         };
-        let nft = file.nftables.unwrap_or_default();
+        let mut nft = file.nftables.unwrap_or_default();
+        let ipvs = file.ipvs.unwrap_or_default();
         if let Some(bit) = nft.masquerade_bit
             && bit != 14
         {
@@ -310,6 +329,11 @@ impl NodeFlags {
         if proxy_mode != "nftables" && proxy_mode != "ipvs" {
             bail!("--proxy-mode: kproxy supports nftables and ipvs, not {proxy_mode:?}");
         }
+        // Each mode reads its own section's periods, as kube-proxy does.
+        if proxy_mode == "ipvs" {
+            nft.sync_period = ipvs.sync_period.clone();
+            nft.min_sync_period = ipvs.min_sync_period.clone();
+        }
         let duration = |v: Option<String>, default: Duration, what: &str| -> Result<Duration> {
             v.map(|v| parse_duration(&v).with_context(|| what.to_string())).transpose().map(|d| d.unwrap_or(default))
         };
@@ -355,7 +379,7 @@ impl NodeFlags {
             ipvs_scheduler: self
                 .ipvs_scheduler
                 .clone()
-                .or_else(|| file.ipvs.as_ref()?.get("scheduler")?.as_str().map(String::from))
+                .or(ipvs.scheduler)
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| ipvs_backend::render::DEFAULT_SCHEDULER.into()),
             sync_period,
@@ -390,6 +414,20 @@ mod tests {
         let result = flags.resolve();
         std::fs::remove_file(path).ok();
         result
+    }
+
+    #[test]
+    fn ipvs_mode_reads_its_own_section() {
+        let yaml = "kind: KubeProxyConfiguration\nmode: ipvs\nnftables: {syncPeriod: 1m0s}\n\
+                    ipvs: {scheduler: lc, syncPeriod: 45s, minSyncPeriod: 2s, strictARP: true, excludeCIDRs: []}\n";
+        let c = with_file(yaml).unwrap();
+        assert_eq!(c.proxy_mode, "ipvs");
+        assert_eq!(c.ipvs_scheduler, "lc");
+        assert_eq!((c.sync_period, c.min_sync_period), (Duration::from_secs(45), Duration::from_secs(2)));
+        // Without a scheduler: upstream's rr. An unknown field is an error naming it.
+        assert_eq!(with_file("mode: ipvs\n").unwrap().ipvs_scheduler, "rr");
+        let err = with_file("mode: ipvs\nipvs: {schedular: lc}\n").unwrap_err();
+        assert!(format!("{err:#}").contains("schedular"), "{err:#}");
     }
 
     #[test]

@@ -4,10 +4,10 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 
@@ -29,47 +29,8 @@ endpoints:
   - {addresses: [10.244.0.12], nodeName: node-a}
 "#;
 
-struct Daemon(Child);
-
-impl Daemon {
-    fn start(dir: &std::path::Path) -> Daemon {
-        Daemon::start_with(dir, &[])
-    }
-
-    fn start_with(dir: &std::path::Path, extra: &[&str]) -> Daemon {
-        let child = Command::new(env!("CARGO_BIN_EXE_kproxy"))
-            .args(["run", "--manifests"])
-            .arg(dir)
-            .args(["--hostname-override", "node-a", "--cluster-cidr", "10.244.0.0/16"])
-            .args(["--min-sync-period", "100ms", "--poll-interval", "100ms"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("kproxy run");
-        Daemon(child)
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 fn table_exists() -> bool {
     Command::new("nft").args(["list", "table", "ip", "kproxy"]).output().is_ok_and(|o| o.status.success())
-}
-
-#[track_caller]
-fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !ok() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    start.elapsed()
 }
 
 fn write(node: &Node, yaml: &str) -> std::path::PathBuf {

@@ -167,6 +167,13 @@ fn ipvs_balances_cluster_ips_and_node_ports_and_rejects_without_endpoints() {
         assert!(!listing.iter().any(|(vs, _)| vs.contains(":30080")), "{listing:#?}");
         assert!(!sh("ip -4 -o addr show dev kproxy-ipvs0").contains("10.96.0.10/"));
         assert_eq!(pods(&requests(6, Some("client"), "10.96.0.53:53", true)), both());
+
+        // `kproxy cleanup` removes the virtual services, the dummy interface and the table.
+        let out = sh(concat!(env!("CARGO_BIN_EXE_kproxy"), " cleanup"));
+        assert!(out.contains("removed IPVS services"), "{out}");
+        assert!(ipvsadm().is_empty(), "{:#?}", ipvsadm());
+        assert!(!sh("ip -o link show").contains("kproxy-ipvs0"));
+        assert!(!sh("nft list tables").contains("kproxy"));
     });
 }
 
@@ -236,5 +243,44 @@ fn ipvs_removed_endpoint_drains_then_goes() {
             assert!(Instant::now() < deadline, "{busy} never drained: {hold:?}");
             std::thread::sleep(Duration::from_secs(2));
         }
+    });
+}
+
+#[test]
+#[ignore = "needs IPVS: runs in the Debian VM (testbed/vm/run.sh)"]
+fn ipvs_daemon_follows_edits() {
+    in_root_sandbox("ipvs_daemon_follows_edits", || {
+        let node = Node::new();
+        let dir = node.dir.join("watched");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cluster.yaml"), CLUSTER).unwrap();
+        let _daemon = Daemon::start_with(&dir, IPVS);
+        let servers = |vs: &str| ipvsadm().into_iter().find(|(line, _)| line.starts_with(vs)).map(|(_, s)| s.len());
+        let limit = Duration::from_secs(30);
+        wait_for("the first sync", limit, || servers("TCP 10.96.0.10:80 rr") == Some(2));
+        assert_eq!(pods(&requests(12, Some("client"), "10.96.0.10:80", false)), both());
+        // The daemon set IPVS mode's sysctls.
+        assert_eq!(sh("cat /proc/sys/net/ipv4/vs/conntrack").trim(), "1");
+
+        // An endpoint removed, a Service removed: both converge without a restart.
+        let edited = CLUSTER
+            .replacen("      - {addresses: [10.244.0.11], nodeName: node-a}\n", "", 1)
+            .replace("name: empty}", "name: empty, labels: {service.kubernetes.io/service-proxy-name: other}}");
+        std::fs::write(dir.join("cluster.yaml"), edited).unwrap();
+        // The removed endpoint served the requests above, whose connections IPVS keeps
+        // for minutes in TIME_WAIT: it drains at weight 0 instead of going at once.
+        let weight_of_pod1 = || {
+            let listing = ipvsadm();
+            let servers = service(&listing, "TCP 10.96.0.10:80 rr");
+            servers
+                .iter()
+                .find(|s| s.starts_with("10.244.0.11:8080 "))
+                .map(|s| s.split(' ').nth(2).unwrap().to_string())
+        };
+        wait_for("the endpoint removal", limit, || matches!(weight_of_pod1().as_deref(), None | Some("0")));
+        wait_for("the Service removal", limit, || servers("TCP 10.96.0.99:80 rr").is_none());
+        let replies = requests(8, Some("client"), "10.96.0.10:80", false);
+        assert_eq!(pods(&replies), ["pod2".to_string()].into(), "{replies:?}");
+        assert!(!sh("ip -4 -o addr show dev kproxy-ipvs0").contains("10.96.0.99/"));
     });
 }

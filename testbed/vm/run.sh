@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs kproxy's real-kernel tests inside a qemu VM booting Debian 12's kernel (6.1), which
-# has IPVS (this machine's kernel does not): the IPVS packet tests (bin/tests/ipvs.rs,
-# ignored on the host) and the nftables packet tests (bin/tests/packets.rs) for old-kernel
-# coverage. Software emulation (TCG): no /dev/kvm needed, nothing on the host changes.
+# has IPVS and the dummy driver (this machine's kernel has neither): the IPVS packet tests
+# (bin/tests/ipvs.rs) and the IPVS backend's kernel tests (crates/ipvs-backend/tests/
+# kernel.rs), ignored on the host, and the nftables packet tests (bin/tests/packets.rs)
+# for old-kernel coverage. Software emulation (TCG): no /dev/kvm needed, nothing on the host changes.
 #
 #   testbed/vm/run.sh [TEST-FILTER]     exit status 0 when every test passed
 #
@@ -16,9 +17,10 @@ cache=$("$here/build.sh")
 
 echo "vm: building the test binaries"
 cd "$repo"
-mapfile -t exes < <(cargo test --workspace --all-features --no-run --message-format=json -p kproxy --test ipvs --test packets 2>/dev/null |
+mapfile -t exes < <(cargo test --all-features --no-run --message-format=json -p kproxy --test ipvs --test packets \
+  -p ipvs-backend --test kernel 2>/dev/null |
   jq -r 'select(.reason == "compiler-artifact" and .executable != null and .target.kind == ["test"]) | .executable')
-((${#exes[@]} == 2)) || { echo "vm: expected two test binaries, got: ${exes[*]}" >&2; exit 1; }
+((${#exes[@]} == 3)) || { echo "vm: expected three test binaries, got: ${exes[*]}" >&2; exit 1; }
 kproxy=$repo/target/debug/kproxy   # the path the tests were built with (CARGO_BIN_EXE_kproxy)
 [ -x "$kproxy" ] || { echo "vm: $kproxy missing" >&2; exit 1; }
 
@@ -39,9 +41,11 @@ for exe in "${exes[@]}"; do
 done
 cat >"$run/root/test/run" <<SCRIPT
 #!/bin/sh
-# Inside the VM: the IPVS tests (ignored on the host), then the nftables packet tests.
+# Inside the VM: the tests ignored on the host (IPVS, the dummy interface), then the
+# nftables packet tests.
 cd /tmp
 rc=0
+/test/kernel --include-ignored --test-threads=1 $filter || rc=1
 /test/ipvs --ignored --test-threads=1 $filter || rc=1
 /test/packets --test-threads=1 $filter || rc=1
 exit \$rc

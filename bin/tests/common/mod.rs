@@ -271,3 +271,44 @@ pub fn peers(replies: &[Reply]) -> std::collections::BTreeSet<String> {
         })
         .collect()
 }
+
+/// `kproxy run --manifests DIR` with the node flags of these tests, killed when dropped.
+pub struct Daemon(Child);
+
+impl Daemon {
+    pub fn start(dir: &std::path::Path) -> Daemon {
+        Daemon::start_with(dir, &[])
+    }
+
+    pub fn start_with(dir: &std::path::Path, extra: &[&str]) -> Daemon {
+        let child = Command::new(env!("CARGO_BIN_EXE_kproxy"))
+            .args(["run", "--manifests"])
+            .arg(dir)
+            .args(["--hostname-override", "node-a", "--cluster-cidr", "10.244.0.0/16"])
+            .args(["--min-sync-period", "100ms", "--poll-interval", "100ms"])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("kproxy run");
+        Daemon(child)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `ok` every 20 ms until it holds; panics after `limit`. Returns the time taken.
+#[track_caller]
+pub fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !ok() {
+        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
+}

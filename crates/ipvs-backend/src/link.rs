@@ -23,6 +23,7 @@ pub const DEFAULT_NAME: &str = "kproxy-ipvs0";
 const ENODEV: i32 = 19;
 const EEXIST: i32 = 17;
 const EADDRNOTAVAIL: i32 = 99;
+const EOPNOTSUPP: i32 = 95;
 
 /// The dummy interface.
 #[derive(Debug)]
@@ -73,6 +74,11 @@ impl Dummy {
             format!("creating dummy interface {name}")
         }) {
             Ok(_) | Err(Error::Kernel { errno: EEXIST, .. }) => {}
+            Err(Error::Kernel { errno: EOPNOTSUPP, .. }) => {
+                let what =
+                    format!("creating dummy interface {}: the kernel has no dummy driver (CONFIG_DUMMY)", self.name);
+                return Err(Error::Kernel { what, errno: EOPNOTSUPP });
+            }
             Err(e) => return Err(e),
         }
         self.index()?.ok_or_else(|| Error::Kernel { what: format!("creating {}", self.name), errno: ENODEV })
