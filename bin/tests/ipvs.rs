@@ -49,6 +49,14 @@ spec:
   ports: [{name: http, port: 80}]
 ---
 apiVersion: v1
+kind: Service
+metadata: {namespace: default, name: v6}
+spec:
+  ipFamilies: [IPv6]
+  clusterIPs: ["fd00:96::10"]
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
 kind: List
 items:
   - apiVersion: discovery.k8s.io/v1
@@ -75,6 +83,14 @@ items:
     endpoints:
       - {addresses: [10.244.0.11], nodeName: node-a}
       - {addresses: [10.244.0.12], nodeName: node-a}
+  - apiVersion: discovery.k8s.io/v1
+    kind: EndpointSlice
+    metadata: {namespace: default, name: v6-1, labels: {kubernetes.io/service-name: v6}}
+    addressType: IPv6
+    ports: [{name: http, port: 8080}]
+    endpoints:
+      - {addresses: ["fd00:244::11"], nodeName: node-a}
+      - {addresses: ["fd00:244::12"], nodeName: node-a}
 "#;
 
 const IPVS: &[&str] = &["--proxy-mode", "ipvs"];
@@ -113,7 +129,10 @@ fn ipvs_balances_cluster_ips_and_node_ports_and_rejects_without_endpoints() {
     in_root_sandbox("ipvs_balances_cluster_ips_and_node_ports_and_rejects_without_endpoints", || {
         let node = Node::new();
         let summary = node.sync(CLUSTER, IPVS);
-        assert!(summary.contains("synced 5 service ports") && summary.contains("into IPVS"), "{summary}");
+        assert!(
+            summary.contains("synced 6 service ports (IPv4 5, IPv6 1)") && summary.contains("into IPVS"),
+            "{summary}"
+        );
 
         // What kproxy programmed is what ipvsadm lists.
         let listing = ipvsadm();
@@ -179,8 +198,8 @@ fn ipvs_balances_cluster_ips_and_node_ports_and_rejects_without_endpoints() {
 
 #[test]
 #[ignore = "needs IPVS: runs in the Debian VM (testbed/vm/run.sh)"]
-fn ipvs_client_ip_affinity_sticks() {
-    in_root_sandbox("ipvs_client_ip_affinity_sticks", || {
+fn ipvs_client_ip_affinity_sticks_ipv6_and_schedulers() {
+    in_root_sandbox("ipvs_client_ip_affinity_sticks_ipv6_and_schedulers", || {
         let node = Node::new();
         node.sync(CLUSTER, IPVS);
         for source in ["client", "pod1"] {
@@ -189,6 +208,20 @@ fn ipvs_client_ip_affinity_sticks() {
         }
         // Without affinity the same source is spread.
         assert_eq!(pods(&requests(12, Some("client"), "10.96.0.10:80", false)), both());
+
+        // IPv6: its own virtual service, address and ip6 table.
+        let replies = requests(12, Some("client"), "[fd00:96::10]:80", false);
+        assert_eq!(pods(&replies), both(), "{replies:?}");
+        assert_eq!(service(&ipvsadm(), "TCP [fd00:96::10]:80 rr").len(), 2);
+
+        // Another scheduler: every virtual service is updated in place, and still works.
+        let out = node.sync(CLUSTER, &["--proxy-mode", "ipvs", "--ipvs-scheduler", "lc"]);
+        let listing = ipvsadm();
+        assert!(out.contains(&format!(": {} IPVS operations", listing.len())), "{out}");
+        assert!(listing.iter().all(|(vs, _)| vs.contains(" lc")), "{listing:#?}");
+        assert_eq!(service(&listing, "TCP 10.96.0.20:80 lc persistent 600").len(), 2, "{listing:#?}");
+        let replies = requests(8, Some("client"), "10.96.0.20:80", false);
+        assert_eq!(pods(&replies).len(), 1, "{replies:?}");
     });
 }
 
