@@ -57,6 +57,8 @@ for t in "${tools[@]}"; do
   done
 done
 ln -sf /usr/bin/dash "$root/bin/sh"
+# nft names protocols through /etc/protocols (`meta l4proto tcp`, not `6`).
+cp /etc/protocols /etc/services "$root/etc/"
 cp "$here/init.sh" "$root/init"
 chmod +x "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$cache/base.cpio.gz"

@@ -2,8 +2,9 @@
 # Runs kproxy's real-kernel tests inside a qemu VM booting Debian 12's kernel (6.1), which
 # has IPVS and the dummy driver (this machine's kernel has neither): the IPVS packet tests
 # (bin/tests/ipvs.rs) and the IPVS backend's kernel tests (crates/ipvs-backend/tests/
-# kernel.rs), ignored on the host, and the nftables packet tests (bin/tests/packets.rs)
-# for old-kernel coverage. Software emulation (TCG): no /dev/kvm needed, nothing on the host changes.
+# kernel.rs), ignored on the host; and, for old-kernel coverage (chain deletion before
+# 6.2, k#122604), the nftables backend's kernel tests and packet tests
+# (crates/nft-backend/tests/{partial,drift,listing}.rs, bin/tests/packets.rs). Software emulation (TCG): no /dev/kvm needed, nothing on the host changes.
 #
 #   testbed/vm/run.sh [TEST-FILTER]     exit status 0 when every test passed
 #
@@ -17,10 +18,11 @@ cache=$("$here/build.sh")
 
 echo "vm: building the test binaries"
 cd "$repo"
-mapfile -t exes < <(cargo test --all-features --no-run --message-format=json -p kproxy --test ipvs --test packets \
-  -p ipvs-backend --test kernel 2>/dev/null |
+tests=(--test ipvs --test packets --test kernel --test partial --test drift --test listing)
+mapfile -t exes < <(cargo test --all-features --no-run --message-format=json -p kproxy -p ipvs-backend -p nft-backend \
+  "${tests[@]}" 2>/dev/null |
   jq -r 'select(.reason == "compiler-artifact" and .executable != null and .target.kind == ["test"]) | .executable')
-((${#exes[@]} == 3)) || { echo "vm: expected three test binaries, got: ${exes[*]}" >&2; exit 1; }
+((${#exes[@]} == ${#tests[@]} / 2)) || { echo "vm: expected $((${#tests[@]} / 2)) test binaries, got: ${exes[*]}" >&2; exit 1; }
 kproxy=$repo/target/debug/kproxy   # the path the tests were built with (CARGO_BIN_EXE_kproxy)
 [ -x "$kproxy" ] || { echo "vm: $kproxy missing" >&2; exit 1; }
 
@@ -47,7 +49,9 @@ cd /tmp
 rc=0
 /test/kernel --include-ignored --test-threads=1 $filter || rc=1
 /test/ipvs --ignored --test-threads=1 $filter || rc=1
-/test/packets --test-threads=1 $filter || rc=1
+for t in partial drift listing packets; do
+  /test/\$t --test-threads=1 $filter || rc=1
+done
 exit \$rc
 SCRIPT
 chmod +x "$run/root/test/run"
