@@ -196,6 +196,17 @@ fn object_ref(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta)
     ObjectRef::new(meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref().unwrap_or(""))
 }
 
+/// Sets IPVS mode's sysctls, logging what changed.
+fn set_ipvs_sysctls() {
+    let (changed, warnings) = crate::sysctls::ipvs(&crate::sysctls::Roots::default());
+    for sysctl in changed {
+        info!("set {sysctl}");
+    }
+    for warning in warnings {
+        warn!("could not set an IPVS sysctl: {warning}");
+    }
+}
+
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
     crate::init_logging(&args.node, 2);
     let config = args.node.resolve()?;
@@ -248,16 +259,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
             }
         });
         quiet = quiet_rx.recv().ok().flatten();
-    } else {
-        // IPVS mode: drift is repaired by the periodic full sync, which reads the kernel.
-        let (changed, warnings) = crate::sysctls::ipvs(&crate::sysctls::Roots::default());
-        for sysctl in changed {
-            info!("set {sysctl}");
-        }
-        for warning in warnings {
-            warn!("could not set an IPVS sysctl: {warning}");
-        }
     }
+    // IPVS mode: drift is repaired by the periodic full sync, which reads the kernel; the
+    // IPVS sysctls are set after each full sync (they appear only once ip_vs is loaded).
+    let ipvs_mode = backend.nft().is_none();
 
     // The first read of the sources: nothing is programmed before it completes (for the
     // API, until Services, EndpointSlices and this Node have been listed).
@@ -345,6 +350,9 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                     backoff = Duration::from_secs(1);
                     if full {
                         next_full = Instant::now() + sync_period;
+                        if ipvs_mode {
+                            set_ipvs_sysctls();
+                        }
                     }
                 }
                 Err(e) => {

@@ -131,13 +131,14 @@ fn sync(paths: &[PathBuf], flags: &NodeFlags) -> Result<ExitCode> {
     report(&problems);
     let desired = engine.desired();
     let mut backend = Dataplane::new(&config);
+    let stats = backend.sync_full(desired).context("applying the rules")?;
     if let Dataplane::Ipvs(_) = backend {
+        // After the sync: the IPVS sysctls exist once the ip_vs module is in.
         let (_, warnings) = sysctls::ipvs(&sysctls::Roots::default());
         for w in warnings {
             eprintln!("warning: could not set an IPVS sysctl: {w}");
         }
     }
-    let stats = backend.sync_full(desired).context("applying the rules")?;
     // As after every sync: UDP flows pinned to endpoints that are gone would otherwise
     // keep going there.
     let stale = match conntrack::clear_stale(desired, &engine.node_context().node_ips) {

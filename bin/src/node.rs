@@ -103,6 +103,9 @@ pub fn context(config: &Config, node: Option<&Node>, service_cidrs: Vec<ipnet::I
         .collect();
     ctx.nodeport_addresses = match &config.nodeport_cidrs {
         Some(cidrs) => cidrs.clone(),
+        // Upstream's defaults: every local address in IPVS mode, the primary IPs in
+        // nftables mode.
+        None if config.proxy_mode == "ipvs" => Vec::new(),
         None => primaries.iter().map(|ip| ipnet::IpNet::from(*ip)).collect(),
     };
     ctx.local_detect = match &config.detect_local {

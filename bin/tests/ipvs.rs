@@ -173,6 +173,21 @@ fn ipvs_balances_cluster_ips_and_node_ports_and_rejects_without_endpoints() {
         assert_eq!(request(Some("client"), "10.96.0.99:80", false, None), Reply::Refused);
         assert_eq!(request(None, "10.96.0.99:80", false, None), Reply::Refused);
 
+        // The node's own listeners answer on its address, not on a Service IP (k#72236).
+        let mut listener = Command::new("socat")
+            .args(["TCP-LISTEN:2222,fork,reuseaddr", "SYSTEM:echo node $SOCAT_PEERADDR"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("socat");
+        std::thread::sleep(Duration::from_millis(500));
+        let direct = request(Some("client"), &format!("{NODE_IP}:2222"), false, None);
+        let via_service_ip = request(Some("client"), "10.96.0.10:2222", false, None);
+        let _ = listener.kill();
+        let _ = listener.wait();
+        assert!(matches!(&direct, Reply::From { pod, .. } if pod == "node"), "{direct:?}");
+        assert_eq!(via_service_ip, Reply::Refused);
+
         // A second sync of the same state changes nothing.
         let again = node.sync(CLUSTER, IPVS);
         assert!(again.contains(": 0 IPVS operations"), "{again}");

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use nft_backend::NftBackend;
+use nft_backend::ruleset::Ruleset;
 use proxy_core::{Backend, Changes, Desired, IpFamily, SyncStats};
 
 use crate::error::Error;
@@ -14,7 +15,7 @@ use crate::ipvs::Ipvs;
 use crate::kernel::IpvsState;
 use crate::link::{DEFAULT_NAME, Dummy};
 use crate::plan::{Op, plan, settled};
-use crate::render::{DEFAULT_SCHEDULER, IpvsDesired, node_port_addresses, render};
+use crate::render::{DEFAULT_SCHEDULER, IpvsDesired, render};
 
 /// How the IPVS backend is set up.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -59,6 +60,8 @@ impl std::fmt::Debug for IpvsBackend {
 struct Known {
     services: IpvsState,
     bound: BTreeSet<IpAddr>,
+    /// The dummy interface's index then.
+    index: u32,
 }
 
 impl IpvsBackend {
@@ -73,80 +76,112 @@ impl IpvsBackend {
         &self.last_ops
     }
 
-    /// The nftables side as `nft` text (`kproxy plan`).
+    /// The nftables side as `nft` text (`kproxy plan`), as if the dummy interface were
+    /// empty.
     pub fn plan(&self, desired: &Desired) -> String {
+        let want = render(desired, &self.config.scheduler, &BTreeSet::new());
         desired
             .families()
-            .map(|f| nft_backend::text::table(f.context.family, &self.config.table, &filter::family(f)))
+            .map(|f| {
+                let ruleset = filter::family(f, &want.node_ports);
+                nft_backend::text::table(f.context.family, &self.config.table, &ruleset)
+            })
             .collect()
     }
 
-    fn connect(&mut self) -> Result<(&mut Ipvs, &mut Dummy), Error> {
+    /// Opens the IPVS and rtnetlink sockets unless open: [`Error::NoIpvs`] before anything
+    /// is written, on a kernel without IPVS.
+    fn connect(&mut self) -> Result<(), Error> {
         if self.ipvs.is_none() {
             self.ipvs = Some(Ipvs::open()?);
         }
         if self.dummy.is_none() {
             self.dummy = Some(Dummy::open(&self.config.interface)?);
         }
-        Ok((self.ipvs.as_mut().expect("opened"), self.dummy.as_mut().expect("opened")))
+        Ok(())
     }
 
     fn sync(&mut self, desired: &Desired) -> Result<SyncStats, Error> {
-        let want: IpvsDesired = render(desired, &self.config.scheduler);
-        let rulesets: Vec<_> = desired.families().map(|f| (f.context.family, filter::family(f))).collect();
-        let refs: Vec<(IpFamily, &nft_backend::ruleset::Ruleset)> = rulesets.iter().map(|(f, r)| (*f, r)).collect();
-        let mut operations = self.nft.replace_tables(&refs)?;
-
-        let node_ports: BTreeSet<IpAddr> = desired.families().flat_map(|f| node_port_addresses(&f.context)).collect();
         let known = self.known.take();
-        let (ipvs, dummy) = self.connect()?;
+        self.connect()?;
+        let (ipvs, dummy) = (self.ipvs.as_mut().expect("connected"), self.dummy.as_mut().expect("connected"));
         let index = dummy.ensure()?;
-        let (current, bound) = match known {
+        // A dummy interface recreated by someone else has lost its addresses: re-read all.
+        let known = known.filter(|k| k.index == index);
+        let on_dummy = match &known {
+            Some(k) => k.bound.clone(),
+            None => dummy.addresses(index)?,
+        };
+        let want: IpvsDesired = render(desired, &self.config.scheduler, &on_dummy);
+        let current = match known {
             Some(k) => {
                 let mut services = k.services;
-                // Draining servers: their connection counts have moved since.
-                for key in services.keys().copied().collect::<Vec<_>>() {
-                    if want.services.get(&key).is_some_and(|w| services[&key].servers.len() > w.servers.len()) {
-                        let servers = ipvs.servers(&key)?;
-                        services.get_mut(&key).expect("listed").servers = servers;
+                // Servers no longer wanted are draining: their connection counts moved.
+                for (key, entry) in services.iter_mut() {
+                    let Some(w) = want.services.get(key) else { continue };
+                    if entry.servers.keys().any(|a| !w.servers.contains_key(a)) {
+                        entry.servers = ipvs.servers(key)?;
                     }
                 }
-                (services, k.bound)
+                services
             }
             None => {
-                let bound = dummy.addresses(index)?;
-                let ours =
-                    |addr: &IpAddr| bound.contains(addr) || want.bound.contains(addr) || node_ports.contains(addr);
-                (ipvs.state(|k| ours(&k.addr))?, bound)
+                let ours = |a: &IpAddr| on_dummy.contains(a) || want.bound.contains(a) || want.node_ports.contains(a);
+                ipvs.state(|k| ours(&k.addr))?
             }
         };
 
-        for ip in want.bound.difference(&bound) {
-            dummy.add(index, *ip)?;
+        // nftables first: its masquerade and reject rules are in place before IPVS takes
+        // a new frontend's traffic.
+        let rulesets: Vec<_> =
+            desired.families().map(|f| (f.context.family, filter::family(f, &want.node_ports))).collect();
+        let refs: Vec<(IpFamily, &Ruleset)> = rulesets.iter().map(|(f, r)| (*f, r)).collect();
+        let mut operations = self.nft.replace_tables(&refs)?;
+
+        // Then addresses, IPVS, and stale addresses; a failure is logged and the rest
+        // goes on, so that one bad object does not block every other Service.
+        let mut failures = Failures::default();
+        for ip in want.bound.difference(&on_dummy) {
+            failures.note(dummy.add(index, *ip));
             operations += 1;
         }
         let ops = plan(&current, &want.services);
-        let mut first_error = None;
-        let mut failed = 0;
         for op in &ops {
-            if let Err(e) = ipvs.apply(op) {
-                tracing::warn!(error = %e, "IPVS operation failed");
-                failed += 1;
-                first_error.get_or_insert(e);
-            }
+            failures.note(ipvs.apply(op));
         }
         operations += ops.len();
-        for ip in bound.difference(&want.bound) {
-            dummy.remove(index, *ip)?;
-            operations += 1;
+        // An address leaves only once all went well: a virtual service whose deletion
+        // failed stays ours (its address still on the dummy) for the next sync to retry.
+        if failures.first.is_none() {
+            for ip in on_dummy.difference(&want.bound) {
+                failures.note(dummy.remove(index, *ip));
+                operations += 1;
+            }
         }
         self.last_ops = ops;
-        if let Some(e) = first_error {
-            tracing::warn!(failed, "IPVS operations failed; the next sync reads the kernel again");
+        if let Some(e) = failures.first {
+            tracing::warn!(failed = failures.count, "IPVS sync incomplete; the next sync reads the kernel again");
             return Err(e);
         }
-        self.known = Some(Known { services: settled(&current, &want.services), bound: want.bound });
+        self.known = Some(Known { services: settled(&current, &want.services), bound: want.bound, index });
         Ok(SyncStats { full: true, operations })
+    }
+}
+
+/// The failures of one sync: the first is returned, all are logged.
+#[derive(Default)]
+struct Failures {
+    first: Option<Error>,
+    count: usize,
+}
+
+impl Failures {
+    fn note(&mut self, result: Result<(), Error>) {
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "IPVS backend operation failed");
+            self.count += 1;
+            self.first.get_or_insert(e);
+        }
     }
 }
 
@@ -164,13 +199,22 @@ impl Backend for IpvsBackend {
         Ok(SyncStats { full: false, ..stats })
     }
 
+    /// Removes kproxy's IPVS state. If the dummy interface exists, kproxy ran in IPVS mode
+    /// here: every virtual service is flushed, as upstream's cleanup does (NodePort
+    /// services sit on node addresses, not on the dummy), and the dummy is deleted with its
+    /// addresses. Then the nftables table goes. On a kernel without IPVS only the table is
+    /// removed.
     fn cleanup(&mut self) -> Result<(), Error> {
         self.known = None;
-        let (ipvs, dummy) = self.connect()?;
-        if let Some(index) = dummy.index()? {
-            let bound = dummy.addresses(index)?;
-            for key in ipvs.state(|k| bound.contains(&k.addr))?.into_keys() {
-                ipvs.apply(&Op::DeleteService(key))?;
+        if self.dummy.is_none() {
+            self.dummy = Some(Dummy::open(&self.config.interface)?);
+        }
+        let dummy = self.dummy.as_mut().expect("opened");
+        if dummy.index()?.is_some() {
+            match Ipvs::open() {
+                Ok(mut ipvs) => ipvs.flush()?,
+                Err(Error::NoIpvs) => {}
+                Err(e) => return Err(e),
             }
             dummy.delete()?;
         }

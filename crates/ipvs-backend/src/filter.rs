@@ -6,17 +6,23 @@
 //! sets and the vocabulary is nft-backend's, so `nft list ruleset` shows it:
 //!
 //! - `filter-input` and `filter-output` (priority -110, before IPVS sees the packet at
-//!   `LOCAL_IN`/`LOCAL_OUT`) jump to `services-check`, which looks the destination up in
-//!   `firewall-ips` (source-range firewalls), `no-endpoint-services` and
-//!   `no-endpoint-nodeports` (reject or drop).
+//!   `LOCAL_IN`/`LOCAL_OUT`) jump, for new connections only (draining ones must reach
+//!   IPVS), to `services-check`, which looks the destination up in `firewall-ips`
+//!   (source-range firewalls), `no-endpoint-services` and `no-endpoint-nodeports` (reject
+//!   or drop). `filter-input` then rejects new connections to a Service IP on a port that
+//!   is no Service's (`service-ips-filter`, upstream's `KUBE-IPVS-FILTER`, k#72236): the
+//!   node's own listeners are not exposed on every ClusterIP.
 //! - `nat-prerouting` and `nat-output` (priority -100, before IPVS) mark for masquerade
 //!   the connections upstream masquerades: to ClusterIPs from outside the pod network,
-//!   to external and LB IPs and to NodePorts with Cluster policy.
+//!   to external and LB IPs and to NodePorts with Cluster policy, and the node's own
+//!   connections whose source is a Service IP (the kernel picks the ClusterIP itself as
+//!   source when the node connects to it: the endpoint could not answer that).
 //! - `nat-postrouting` masquerades marked connections and hairpin ones (a pod reaching
 //!   itself through a Service: after IPVS's DNAT, source and destination are the same).
 //!   IPVS keeps conntrack (`net.ipv4.vs.conntrack=1`) so that the NAT hooks see its flows.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 
 use nft_backend::ruleset::{
     Action, AddrMatch, BaseChain, Chain, ChainType, Data, FrontendKey, Hook, Key, KeyType, Match, Rule, Ruleset, Set,
@@ -24,12 +30,14 @@ use nft_backend::ruleset::{
 };
 use proxy_core::{FamilyContext, FamilyRules, NoEndpoints};
 
-use crate::render::node_port_addresses;
-
 /// The masquerade bit in the packet mark (upstream's 0x4000).
 const MASQUERADE_MARK: u32 = 0x4000;
 
 const SERVICES_CHECK: &str = "services-check";
+const SERVICE_IPS_FILTER: &str = "service-ips-filter";
+const SERVICE_IPS: &str = "service-ips";
+const SERVICE_FRONTENDS: &str = "service-frontends";
+const NODEPORT_IPS: &str = "nodeport-ips";
 const REJECT_CHAIN: &str = "reject-chain";
 const SERVICES: &str = "services";
 const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
@@ -42,11 +50,8 @@ const EXTERNAL: &str = "external-masquerade";
 const NODEPORTS: &str = "nodeports-masquerade";
 const HAIRPIN: &str = "hairpin-endpoints";
 
-fn base(kind: ChainType, hook: Hook, priority: i32, jump: &str) -> Chain {
-    Chain {
-        base: Some(BaseChain { kind, hook, priority }),
-        rules: vec![Rule::always(Action::Verdict(Verdict::Jump(jump.into())))],
-    }
+fn base(kind: ChainType, hook: Hook, priority: i32, rules: Vec<Rule>) -> Chain {
+    Chain { base: Some(BaseChain { kind, hook, priority }), rules }
 }
 
 fn regular(rules: Vec<Rule>) -> Chain {
@@ -68,11 +73,18 @@ fn jump(chain: &str) -> Action {
 fn skeleton(ctx: &FamilyContext) -> Ruleset {
     let mut rs = Ruleset::default();
     let chains = &mut rs.chains;
-    chains.insert("filter-input".into(), base(ChainType::Filter, Hook::Input, -110, SERVICES_CHECK));
-    chains.insert("filter-output".into(), base(ChainType::Filter, Hook::Output, -110, SERVICES_CHECK));
-    chains.insert("nat-prerouting".into(), base(ChainType::Nat, Hook::Prerouting, -100, SERVICES));
-    chains.insert("nat-output".into(), base(ChainType::Nat, Hook::Output, -100, SERVICES));
-    chains.insert("nat-postrouting".into(), base(ChainType::Nat, Hook::Postrouting, 100, MASQUERADING));
+    let check = Rule::new([Match::CtStateNew], jump(SERVICES_CHECK));
+    let filter_service_ips =
+        Rule::new([Match::CtStateNew, Match::DaddrInSet(SERVICE_IPS.into())], jump(SERVICE_IPS_FILTER));
+    chains.insert(
+        "filter-input".into(),
+        base(ChainType::Filter, Hook::Input, -110, vec![check.clone(), filter_service_ips]),
+    );
+    chains.insert("filter-output".into(), base(ChainType::Filter, Hook::Output, -110, vec![check]));
+    let always = |chain: &str| vec![Rule::always(jump(chain))];
+    chains.insert("nat-prerouting".into(), base(ChainType::Nat, Hook::Prerouting, -100, always(SERVICES)));
+    chains.insert("nat-output".into(), base(ChainType::Nat, Hook::Output, -100, always(SERVICES)));
+    chains.insert("nat-postrouting".into(), base(ChainType::Nat, Hook::Postrouting, 100, always(MASQUERADING)));
     let by_frontend = |map: &str| Action::Vmap { key: FrontendKey::DaddrProtoPort, map: map.into() };
     chains.insert(
         SERVICES_CHECK.into(),
@@ -80,14 +92,24 @@ fn skeleton(ctx: &FamilyContext) -> Ruleset {
             Rule::always(by_frontend(FIREWALL_IPS)),
             Rule::always(by_frontend(NO_ENDPOINT_SERVICES)),
             Rule::new(
-                [Match::FibDaddrLocal],
+                [Match::DaddrInSet(NODEPORT_IPS.into())],
                 Action::Vmap { key: FrontendKey::ProtoPort, map: NO_ENDPOINT_NODEPORTS.into() },
             ),
         ]),
     );
+    chains.insert(
+        SERVICE_IPS_FILTER.into(),
+        regular(vec![
+            Rule::new(
+                [Match::KeyInSet(FrontendKey::DaddrProtoPort, SERVICE_FRONTENDS.into())],
+                Action::Verdict(Verdict::Return),
+            ),
+            Rule::always(Action::Reject),
+        ]),
+    );
     chains.insert(REJECT_CHAIN.into(), regular(vec![Rule::always(Action::Reject)]));
 
-    let mut services = Vec::new();
+    let mut services = vec![Rule::new([Match::SaddrInSet(SERVICE_IPS.into())], jump(MARK_FOR_MASQUERADE))];
     let cluster_ip = Match::KeyInSet(FrontendKey::DaddrProtoPort, CLUSTER_IPS.into());
     if ctx.masquerade_all {
         services.push(Rule::new([cluster_ip], jump(MARK_FOR_MASQUERADE)));
@@ -98,7 +120,7 @@ fn skeleton(ctx: &FamilyContext) -> Ruleset {
     services
         .push(Rule::new([Match::KeyInSet(FrontendKey::DaddrProtoPort, EXTERNAL.into())], jump(MARK_FOR_MASQUERADE)));
     services.push(Rule::new(
-        [Match::FibDaddrLocal, Match::KeyInSet(FrontendKey::ProtoPort, NODEPORTS.into())],
+        [Match::DaddrInSet(NODEPORT_IPS.into()), Match::KeyInSet(FrontendKey::ProtoPort, NODEPORTS.into())],
         jump(MARK_FOR_MASQUERADE),
     ));
     chains.insert(SERVICES.into(), regular(services));
@@ -121,6 +143,9 @@ fn skeleton(ctx: &FamilyContext) -> Ruleset {
     sets.insert(EXTERNAL.into(), Set::plain(KeyType::AddrProtoPort, "external and LB frontends with Cluster policy"));
     sets.insert(NODEPORTS.into(), Set::plain(KeyType::ProtoPort, "NodePorts with Cluster policy"));
     sets.insert(HAIRPIN.into(), Set::plain(KeyType::AddrAddr, "endpoints that may reach themselves"));
+    sets.insert(SERVICE_IPS.into(), Set::plain(KeyType::Addr, "Service IPs bound to the dummy interface"));
+    sets.insert(SERVICE_FRONTENDS.into(), Set::plain(KeyType::AddrProtoPort, "the Service ports of those IPs"));
+    sets.insert(NODEPORT_IPS.into(), Set::plain(KeyType::Addr, "IPs that accept NodePort traffic"));
     rs
 }
 
@@ -129,16 +154,25 @@ fn add(rs: &mut Ruleset, set: &str, key: Key, data: Option<Data>) {
     elements.entry(key).or_insert(data);
 }
 
-/// The nftables side of one family.
-pub fn family(rules: &FamilyRules) -> Ruleset {
+/// The nftables side of one family; `node_ports` holds the addresses NodePort virtual
+/// services listen on (`IpvsDesired::node_ports`, both families).
+pub fn family(rules: &FamilyRules, node_ports: &BTreeSet<IpAddr>) -> Ruleset {
     let ctx = &rules.context;
     let mut rs = skeleton(ctx);
-    let node_ports = node_port_addresses(ctx);
+    let node_ports: Vec<IpAddr> =
+        node_ports.iter().copied().filter(|ip| proxy_core::IpFamily::of(ip) == ctx.family).collect();
+    for ip in &node_ports {
+        add(&mut rs, NODEPORT_IPS, Key::Addr(*ip), None);
+    }
     let mut firewalls: BTreeMap<String, Chain> = BTreeMap::new();
     for r in rules.service_ports.values() {
         let proto = r.name.protocol;
         let frontend = |ip| Key::AddrProtoPort(ip, proto, r.port);
         add(&mut rs, CLUSTER_IPS, frontend(r.cluster_ip), None);
+        for ip in std::iter::once(&r.cluster_ip).chain(&r.external_ips).chain(&r.load_balancer_ips) {
+            add(&mut rs, SERVICE_IPS, Key::Addr(*ip), None);
+            add(&mut rs, SERVICE_FRONTENDS, frontend(*ip), None);
+        }
         if let proxy_core::Route::NoEndpoints(v) = r.internal_route() {
             add(&mut rs, NO_ENDPOINT_SERVICES, frontend(r.cluster_ip), verdict(v));
         }

@@ -75,6 +75,11 @@ impl Ipvs {
         Ok(state)
     }
 
+    /// Deletes every virtual service (`ipvsadm -C`).
+    pub fn flush(&mut self) -> Result<(), Error> {
+        self.request(IpvsMessage::new(Command::Flush, vec![]), Kind::Change(0), || "flushing IPVS".into()).map(drop)
+    }
+
     /// Applies one operation.
     pub fn apply(&mut self, op: &Op) -> Result<(), Error> {
         let what = || op.to_string();

@@ -4,11 +4,11 @@
 //! IPVS has no transactions: every operation lands on its own, so the order is the safety.
 //! New virtual services and new real servers come first, so a service gains its new
 //! endpoints before it loses old ones; then weights change; removals come last.
-//! A removed real server of a TCP or SCTP service that still carries connections is not
-//! deleted but set to weight 0: it takes no new connections while the old ones drain, and
-//! a later sync deletes it once the kernel counts none (upstream's graceful termination).
-//! UDP servers go at once: with `expire_nodest_conn` the kernel drops their flows on the
-//! next packet.
+//! A removed real server of a TCP service that still carries connections is not deleted
+//! but set to weight 0: it takes no new connections while the old ones drain, and a later
+//! sync deletes it once the kernel counts none (upstream's graceful termination). UDP and
+//! SCTP servers go at once, as upstream's: with `expire_nodest_conn` the kernel drops their
+//! flows on the next packet.
 
 use std::net::SocketAddr;
 
@@ -57,6 +57,11 @@ impl std::fmt::Display for Op {
     }
 }
 
+/// Whether removed servers of this service drain (TCP) or go at once (UDP, SCTP).
+fn drains(key: &ServiceKey) -> bool {
+    key.protocol == Protocol::Tcp
+}
+
 /// The operations from `current` (what the kernel holds of ours) to `desired`.
 pub fn plan(current: &IpvsState, desired: &IpvsState) -> Vec<Op> {
     let mut adds = Vec::new();
@@ -79,7 +84,7 @@ pub fn plan(current: &IpvsState, desired: &IpvsState) -> Vec<Op> {
             }
         }
         for (addr, h) in have.servers.iter().filter(|(a, _)| !want.servers.contains_key(a)) {
-            if key.protocol == Protocol::Udp || !h.has_connections() {
+            if !drains(key) || !h.has_connections() {
                 removals.push(Op::DeleteServer(*key, *addr));
             } else if h.weight != 0 {
                 updates.push(Op::UpdateServer(*key, *addr, 0));
@@ -101,7 +106,7 @@ pub fn settled(current: &IpvsState, desired: &IpvsState) -> IpvsState {
     for (key, want) in out.iter_mut() {
         let Some(have) = current.get(key) else { continue };
         for (addr, h) in &have.servers {
-            if !want.servers.contains_key(addr) && key.protocol != Protocol::Udp && h.has_connections() {
+            if !want.servers.contains_key(addr) && drains(key) && h.has_connections() {
                 want.servers.insert(*addr, crate::kernel::RealServer { weight: 0, ..*h });
             }
         }

@@ -24,14 +24,20 @@ pub struct IpvsDesired {
     pub services: IpvsState,
     /// The addresses bound to the dummy interface: ClusterIPs, external IPs, LB IPs.
     pub bound: BTreeSet<IpAddr>,
+    /// The addresses NodePort virtual services listen on.
+    pub node_ports: BTreeSet<IpAddr>,
 }
 
-/// The addresses NodePort virtual services listen on.
-pub fn node_port_addresses(ctx: &FamilyContext) -> Vec<IpAddr> {
-    match &ctx.nodeport_ips {
-        NodePortIps::All => ctx.node_ips.clone(),
-        NodePortIps::Only(ips) => ips.clone(),
-    }
+/// The addresses NodePort virtual services listen on: the node's addresses the context
+/// accepts NodePorts on, except loopback and the Service IPs in `service_ips` (they are
+/// local too, on the dummy interface, as upstream's `GetAllLocalAddressesExcept(kube-ipvs0)`
+/// excludes them).
+pub fn node_port_addresses(ctx: &FamilyContext, service_ips: &BTreeSet<IpAddr>) -> Vec<IpAddr> {
+    let candidates = match &ctx.nodeport_ips {
+        NodePortIps::All => &ctx.node_ips,
+        NodePortIps::Only(ips) => ips,
+    };
+    candidates.iter().copied().filter(|ip| !ip.is_loopback() && !service_ips.contains(ip)).collect()
 }
 
 fn entry(scheduler: &str, r: &ServicePortRules, endpoints: &[Target]) -> ServiceEntry {
@@ -41,12 +47,21 @@ fn entry(scheduler: &str, r: &ServicePortRules, endpoints: &[Target]) -> Service
     }
 }
 
-/// Renders the desired IPVS state. When two service ports claim one frontend, the first
-/// by name keeps it.
-pub fn render(desired: &Desired, scheduler: &str) -> IpvsDesired {
+/// Renders the desired IPVS state. `on_dummy` holds the addresses the dummy interface
+/// has now: never NodePort addresses, even if no Service claims them any more. When two
+/// service ports claim one frontend, the first by name keeps it.
+pub fn render(desired: &Desired, scheduler: &str, on_dummy: &BTreeSet<IpAddr>) -> IpvsDesired {
     let mut out = IpvsDesired::default();
     for family in desired.families() {
-        let node_ports = node_port_addresses(&family.context);
+        for r in family.service_ports.values() {
+            out.bound.insert(r.cluster_ip);
+            out.bound.extend(r.external_ips.iter().chain(&r.load_balancer_ips));
+        }
+    }
+    let service_ips: BTreeSet<IpAddr> = out.bound.union(on_dummy).copied().collect();
+    for family in desired.families() {
+        let node_ports = node_port_addresses(&family.context, &service_ips);
+        out.node_ports.extend(&node_ports);
         for r in family.service_ports.values() {
             let proto = r.name.protocol;
             let internal: &[Target] = match r.internal_route() {
@@ -68,8 +83,6 @@ pub fn render(desired: &Desired, scheduler: &str) -> IpvsDesired {
                     add(*ip, np, external);
                 }
             }
-            out.bound.insert(r.cluster_ip);
-            out.bound.extend(r.external_ips.iter().chain(&r.load_balancer_ips));
         }
     }
     out

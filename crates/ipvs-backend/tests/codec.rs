@@ -159,9 +159,10 @@ fn every_request_round_trips() {
 #[test]
 fn info_replies_carry_the_version() {
     // IPVS_INFO_ATTR_VERSION = 1.2.1, IPVS_INFO_ATTR_CONN_TAB_SIZE = 4096.
-    let reply = hex("24000000 1c00 0000 03000000 00000000 0f 01 0000 0800 0100 01020100 0800 0200 00100000");
+    // The kernel answers GET_INFO with IPVS_CMD_SET_INFO (14).
+    let reply = hex("24000000 1c00 0000 03000000 00000000 0e 01 0000 0800 0100 01020100 0800 0200 00100000");
     let msg = decode(&reply);
-    assert_eq!(msg.cmd, Command::GetInfo);
+    assert_eq!(msg.cmd, Command::SetInfo);
     assert_eq!(msg.attrs[0], IpvsAttr::Version(0x010201));
     assert!(matches!(msg.attrs[1], IpvsAttr::Other(_)));
 }

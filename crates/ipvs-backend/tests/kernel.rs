@@ -27,7 +27,8 @@ fn the_nftables_side_lists_back_as_planned() {
         let from_text = sh("nft list ruleset");
         sh("nft delete table ip kproxy; nft delete table ip6 kproxy");
 
-        let rulesets: Vec<_> = desired.families().map(|f| (f.context.family, filter::family(f))).collect();
+        let node_ports = ipvs_backend::render::render(&desired, "rr", &Default::default()).node_ports;
+        let rulesets: Vec<_> = desired.families().map(|f| (f.context.family, filter::family(f, &node_ports))).collect();
         let refs: Vec<_> = rulesets.iter().map(|(f, r)| (*f, r)).collect();
         NftBackend::new("kproxy").replace_tables(&refs).expect("the kernel takes the table");
         let from_netlink = sh("nft list ruleset");
@@ -36,7 +37,8 @@ fn the_nftables_side_lists_back_as_planned() {
         // masquerade sets, and none of nft mode's DNAT.
         for expected in [
             "ip daddr . meta l4proto . th dport vmap @no-endpoint-services",
-            "fib daddr type local meta l4proto . th dport @nodeports-masquerade jump mark-for-masquerade",
+            "ip daddr @nodeport-ips meta l4proto . th dport @nodeports-masquerade jump mark-for-masquerade",
+            "ct state new ip daddr @service-ips jump service-ips-filter",
             "ip saddr . ip daddr @hairpin-endpoints jump mark-for-masquerade",
             "chain firewall-",
         ] {

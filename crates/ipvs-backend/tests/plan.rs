@@ -28,6 +28,7 @@ fn state(key: ServiceKey, service: VirtualService, servers: &[(u8, u32, u32, u32
 fn operations_come_in_a_safe_order() {
     let tcp = key(Protocol::Tcp, 80);
     let udp = key(Protocol::Udp, 53);
+    let sctp = key(Protocol::Sctp, 9000);
     let sticky = VirtualService { scheduler: "rr".into(), persistence: Some(10800) };
     struct Case {
         name: &'static str,
@@ -83,6 +84,12 @@ fn operations_come_in_a_safe_order() {
             current: state(udp, rr(), &[(11, 1, 4, 4), (12, 1, 0, 0)]),
             desired: state(udp, rr(), &[(12, 1, 0, 0)]),
             ops: vec![Op::DeleteServer(udp, ep(11))],
+        },
+        Case {
+            name: "SCTP servers go at once too",
+            current: state(sctp, rr(), &[(11, 1, 2, 0), (12, 1, 0, 0)]),
+            desired: state(sctp, rr(), &[(12, 1, 0, 0)]),
+            ops: vec![Op::DeleteServer(sctp, ep(11))],
         },
         Case {
             name: "affinity turned on: the service is updated in place",

@@ -96,7 +96,7 @@ fn sa(list: &[&str]) -> Vec<SocketAddr> {
 #[test]
 fn virtual_services_follow_the_traffic_policies() {
     let engine = engine(node(), CLUSTER);
-    let out = render(engine.desired(), "rr");
+    let out = render(engine.desired(), "rr", &Default::default());
     let tcp = Protocol::Tcp;
     let udp = Protocol::Udp;
     // (protocol, address, port) → (real servers, persistence)
@@ -135,7 +135,7 @@ fn virtual_services_follow_the_traffic_policies() {
 fn nftables_rejects_drops_firewalls_and_masquerades() {
     let engine = engine(node(), CLUSTER);
     let rules = engine.desired().family(IpFamily::V4);
-    let rs = filter::family(rules);
+    let rs = filter::family(rules, &render(engine.desired(), "rr", &Default::default()).node_ports);
     let elements = |set: &str| rs.sets[set].elements.clone();
     let tcp = Protocol::Tcp;
     let reject = Some(Data::Verdict(Verdict::Goto("reject-chain".into())));
@@ -158,4 +158,18 @@ fn nftables_rejects_drops_firewalls_and_masquerades() {
     assert_eq!(elements("nodeports-masquerade").into_keys().collect::<Vec<_>>(), [Key::ProtoPort(tcp, 30010)]);
     assert_eq!(elements("cluster-ip-ports").len(), 4);
     assert!(elements("hairpin-endpoints").contains_key(&Key::AddrAddr(ip("10.0.1.1"), ip("10.0.1.1"))));
+}
+
+#[test]
+fn node_ports_listen_on_node_addresses_but_never_on_service_ips() {
+    // Every local address accepts NodePorts, and the node's address list holds, as it does
+    // in IPVS mode, the Service IPs bound to the dummy interface, and loopback.
+    let mut ctx = node();
+    ctx.nodeport_addresses = vec!["0.0.0.0/0".parse().unwrap()];
+    ctx.node_ips = ["192.168.0.2", "127.0.0.1", "172.30.0.10", "172.30.0.99"].map(ip).to_vec();
+    let engine = engine(ctx, CLUSTER);
+    // 172.30.0.99 is no Service's any more, but still on the dummy interface.
+    let out = render(engine.desired(), "rr", &[ip("172.30.0.99")].into());
+    assert_eq!(out.node_ports.iter().copied().collect::<Vec<_>>(), [ip("192.168.0.2")]);
+    assert!(out.services.keys().filter(|k| k.port == 30010).all(|k| k.addr == ip("192.168.0.2")));
 }

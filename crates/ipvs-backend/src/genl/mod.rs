@@ -38,6 +38,8 @@ pub enum Command {
     DelDest,
     /// `IPVS_CMD_GET_DEST` (and the kernel's replies to it).
     GetDest,
+    /// `IPVS_CMD_SET_INFO`: the kernel's reply to `GET_INFO`.
+    SetInfo,
     /// `IPVS_CMD_GET_INFO`.
     GetInfo,
     /// `IPVS_CMD_FLUSH`: removes every virtual service.
@@ -57,6 +59,7 @@ impl From<Command> for u8 {
             Command::SetDest => 6,
             Command::DelDest => 7,
             Command::GetDest => 8,
+            Command::SetInfo => 14,
             Command::GetInfo => 15,
             Command::Flush => 17,
             Command::Other(n) => n,
@@ -75,6 +78,7 @@ impl From<u8> for Command {
             6 => Command::SetDest,
             7 => Command::DelDest,
             8 => Command::GetDest,
+            14 => Command::SetInfo,
             15 => Command::GetInfo,
             17 => Command::Flush,
             n => Command::Other(n),
@@ -138,14 +142,16 @@ fn parse_all<T>(
 }
 
 fn parse_top(nla: &NlaBuffer<&[u8]>, cmd: Command) -> Result<IpvsAttr, DecodeError> {
-    Ok(match (nla.kind(), cmd) {
-        (CMD_ATTR_SERVICE, c) if c != Command::GetInfo => {
+    // Info messages number their attributes differently (`IPVS_INFO_ATTR_*`).
+    let info = matches!(cmd, Command::GetInfo | Command::SetInfo);
+    Ok(match nla.kind() {
+        INFO_ATTR_VERSION if info => IpvsAttr::Version(attr::u32_ne(nla.value())?),
+        CMD_ATTR_SERVICE if !info => {
             IpvsAttr::Service(parse_all(nla.value(), ServiceAttr::parse).context("in an IPVS service attribute")?)
         }
-        (CMD_ATTR_DEST, c) if c != Command::GetInfo => {
+        CMD_ATTR_DEST if !info => {
             IpvsAttr::Dest(parse_all(nla.value(), DestAttr::parse).context("in an IPVS destination attribute")?)
         }
-        (INFO_ATTR_VERSION, Command::GetInfo) => IpvsAttr::Version(attr::u32_ne(nla.value())?),
         _ => IpvsAttr::Other(DefaultNla::parse(nla)?),
     })
 }
