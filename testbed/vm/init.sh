@@ -9,7 +9,9 @@ mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /tmp
+# /tmp stays the initramfs' own (already in RAM): the test binaries may live under it, at
+# the paths they were built with (a clone in /tmp, say).
+mkdir -p /tmp
 mkdir -p /run/netns
 while read -r ko; do
   insmod "/lib/modules/$(uname -r)/$ko" 2>/dev/null || true
