@@ -26,6 +26,8 @@ use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event as Watched};
 use kube::{Api, Client, Resource, ResourceExt};
 use proxy_core::manifest::Object;
+
+use crate::lean::{LeanService, LeanSlice};
 use proxy_core::{Event, ObjectRef, ingest};
 use tracing::{info, warn};
 
@@ -90,8 +92,8 @@ pub fn spawn<T: Send + 'static>(
 /// the size of the largest variant does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Tagged {
-    Service(watcher::Result<Watched<Service>>),
-    Slice(watcher::Result<Watched<EndpointSlice>>),
+    Service(watcher::Result<Watched<LeanService>>),
+    Slice(watcher::Result<Watched<LeanSlice>>),
     Node(watcher::Result<Watched<Node>>),
     Cidr(watcher::Result<Watched<ServiceCIDR>>),
 }
@@ -152,7 +154,8 @@ fn watch<K>(api: Api<K>, config: watcher::Config) -> impl Stream<Item = watcher:
 where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
-    // managedFields are never read; dropping them halves what large clusters keep around.
+    // managedFields are never read: Services and EndpointSlices are decoded without them
+    // (see `lean`); the Node and ServiceCIDRs drop them here, so nothing keeps them around.
     watcher::watcher(api, config).backoff(Retry::default()).modify(|o| o.managed_fields_mut().clear())
 }
 
@@ -217,8 +220,8 @@ impl Watchers {
         let this_node = watcher::Config::default().fields(&format!("metadata.name={}", self.node_name));
         let c = &self.client;
         let mut all = futures::stream::select_all([
-            watch(Api::<Service>::all(c.clone()), proxied.clone()).map(Tagged::Service).boxed(),
-            watch(Api::<EndpointSlice>::all(c.clone()), proxied).map(Tagged::Slice).boxed(),
+            watch(Api::<LeanService>::all(c.clone()), proxied.clone()).map(Tagged::Service).boxed(),
+            watch(Api::<LeanSlice>::all(c.clone()), proxied).map(Tagged::Slice).boxed(),
             watch(Api::<Node>::all(c.clone()), this_node).map(Tagged::Node).boxed(),
             watch(Api::<ServiceCIDR>::all(c.clone()), watcher::Config::default()).map(Tagged::Cidr).boxed(),
         ]);
@@ -261,10 +264,11 @@ impl Watchers {
         out
     }
 
-    fn on_service(&mut self, ev: Watched<Service>, out: &mut Vec<Update>) {
+    fn on_service(&mut self, ev: Watched<LeanService>, out: &mut Vec<Update>) {
         match ev {
             Watched::Init => self.services.start_list("Services"),
             Watched::InitApply(svc) | Watched::Apply(svc) => {
+                let svc = Service::from(svc);
                 let id = id_of(&svc);
                 self.services.seen(id.clone());
                 let ingested = ingest::service_applied(&svc);
@@ -283,10 +287,11 @@ impl Watchers {
         }
     }
 
-    fn on_slice(&mut self, ev: Watched<EndpointSlice>, out: &mut Vec<Update>) {
+    fn on_slice(&mut self, ev: Watched<LeanSlice>, out: &mut Vec<Update>) {
         match ev {
             Watched::Init => self.slices.start_list("EndpointSlices"),
             Watched::InitApply(slice) | Watched::Apply(slice) => {
+                let slice = EndpointSlice::from(slice);
                 self.slices.seen(id_of(&slice));
                 let ingested = ingest::slice_applied(&slice);
                 for p in &ingested.problems {
@@ -387,8 +392,8 @@ mod tests {
         Watchers::new(Client::try_from(config).unwrap(), "node-a".into())
     }
 
-    fn service(name: &str, cluster_ip: &str) -> Service {
-        Service {
+    fn service(name: &str, cluster_ip: &str) -> LeanService {
+        LeanService::from(Service {
             metadata: ObjectMeta { name: Some(name.into()), namespace: Some("ns".into()), ..Default::default() },
             spec: Some(ServiceSpec {
                 cluster_ip: Some(cluster_ip.into()),
@@ -397,11 +402,11 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        }
+        })
     }
 
-    fn slice(name: &str) -> EndpointSlice {
-        EndpointSlice {
+    fn slice(name: &str) -> LeanSlice {
+        LeanSlice::from(EndpointSlice {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("ns".into()),
@@ -410,7 +415,7 @@ mod tests {
             },
             address_type: "IPv4".into(),
             ..Default::default()
-        }
+        })
     }
 
     /// The events in a batch of updates, as strings, and whether `Listed` was among them.

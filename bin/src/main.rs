@@ -6,6 +6,7 @@ mod config;
 mod conntrack;
 mod daemon;
 mod dataplane;
+mod lean;
 mod manifests;
 mod node;
 mod serve;
