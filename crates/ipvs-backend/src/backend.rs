@@ -80,13 +80,8 @@ impl IpvsBackend {
     /// empty.
     pub fn plan(&self, desired: &Desired) -> String {
         let want = render(desired, &self.config.scheduler, &BTreeSet::new());
-        desired
-            .families()
-            .map(|f| {
-                let ruleset = filter::family(f, &want.node_ports);
-                nft_backend::text::table(f.context.family, &self.config.table, &ruleset)
-            })
-            .collect()
+        let tables = filter::tables(desired, &want.node_ports);
+        tables.iter().map(|(family, ruleset)| nft_backend::text::table(*family, &self.config.table, ruleset)).collect()
     }
 
     /// Opens the IPVS and rtnetlink sockets unless open: [`Error::NoIpvs`] before anything
@@ -133,9 +128,8 @@ impl IpvsBackend {
 
         // nftables first: its masquerade and reject rules are in place before IPVS takes
         // a new frontend's traffic.
-        let rulesets: Vec<_> =
-            desired.families().map(|f| (f.context.family, filter::family(f, &want.node_ports))).collect();
-        let refs: Vec<(IpFamily, &Ruleset)> = rulesets.iter().map(|(f, r)| (*f, r)).collect();
+        let tables = filter::tables(desired, &want.node_ports);
+        let refs: Vec<(IpFamily, &Ruleset)> = tables.iter().map(|(f, r)| (*f, r)).collect();
         let mut operations = self.nft.replace_tables(&refs)?;
 
         // Then addresses, IPVS, and stale addresses; a failure is logged and the rest

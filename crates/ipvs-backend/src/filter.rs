@@ -28,7 +28,7 @@ use nft_backend::ruleset::{
     Action, AddrMatch, BaseChain, Chain, ChainType, Data, FrontendKey, Hook, Key, KeyType, Match, Rule, Ruleset, Set,
     Verdict,
 };
-use proxy_core::{FamilyContext, FamilyRules, NoEndpoints};
+use proxy_core::{Desired, FamilyContext, FamilyRules, IpFamily, NoEndpoints};
 
 /// The masquerade bit in the packet mark (upstream's 0x4000).
 const MASQUERADE_MARK: u32 = 0x4000;
@@ -154,13 +154,17 @@ fn add(rs: &mut Ruleset, set: &str, key: Key, data: Option<Data>) {
     elements.entry(key).or_insert(data);
 }
 
+/// The nftables side of every family, as `NftBackend::replace_tables` writes it.
+pub fn tables(desired: &Desired, node_ports: &BTreeSet<IpAddr>) -> Vec<(IpFamily, Ruleset)> {
+    desired.families().map(|f| (f.context.family, family(f, node_ports))).collect()
+}
+
 /// The nftables side of one family; `node_ports` holds the addresses NodePort virtual
 /// services listen on (`IpvsDesired::node_ports`, both families).
 pub fn family(rules: &FamilyRules, node_ports: &BTreeSet<IpAddr>) -> Ruleset {
     let ctx = &rules.context;
     let mut rs = skeleton(ctx);
-    let node_ports: Vec<IpAddr> =
-        node_ports.iter().copied().filter(|ip| proxy_core::IpFamily::of(ip) == ctx.family).collect();
+    let node_ports: Vec<IpAddr> = node_ports.iter().copied().filter(|ip| IpFamily::of(ip) == ctx.family).collect();
     for ip in &node_ports {
         add(&mut rs, NODEPORT_IPS, Key::Addr(*ip), None);
     }

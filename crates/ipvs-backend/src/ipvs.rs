@@ -31,7 +31,7 @@ impl Ipvs {
         let replies = match netlink
             .request(GenlMessage::from_payload(ask), Kind::Change(0), || "resolving the IPVS netlink family".into())
         {
-            Err(Error::Kernel { errno, .. }) if errno == libc_enoent() => return Err(Error::NoIpvs),
+            Err(Error::Kernel { errno, .. }) if errno == ENOENT => return Err(Error::NoIpvs),
             other => other?,
         };
         let family = replies
@@ -104,6 +104,4 @@ impl Ipvs {
 }
 
 /// `ENOENT`: what the generic-netlink controller answers for an unknown family.
-fn libc_enoent() -> i32 {
-    2
-}
+const ENOENT: i32 = 2;

@@ -28,7 +28,7 @@ fn the_nftables_side_lists_back_as_planned() {
         sh("nft delete table ip kproxy; nft delete table ip6 kproxy");
 
         let node_ports = ipvs_backend::render::render(&desired, "rr", &Default::default()).node_ports;
-        let rulesets: Vec<_> = desired.families().map(|f| (f.context.family, filter::family(f, &node_ports))).collect();
+        let rulesets = filter::tables(&desired, &node_ports);
         let refs: Vec<_> = rulesets.iter().map(|(f, r)| (*f, r)).collect();
         NftBackend::new("kproxy").replace_tables(&refs).expect("the kernel takes the table");
         let from_netlink = sh("nft list ruleset");
