@@ -13,12 +13,14 @@
 //! | [`tx`] | a transaction: the operations of one sync, as data |
 //! | [`netlink`] | transactions → one netlink batch, sent in one `sendmsg`; set userdata |
 //! | [`NftBackend`] | proxy-core's `Backend`: full and partial syncs, committed-state record |
+//! | `partial` | a partial sync's plan: operations from the committed record to the new objects |
 #![deny(missing_docs)]
 
 mod backend;
 mod error;
 pub mod names;
 pub mod netlink;
+mod partial;
 pub mod render;
 pub mod ruleset;
 pub mod text;

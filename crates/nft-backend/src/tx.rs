@@ -3,13 +3,12 @@
 //! Building a transaction cannot fail; [`crate::netlink`] turns it into one netlink batch.
 //! Its `Display` is the same operations as `nft` commands, for logs and `kproxy plan`.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::fmt;
 
 use proxy_core::IpFamily;
 
-use crate::render::PortObjects;
-use crate::ruleset::{BaseChain, ChainType, Data, Key, Rule, Ruleset, Set, nft_family};
+use crate::ruleset::{BaseChain, Chain, ChainType, Data, Key, Rule, Ruleset, Set, nft_family};
 use crate::text;
 
 /// One operation.
@@ -112,15 +111,10 @@ impl Transaction {
 
     /// A transaction that atomically replaces the table with the skeleton plus every
     /// service port's objects: the table is created if missing, deleted, and created again
-    /// with sets first, then chains, then rules and elements (which refer to both). Shared
-    /// elements claimed twice keep the first claim. Everything is rewritten, including
-    /// ClientIP affinity state: used when the table's contents are unknown.
-    pub fn replace<'a>(
-        family: IpFamily,
-        table: &str,
-        skeleton: &Ruleset,
-        ports: impl Iterator<Item = &'a PortObjects> + Clone,
-    ) -> Transaction {
+    /// with sets first, then chains, then rules and elements (which refer to both).
+    /// Everything is rewritten, including ClientIP affinity state: used when the table's
+    /// contents are unknown.
+    pub fn replace(family: IpFamily, table: &str, skeleton: &Ruleset, ports: Gathered) -> Transaction {
         let mut tx = Transaction::new(family, table);
         tx.push(Op::AddTable);
         tx.push(Op::DeleteTable);
@@ -135,11 +129,11 @@ impl Transaction {
     /// are removed. Affinity sets that are still desired keep their entries, so a periodic
     /// resync does not break ClientIP affinity. Anything someone else changed in our chains
     /// and shared maps is repaired; anything they added beside them is not.
-    pub fn refresh<'a>(
+    pub fn refresh(
         family: IpFamily,
         table: &str,
         skeleton: &Ruleset,
-        ports: impl Iterator<Item = &'a PortObjects> + Clone,
+        ports: Gathered,
         stale_chains: &[String],
         stale_sets: &[String],
     ) -> Transaction {
@@ -160,18 +154,20 @@ impl Transaction {
 
     /// Sets, chains, rules and elements of a full sync; with `flush`, existing chains and
     /// shared sets are emptied first (affinity sets are kept).
-    fn fill<'a>(&mut self, skeleton: &Ruleset, ports: impl Iterator<Item = &'a PortObjects> + Clone, flush: bool) {
-        let port_sets = ports.clone().flat_map(|p| p.sets.iter());
-        for (name, set) in skeleton.sets.iter().chain(port_sets) {
+    fn fill(&mut self, skeleton: &Ruleset, ports: Gathered, flush: bool) {
+        for (name, set) in &skeleton.sets {
             let definition = Set { elements: Default::default(), ..set.clone() };
             self.push(Op::AddSet(name.clone(), definition));
+        }
+        for (name, set) in ports.sets {
+            self.push(Op::AddSet(name, Set { elements: Default::default(), ..set }));
         }
         if flush {
             for name in skeleton.sets.keys() {
                 self.push(Op::FlushSet(name.clone()));
             }
         }
-        let chains = || skeleton.chains.iter().chain(ports.clone().flat_map(|p| p.chains.iter()));
+        let chains = || skeleton.chains.iter().chain(ports.chains.iter().map(|(n, c)| (n, c)));
         for (name, chain) in chains() {
             self.push(Op::AddChain(name.clone(), chain.base));
             if flush {
@@ -184,18 +180,44 @@ impl Transaction {
             }
         }
         let mut elements: BTreeMap<&str, Vec<(Key, Option<Data>)>> = BTreeMap::new();
-        let mut claimed = HashSet::new();
         for (name, set) in &skeleton.sets {
             elements.entry(name).or_default().extend(set.elements.iter().map(|(k, v)| (*k, v.clone())));
         }
-        for ((set, key), verdict) in ports.flat_map(|p| p.elements.iter()) {
-            if claimed.insert((*set, *key)) {
-                elements.entry(set).or_default().push((*key, verdict.clone()));
+        for (name, list) in ports.elements {
+            match elements.get_mut(name) {
+                Some(existing) => existing.extend(list),
+                None => {
+                    elements.insert(name, list);
+                }
             }
         }
         for (name, list) in elements.into_iter().filter(|(_, l)| !l.is_empty()) {
             self.push(Op::AddElements(name.to_string(), list));
         }
+    }
+}
+
+/// The service ports' objects of a full sync, gathered port by port so that each port's
+/// rendering is dropped once gathered (at 5k Services × 50 endpoints, keeping them all
+/// cost 190 MB). Which claim of a shared element wins is the caller's decision: it adds
+/// each element once.
+#[derive(Debug, Default)]
+pub struct Gathered {
+    sets: Vec<(String, Set)>,
+    chains: Vec<(String, Chain)>,
+    elements: BTreeMap<&'static str, Vec<(Key, Option<Data>)>>,
+}
+
+impl Gathered {
+    /// Adds a service port's own chains and sets.
+    pub fn own(&mut self, chains: BTreeMap<String, Chain>, sets: BTreeMap<String, Set>) {
+        self.chains.extend(chains);
+        self.sets.extend(sets);
+    }
+
+    /// Adds an element to a shared set or map.
+    pub fn element(&mut self, set: &'static str, key: Key, data: Option<Data>) {
+        self.elements.entry(set).or_default().push((key, data));
     }
 }
 

@@ -1,0 +1,278 @@
+//! The plan of a partial sync: the operations that take the kernel from what was committed
+//! for some service ports to their new objects, and what to record once they are.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use proxy_core::{ServicePortName, ServicePortRules};
+
+use crate::backend::{Claimants, Claims, Committed, Held, PickRule, owned_part};
+use crate::render::{self, Pick, PortObjects};
+use crate::ruleset::{Data, Key};
+use crate::tx::{Op, Transaction};
+
+/// The operations of a partial sync, bucketed so they can be emitted in an order the
+/// kernel accepts: new objects before references to them, references removed before the
+/// objects they point to.
+pub(crate) struct PortPlan<'a> {
+    committed: &'a Committed,
+    /// The service ports this plan changes: their new rules and objects (none if removed).
+    changed: HashMap<ServicePortName, Option<(Arc<ServicePortRules>, PortObjects)>>,
+    /// Committed service ports rendered again because they claim an element this plan
+    /// touches (a conflict, which the API server normally prevents).
+    others: HashMap<ServicePortName, Option<PortObjects>>,
+    pre_flush: Vec<Op>,
+    redefine: Vec<Op>,
+    add_sets: Vec<Op>,
+    add_chains: Vec<Op>,
+    rewrite: Vec<Op>,
+    delete_elements: BTreeMap<&'static str, Vec<Key>>,
+    add_elements: BTreeMap<&'static str, Vec<(Key, Option<Data>)>>,
+    /// Per `pick-…` rule, how many more (or fewer) service ports need it.
+    picks: BTreeMap<Pick, isize>,
+    flush_removed: Vec<Op>,
+    delete_chains: Vec<Op>,
+    delete_sets: Vec<Op>,
+    /// Shared elements this plan touches: what the kernel holds now, and the claims after
+    /// the plan.
+    elements: HashMap<(&'static str, Key), (Held, Claimants)>,
+}
+
+/// What to record once a partial sync's transaction is committed.
+pub(crate) struct Update {
+    pub(crate) claims: Claims,
+    pub(crate) picks: BTreeMap<Pick, PickRule>,
+    /// Per changed service port: its rules and own chains and sets, if it remains.
+    pub(crate) ports: Vec<(ServicePortName, Option<Arc<ServicePortRules>>, Option<PortObjects>)>,
+}
+
+impl<'a> PortPlan<'a> {
+    pub(crate) fn new(committed: &'a Committed) -> PortPlan<'a> {
+        PortPlan {
+            committed,
+            changed: HashMap::new(),
+            others: HashMap::new(),
+            pre_flush: Vec::new(),
+            redefine: Vec::new(),
+            add_sets: Vec::new(),
+            add_chains: Vec::new(),
+            rewrite: Vec::new(),
+            delete_elements: BTreeMap::new(),
+            add_elements: BTreeMap::new(),
+            picks: BTreeMap::new(),
+            flush_removed: Vec::new(),
+            delete_chains: Vec::new(),
+            delete_sets: Vec::new(),
+            elements: HashMap::new(),
+        }
+    }
+
+    /// The data a committed service port holds for an element (it claims it).
+    fn committed_data(&mut self, name: &ServicePortName, key: &(&'static str, Key)) -> Option<Data> {
+        let committed = self.committed;
+        let objects = self.others.entry(name.clone()).or_insert_with(|| committed.render(name));
+        objects.as_ref().and_then(|o| o.elements.get(key)).cloned().flatten()
+    }
+
+    /// Plans one service port's change from what was committed to `new`.
+    pub(crate) fn port(&mut self, name: &ServicePortName, new: Option<&Arc<ServicePortRules>>) {
+        let old = self.committed.render(name).unwrap_or_default();
+        let new_objects = new.map(|r| render::service_port(r, &self.committed.context));
+        let empty = PortObjects::default();
+        let new_ref = new_objects.as_ref().unwrap_or(&empty);
+        self.objects(&old, new_ref);
+        for key in old.elements.keys().chain(new_ref.elements.keys()) {
+            if !self.elements.contains_key(key) {
+                let claims = self.committed.claims.get(key).cloned().unwrap_or_default();
+                let held = match claims.first() {
+                    None => None,
+                    Some(first) if first == name => Some(old.elements.get(key).cloned().flatten()),
+                    Some(first) => {
+                        let first = first.clone();
+                        Some(self.committed_data(&first, key))
+                    }
+                };
+                self.elements.insert(*key, (held, claims));
+            }
+            let (_, claims) = self.elements.get_mut(key).expect("just inserted");
+            if new_ref.elements.contains_key(key) {
+                claims.insert(name);
+            } else {
+                claims.remove(name);
+            }
+        }
+        self.changed.insert(name.clone(), new.cloned().zip(new_objects));
+    }
+
+    /// Plans the port's own chains and sets and its `pick-…` rules.
+    fn objects(&mut self, old: &PortObjects, new: &PortObjects) {
+        // A set whose definition changed (an affinity timeout) is deleted and created
+        // again; every chain of the port may refer to it, so all are emptied first and
+        // refilled after.
+        let redefined: Vec<&String> = new
+            .sets
+            .iter()
+            .filter(|(n, set)| old.sets.get(*n).is_some_and(|o| !o.same_definition(set)))
+            .map(|(n, _)| n)
+            .collect();
+        let refill_all = !redefined.is_empty();
+        if refill_all {
+            self.pre_flush.extend(old.chains.keys().map(|c| Op::FlushChain(c.clone())));
+            self.redefine.extend(redefined.iter().map(|n| Op::DeleteSet((*n).clone())));
+        }
+        for (set_name, set) in &new.sets {
+            if !old.sets.contains_key(set_name) || redefined.contains(&set_name) {
+                self.add_sets.push(Op::AddSet(set_name.clone(), set.clone()));
+            }
+        }
+        for (chain_name, chain) in &new.chains {
+            match old.chains.get(chain_name) {
+                None => self.add_chains.push(Op::AddChain(chain_name.clone(), chain.base)),
+                Some(_) if refill_all => {}
+                Some(old_chain) if old_chain == chain => continue,
+                Some(_) => self.rewrite.push(Op::FlushChain(chain_name.clone())),
+            }
+            for rule in &chain.rules {
+                self.rewrite.push(Op::AddRule(chain_name.clone(), rule.clone()));
+            }
+        }
+        for pick in &old.picks {
+            *self.picks.entry(*pick).or_default() -= 1;
+        }
+        for pick in &new.picks {
+            *self.picks.entry(*pick).or_default() += 1;
+        }
+        for chain_name in old.chains.keys().filter(|c| !new.chains.contains_key(*c)) {
+            self.flush_removed.push(Op::FlushChain(chain_name.clone()));
+            self.delete_chains.push(Op::DeleteChain(chain_name.clone()));
+        }
+        for set_name in old.sets.keys().filter(|s| !new.sets.contains_key(*s)) {
+            self.delete_sets.push(Op::DeleteSet(set_name.clone()));
+        }
+    }
+
+    /// The data the kernel will hold for an element its first claimant after the plan
+    /// renders.
+    fn data_after(&mut self, name: &ServicePortName, key: &(&'static str, Key)) -> Option<Data> {
+        match self.changed.get(name) {
+            Some(new) => new.as_ref().and_then(|(_, o)| o.elements.get(key)).cloned().flatten(),
+            None => self.committed_data(name, key),
+        }
+    }
+
+    /// Appends the operations; returns what to record once the transaction is committed.
+    pub(crate) fn emit(mut self, tx: &mut Transaction) -> Update {
+        let committed = self.committed;
+        let picks = self.emit_picks(&committed.picks);
+        let mut claims = Claims::new();
+        for (key, (before, after)) in std::mem::take(&mut self.elements) {
+            let now = after.first().map(|first| self.data_after(&first.clone(), &key));
+            if now != before {
+                if before.is_some() {
+                    self.delete_elements.entry(key.0).or_default().push(key.1);
+                }
+                if let Some(data) = now {
+                    self.add_elements.entry(key.0).or_default().push((key.1, data));
+                }
+            }
+            claims.insert(key, after);
+        }
+        tx.ops.extend(self.pre_flush);
+        tx.ops.extend(self.redefine);
+        tx.ops.extend(self.add_sets);
+        tx.ops.extend(self.add_chains);
+        tx.ops.extend(self.rewrite);
+        for (set, keys) in self.delete_elements {
+            tx.push(Op::DeleteElements(set.to_string(), keys));
+        }
+        for (set, elements) in self.add_elements {
+            tx.push(Op::AddElements(set.to_string(), elements));
+        }
+        tx.ops.extend(self.flush_removed);
+        tx.ops.extend(self.delete_chains);
+        tx.ops.extend(self.delete_sets);
+        let ports = self
+            .changed
+            .into_iter()
+            .map(|(name, new)| match new {
+                Some((rules, objects)) => (name, Some(rules), owned_part(&objects)),
+                None => (name, None, None),
+            })
+            .collect();
+        Update { claims, picks, ports }
+    }
+
+    /// The `pick-…` rules: one is added when an endpoint count is used for the first time,
+    /// and deleted when it is no longer used. A new rule goes right after the one for the
+    /// next smaller count, so the chain stays in the order a full sync writes. Adding or
+    /// deleting single rules keeps the chain's other rules bound to the endpoint map; a
+    /// flushed chain would make the kernel re-check every element of the map when the
+    /// first rule binds it again. That rewrite happens only when a handle is unknown or
+    /// two counts appear in one chain at once.
+    fn emit_picks(&mut self, committed: &BTreeMap<Pick, PickRule>) -> BTreeMap<Pick, PickRule> {
+        let mut picks = committed.clone();
+        let mut added: BTreeMap<&'static str, Vec<Pick>> = BTreeMap::new();
+        let mut deleted: BTreeMap<&'static str, Vec<Option<u64>>> = BTreeMap::new();
+        for (pick, delta) in std::mem::take(&mut self.picks) {
+            let before = picks.get(&pick).map_or(0, |r| r.users);
+            let after = before.checked_add_signed(delta).expect("pick counts never go below zero");
+            match (before > 0, after > 0) {
+                (false, true) => added.entry(pick.chain).or_default().push(pick),
+                (true, false) => deleted.entry(pick.chain).or_default().push(picks[&pick].handle),
+                _ => {}
+            }
+            if after == 0 {
+                picks.remove(&pick);
+            } else {
+                picks.entry(pick).or_default().users = after;
+            }
+        }
+        // Each endpoint count has its own map, there while any rule looks it up.
+        let maps = |picks: &BTreeMap<Pick, PickRule>| -> BTreeMap<&'static str, Pick> {
+            picks.keys().map(|p| (p.map(), *p)).collect()
+        };
+        let (maps_before, maps_after) = (maps(committed), maps(&picks));
+        for (name, pick) in &maps_after {
+            if !maps_before.contains_key(name) {
+                self.add_sets.push(Op::AddSet(name.to_string(), pick.map_definition()));
+            }
+        }
+        for name in maps_before.keys().filter(|m| !maps_after.contains_key(*m)) {
+            self.delete_sets.push(Op::DeleteSet(name.to_string()));
+        }
+        let chains: BTreeSet<&'static str> = added.keys().chain(deleted.keys()).copied().collect();
+        for chain in chains {
+            let new = added.remove(chain).unwrap_or_default();
+            let gone = deleted.remove(chain).unwrap_or_default();
+            // Where each new rule goes: after its predecessor in the chain, if any.
+            let placed: Option<Vec<(Pick, Option<u64>)>> = new
+                .iter()
+                .map(|p| {
+                    let before = picks.range(..*p).rev().find(|(q, _)| q.chain == chain);
+                    match before {
+                        None => Some((*p, None)),
+                        Some((q, _)) if new.contains(q) => None,
+                        Some((_, rule)) => rule.handle.map(|h| (*p, Some(h))),
+                    }
+                })
+                .collect();
+            let handles: Option<Vec<u64>> = gone.into_iter().collect();
+            match (placed, handles) {
+                (Some(placed), Some(handles)) if placed.len() <= 1 => {
+                    self.rewrite.extend(handles.into_iter().map(|h| Op::DeleteRule(chain.to_string(), h)));
+                    for (pick, after) in placed {
+                        self.rewrite.push(Op::InsertRule(chain.to_string(), pick.rule(), after));
+                    }
+                }
+                _ => {
+                    self.rewrite.push(Op::FlushChain(chain.to_string()));
+                    for (pick, rule) in picks.iter_mut().filter(|(p, _)| p.chain == chain) {
+                        rule.handle = None;
+                        self.rewrite.push(Op::AddRule(chain.to_string(), pick.rule()));
+                    }
+                }
+            }
+        }
+        picks
+    }
+}
