@@ -31,40 +31,42 @@ pub const DEFAULT_TABLE: &str = "kproxy";
 /// kept here: it is in the claimant's rendering.
 pub(crate) type Claims = HashMap<(&'static str, Key), Claimants>;
 
-/// The claimants of one element, in name order. Nearly every element has exactly one, so
-/// one is held inline: a vector per element took 384 bytes (its first allocation holds
-/// four), 200 MB at 5k Services × 50 endpoints.
+/// The claimants of one element, in name order: the rules each was last rendered from
+/// (shared with [`Committed::ports`], so a claim costs a pointer). Nearly every element has
+/// exactly one claimant, so one is held inline: a vector of names per element took 384
+/// bytes (its first allocation holds four), 200 MB at 5k Services × 50 endpoints.
 #[derive(Clone, Debug, Default)]
 pub(crate) enum Claimants {
     #[default]
     None,
-    One(ServicePortName),
-    Many(Vec<ServicePortName>),
+    One(Arc<ServicePortRules>),
+    /// Two or more: a conflict, which the API server normally prevents.
+    Many(Box<Vec<Arc<ServicePortRules>>>),
 }
 
 impl Claimants {
-    pub(crate) fn insert(&mut self, name: &ServicePortName) {
+    /// Adds a claim by the port `rules` belong to, or renews its claim with them.
+    pub(crate) fn insert(&mut self, rules: &Arc<ServicePortRules>) {
         match self {
-            Claimants::None => *self = Claimants::One(name.clone()),
-            Claimants::One(first) if first == name => {}
+            Claimants::None => *self = Claimants::One(rules.clone()),
+            Claimants::One(first) if first.name == rules.name => *first = rules.clone(),
             Claimants::One(first) => {
-                let mut all = vec![first.clone(), name.clone()];
-                all.sort();
-                *self = Claimants::Many(all);
+                let mut all = vec![first.clone(), rules.clone()];
+                all.sort_by(|a, b| a.name.cmp(&b.name));
+                *self = Claimants::Many(Box::new(all));
             }
-            Claimants::Many(all) => {
-                if let Err(i) = all.binary_search(name) {
-                    all.insert(i, name.clone());
-                }
-            }
+            Claimants::Many(all) => match all.binary_search_by(|r| r.name.cmp(&rules.name)) {
+                Ok(i) => all[i] = rules.clone(),
+                Err(i) => all.insert(i, rules.clone()),
+            },
         }
     }
 
     pub(crate) fn remove(&mut self, name: &ServicePortName) {
         match self {
-            Claimants::One(first) if first == name => *self = Claimants::None,
+            Claimants::One(first) if &first.name == name => *self = Claimants::None,
             Claimants::Many(all) => {
-                if let Ok(i) = all.binary_search(name) {
+                if let Ok(i) = all.binary_search_by(|r| r.name.cmp(name)) {
                     all.remove(i);
                 }
                 if all.len() == 1 {
@@ -79,8 +81,8 @@ impl Claimants {
     pub(crate) fn first(&self) -> Option<&ServicePortName> {
         match self {
             Claimants::None => None,
-            Claimants::One(first) => Some(first),
-            Claimants::Many(all) => all.first(),
+            Claimants::One(first) => Some(&first.name),
+            Claimants::Many(all) => all.first().map(|r| &r.name),
         }
     }
 
@@ -421,10 +423,10 @@ impl Backend for NftBackend {
                 for ((set, key), data) in objects.elements {
                     match committed.claims.entry((set, key)) {
                         Entry::Vacant(v) => {
-                            v.insert(Claimants::One(r.name.clone()));
+                            v.insert(Claimants::One(r.clone()));
                             gathered.element(set, key, data);
                         }
-                        Entry::Occupied(mut o) => o.get_mut().insert(&r.name),
+                        Entry::Occupied(mut o) => o.get_mut().insert(r),
                     }
                 }
                 committed.ports.insert(r.name.clone(), r.clone());
@@ -538,6 +540,27 @@ mod tests {
         ServicePortName::new("ns", service, "p", Protocol::Tcp)
     }
 
+    fn rules(service: &str) -> Arc<ServicePortRules> {
+        Arc::new(ServicePortRules {
+            name: name(service),
+            cluster_ip: "10.96.0.1".parse().unwrap(),
+            port: 80,
+            node_port: None,
+            external_ips: Vec::new(),
+            load_balancer_ips: Vec::new(),
+            firewall: None,
+            affinity_timeout: None,
+            internal_policy_local: false,
+            external_policy_local: false,
+            has_endpoints: false,
+            cluster_endpoints: Vec::new(),
+            local_endpoints: Vec::new(),
+            health_check_node_port: None,
+            local_ready: Vec::new(),
+            serving: Vec::new(),
+        })
+    }
+
     /// Claims in any order leave the first in name order in front; removals hand the
     /// element to the next, and an element nobody claims is empty.
     #[test]
@@ -554,7 +577,7 @@ mod tests {
         for (steps, first, count) in cases {
             let mut claims = Claimants::default();
             for (service, claim) in steps {
-                if *claim { claims.insert(&name(service)) } else { claims.remove(&name(service)) }
+                if *claim { claims.insert(&rules(service)) } else { claims.remove(&name(service)) }
             }
             assert_eq!(claims.first(), first.map(name).as_ref(), "{steps:?}");
             assert_eq!(claims.is_empty(), first.is_none(), "{steps:?}");
@@ -565,8 +588,25 @@ mod tests {
             };
             assert_eq!(held, count, "{steps:?}");
             if let Claimants::Many(all) = &claims {
-                assert!(all.is_sorted(), "{steps:?}");
+                assert!(all.is_sorted_by(|a, b| a.name <= b.name), "{steps:?}");
             }
         }
+    }
+
+    /// A port's renewed claim holds its newest rules, so that old rules are not kept alive
+    /// by elements that did not change.
+    #[test]
+    fn a_renewed_claim_holds_the_newest_rules() {
+        let (old, new) = (rules("a"), rules("a"));
+        let mut one = Claimants::default();
+        one.insert(&old);
+        one.insert(&new);
+        assert!(matches!(&one, Claimants::One(r) if Arc::ptr_eq(r, &new)));
+        let mut many = Claimants::default();
+        many.insert(&rules("b"));
+        many.insert(&old);
+        many.insert(&new);
+        assert!(matches!(&many, Claimants::Many(all) if all.len() == 2 && Arc::ptr_eq(&all[0], &new)));
+        assert_eq!(Arc::strong_count(&old), 1, "nothing holds the old rules any more");
     }
 }

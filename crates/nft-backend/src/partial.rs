@@ -95,10 +95,9 @@ impl<'a> PortPlan<'a> {
                 self.elements.insert(*key, (held, claims));
             }
             let (_, claims) = self.elements.get_mut(key).expect("just inserted");
-            if new_ref.elements.contains_key(key) {
-                claims.insert(name);
-            } else {
-                claims.remove(name);
+            match new {
+                Some(rules) if new_ref.elements.contains_key(key) => claims.insert(rules),
+                _ => claims.remove(name),
             }
         }
         self.changed.insert(name.clone(), new.cloned().zip(new_objects));
