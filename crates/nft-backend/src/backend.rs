@@ -29,7 +29,9 @@ pub const DEFAULT_TABLE: &str = "kproxy";
 /// The kernel holds the first claimant's data, in name order, as a full sync resolves
 /// conflicts; when it lets go, the next claimant's takes its place. The data itself is not
 /// kept here: it is in the claimant's rendering.
-pub(crate) type Claims = HashMap<(&'static str, Key), Claimants>;
+/// Hashed with foldhash (seeded per process) rather than SipHash: a full sync inserts every
+/// element, and SipHash was a seventh of its time outside the kernel in a profile.
+pub(crate) type Claims = foldhash::HashMap<(&'static str, Key), Claimants>;
 
 /// The claimants of one element, in name order: the rules each was last rendered from
 /// (shared with [`Committed::ports`], so a claim costs a pointer). Nearly every element has
@@ -120,7 +122,7 @@ impl Committed {
             context,
             ports: HashMap::new(),
             owned: HashMap::new(),
-            claims: Claims::new(),
+            claims: Claims::default(),
             picks: BTreeMap::new(),
         }
     }

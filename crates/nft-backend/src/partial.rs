@@ -163,7 +163,7 @@ impl<'a> PortPlan<'a> {
     pub(crate) fn emit(mut self, tx: &mut Transaction) -> Update {
         let committed = self.committed;
         let picks = self.emit_picks(&committed.picks);
-        let mut claims = Claims::new();
+        let mut claims = Claims::default();
         for (key, (before, after)) in std::mem::take(&mut self.elements) {
             let now = after.first().map(|first| self.data_after(&first.clone(), &key));
             if now != before {
