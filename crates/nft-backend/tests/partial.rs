@@ -288,3 +288,48 @@ fn full_resync_keeps_affinity_and_removes_stale_objects() {
         assert_eq!(without_entry.join("\n"), normalize(&list()));
     });
 }
+
+/// Element operations are encoded in lists of at most 8192 elements (libnftnl's objects
+/// cost memory): a map of 9000 endpoint slots is written whole by a full sync, and taken
+/// away whole by a partial one.
+#[test]
+fn maps_longer_than_one_element_list_are_written_and_deleted_whole() {
+    in_netns("maps_longer_than_one_element_list_are_written_and_deleted_whole", || {
+        let services = 3000;
+        let slice = |i: usize, eps: &str| {
+            format!(
+                "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{namespace: big, name: s{i}-1, labels: {{kubernetes.io/service-name: s{i}}}}}\naddressType: IPv4\nports: [{{name: p, port: 80}}]\nendpoints: [{eps}]\n---\n"
+            )
+        };
+        let mut yaml = String::new();
+        for i in 0..services {
+            yaml.push_str(&format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{namespace: big, name: s{i}}}\nspec: {{clusterIP: 172.30.{}.{}, ports: [{{name: p, port: 80}}]}}\n---\n",
+                10 + i / 250,
+                1 + i % 250
+            ));
+            let ep = |n: usize| format!("{{addresses: [10.{}.{}.{n}]}}", 100 + i / 250, i % 250);
+            yaml.push_str(&slice(i, &format!("{}, {}, {}", ep(1), ep(2), ep(3))));
+        }
+        let mut engine = engine(node(), &yaml);
+        let mut syncer = Syncer::new(NftBackend::new("kproxy"));
+        syncer.sync(&proxy_core::Plan { full: true, ..Default::default() }, engine.desired()).expect("full sync");
+        let slots = || {
+            let map = sh("nft list map ip kproxy cluster-endpoints-3 2>/dev/null || true");
+            map.matches(" . 80 . ").count()
+        };
+        assert_eq!(slots(), 3 * services, "every slot of every Service");
+        let mut emptied = String::new();
+        for i in 0..services {
+            emptied.push_str(&slice(i, ""));
+        }
+        apply_yaml(&mut engine, &emptied);
+        let plan = engine.plan();
+        let stats = syncer.sync(&plan, engine.desired()).expect("partial sync");
+        assert!(!stats.full);
+        assert_eq!(slots(), 0, "no slot left");
+        let after_partial = normalized();
+        syncer.backend_mut().sync_full(engine.desired()).expect("full sync");
+        assert!(normalized() == after_partial, "the partial sync left a different ruleset");
+    });
+}
