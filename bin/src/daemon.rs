@@ -16,7 +16,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -49,7 +49,9 @@ pub struct RunArgs {
     /// The shortest time between two syncs (kube-proxy's default: 1s).
     #[arg(long)]
     min_sync_period: Option<String>,
-    /// How often to run a full resync (kube-proxy's default: 30s).
+    /// How often to sync even without changes (kube-proxy's default: 30s). The nftables
+    /// table is rewritten whole on these syncs only without drift detection; with it,
+    /// hourly, as upstream's nftables mode does.
     #[arg(long)]
     sync_period: Option<String>,
     /// How often to look for manifest changes.
@@ -167,7 +169,15 @@ fn watch_manifests(paths: Vec<PathBuf>, interval: Duration, tx: Sender<Trigger>)
     }
 }
 
-fn watch_drift(mut monitor: Monitor, own_port: Arc<AtomicU32>, tx: Sender<Trigger>) {
+/// How often the nftables mode rewrites its whole table while drift detection is on.
+/// Upstream's nftables proxier makes its periodic sync partial and a full one hourly; the
+/// drift monitor repairs foreign changes as they happen, so this only bounds what a missed
+/// notification could cost. At 5k Services × 50 endpoints a full sync takes seconds, which
+/// every 30 s would be a tenth of a core. Without the monitor, and in IPVS mode (whose full
+/// sync reads the kernel back), every periodic sync is full.
+const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
+
+fn watch_drift(mut monitor: Monitor, own_port: Arc<AtomicU32>, tx: Sender<Trigger>, watched: Arc<AtomicBool>) {
     loop {
         let own = [own_port.load(Ordering::Relaxed)];
         match monitor.wait(Duration::from_millis(500), &own) {
@@ -178,7 +188,8 @@ fn watch_drift(mut monitor: Monitor, own_port: Arc<AtomicU32>, tx: Sender<Trigge
             }
             Ok(false) => {}
             Err(e) => {
-                warn!("drift detection stopped: {e}");
+                warn!("drift detection stopped: {e}; the periodic syncs are full from now on");
+                watched.store(false, Ordering::Relaxed);
                 return;
             }
         }
@@ -241,17 +252,20 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     let (tx, rx) = mpsc::channel();
     let own_port = Arc::new(AtomicU32::new(0));
     let mut quiet = None;
+    // Whether the drift monitor is running: it decides how often periodic syncs are full.
+    let drift_watched = Arc::new(AtomicBool::new(false));
     if let Some(nft) = backend.nft_mut() {
         own_port.store(nft.connect().context("opening the nftables netlink socket")?, Ordering::Relaxed);
         // Drift detection, on its own thread (the netlink socket stays there); `quiet`
         // pauses it around our own transactions (see `Quiet`).
         let (quiet_tx, quiet_rx) = mpsc::channel();
-        let (table, port, tx) = (config.table.clone(), own_port.clone(), tx.clone());
+        let (table, port, tx, watched) = (config.table.clone(), own_port.clone(), tx.clone(), drift_watched.clone());
         std::thread::spawn(move || match Monitor::open(&table) {
             Ok(monitor) => {
+                watched.store(true, Ordering::Relaxed);
                 let quiet = monitor.quiet().map_err(|e| warn!("drift detection stays on during syncs: {e}")).ok();
                 let _ = quiet_tx.send(quiet);
-                watch_drift(monitor, port, tx);
+                watch_drift(monitor, port, tx, watched);
             }
             Err(e) => {
                 warn!("drift detection disabled: {e}");
@@ -295,7 +309,10 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     health.queued();
     let mut syncer = Syncer::new(backend);
     let mut limiter = Burst::new(min_sync_period);
-    let mut next_full = Instant::now() + sync_period;
+    let full_period =
+        || if drift_watched.load(Ordering::Relaxed) { FULL_SYNC_PERIOD.max(sync_period) } else { sync_period };
+    let mut next_sync = Instant::now() + sync_period;
+    let mut next_full = Instant::now() + full_period();
     let mut retry_at: Option<Instant> = None;
     let mut backoff = Duration::from_secs(1);
     let mut pending = true;
@@ -346,10 +363,11 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                         Err(e) => warn!("could not clear stale UDP conntrack entries: {e}"),
                     }
                     pending = false;
+                    next_sync = Instant::now() + sync_period;
                     retry_at = None;
                     backoff = Duration::from_secs(1);
                     if full {
-                        next_full = Instant::now() + sync_period;
+                        next_full = Instant::now() + full_period();
                         if ipvs_mode {
                             set_ipvs_sysctls();
                         }
@@ -371,9 +389,12 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
         if now >= next_full {
             syncer.request_full();
             pending = true;
-            next_full = now + sync_period;
+            next_full = now + full_period();
+        } else if now >= next_sync {
+            pending = true;
+            next_sync = now + sync_period;
         }
-        let wake = if listed && pending { earliest.max(now) } else { next_full };
+        let wake = if listed && pending { earliest.max(now) } else { next_full.min(next_sync) };
         match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
             Ok(Trigger::Manifests) => {
                 let loaded = match reload(&args.manifests, &mut cache) {

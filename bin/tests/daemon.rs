@@ -139,6 +139,31 @@ fn get(addr: &str, path: &str) -> (u16, String) {
     (code, body)
 }
 
+/// While drift detection runs, the periodic syncs (every `--sync-period`) are partial, as
+/// in upstream's nftables mode: nothing changed, so they write nothing, and the only full
+/// sync is the first. (Drift itself is repaired at once: see above.)
+#[test]
+fn periodic_syncs_are_partial_while_drift_is_watched() {
+    in_sandbox("periodic_syncs_are_partial_while_drift_is_watched", || {
+        let node = Node::new();
+        let dir = write(&node, WEB);
+        let _daemon = Daemon::start_with(&dir, &["--sync-period", "300ms"]);
+        wait_for("first sync", Duration::from_secs(10), table_exists);
+        let count = |name: &str| -> u64 {
+            let (_, metrics) = get("127.0.0.1:10249", "/metrics");
+            metrics
+                .lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+                .map_or(0, |v| v as u64)
+        };
+        wait_for("metrics served", Duration::from_secs(5), || std::net::TcpStream::connect("127.0.0.1:10249").is_ok());
+        wait_for("four syncs", Duration::from_secs(5), || {
+            count("kubeproxy_sync_proxy_rules_duration_seconds_count") >= 4
+        });
+        assert_eq!(count("kubeproxy_sync_full_proxy_rules_duration_seconds_count"), 1, "only the first sync is full");
+    });
+}
+
 #[test]
 fn health_and_metrics_endpoints() {
     in_sandbox("health_and_metrics_endpoints", || {
