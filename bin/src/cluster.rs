@@ -1,5 +1,6 @@
-//! `kproxy run` against the Kubernetes API: kube-rs watchers on Services, EndpointSlices,
-//! this node's Node and the ServiceCIDRs, turned into [`Update`]s for the sync loop.
+//! `kproxy run` against the Kubernetes API: watchers on Services and EndpointSlices (in
+//! protobuf, see `listwatch`), this node's Node and the ServiceCIDRs (kube-rs), turned
+//! into [`Update`]s for the sync loop.
 //!
 //! The watchers use kube-proxy's label selectors, so Services and EndpointSlices that
 //! belong to another proxy (`service.kubernetes.io/service-proxy-name`) or to headless
@@ -10,7 +11,7 @@
 //! The watchers run on their own thread with a small tokio runtime; the sync loop stays
 //! synchronous and receives updates over a channel.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
@@ -28,6 +29,7 @@ use kube::{Api, Client, Resource, ResourceExt};
 use proxy_core::manifest::Object;
 
 use crate::lean::{LeanService, LeanSlice};
+use crate::listwatch;
 use proxy_core::{Event, ObjectRef, ingest};
 use tracing::{info, warn};
 
@@ -92,8 +94,8 @@ pub fn spawn<T: Send + 'static>(
 /// the size of the largest variant does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Tagged {
-    Service(watcher::Result<Watched<LeanService>>),
-    Slice(watcher::Result<Watched<LeanSlice>>),
+    Service(anyhow::Result<Watched<LeanService>>),
+    Slice(anyhow::Result<Watched<LeanSlice>>),
     Node(watcher::Result<Watched<Node>>),
     Cidr(watcher::Result<Watched<ServiceCIDR>>),
 }
@@ -145,7 +147,7 @@ struct Watchers {
     node_listed: bool,
     cidrs: BTreeMap<String, ServiceCIDR>,
     /// The last problems reported per Service, so that a relist does not repeat Events.
-    reported: HashMap<ObjectRef, String>,
+    reported: foldhash::HashMap<ObjectRef, String>,
     announced: bool,
 }
 
@@ -166,13 +168,13 @@ where
 /// default climbs to 30 s, which would leave a returning API server's changes (and the
 /// relist after a 410 Gone) waiting up to 30 s; a proxy must catch up within a couple of
 /// seconds. One retry per second per watch is a small load for an API server to bear.
-struct Retry {
+pub(crate) struct Retry {
     next: Duration,
 }
 
 impl Retry {
     const FIRST: Duration = Duration::from_millis(100);
-    const MAX: Duration = Duration::from_secs(1);
+    pub(crate) const MAX: Duration = Duration::from_secs(1);
 }
 
 impl Default for Retry {
@@ -209,22 +211,21 @@ impl Watchers {
             node: None,
             node_listed: false,
             cidrs: BTreeMap::new(),
-            reported: HashMap::new(),
+            reported: foldhash::HashMap::default(),
             announced: false,
         }
     }
 
     /// Runs until `send` fails (the sync loop is gone).
     async fn run(mut self, mut send: impl FnMut(Update) -> bool) {
-        // The initial list as a watch stream (`sendInitialEvents`, the API server's
-        // WatchList): objects arrive one by one from the watch cache and are decoded while
-        // the server is still sending, instead of in pages held whole in memory.
-        let proxied = watcher::Config::default().labels(PROXIED).streaming_lists();
+        // Services and EndpointSlices in protobuf, as kube-proxy: the API server encodes
+        // a protobuf list several times faster than JSON, and kproxy decodes it faster
+        // still (see `proto`). The Node and ServiceCIDRs are few and stay on kube-rs.
         let this_node = watcher::Config::default().fields(&format!("metadata.name={}", self.node_name));
         let c = &self.client;
         let mut all = futures::stream::select_all([
-            watch(Api::<LeanService>::all(c.clone()), proxied.clone()).map(Tagged::Service).boxed(),
-            watch(Api::<LeanSlice>::all(c.clone()), proxied).map(Tagged::Slice).boxed(),
+            listwatch::list_watch::<LeanService>(c.clone(), PROXIED).map(Tagged::Service).boxed(),
+            listwatch::list_watch::<LeanSlice>(c.clone(), PROXIED).map(Tagged::Slice).boxed(),
             watch(Api::<Node>::all(c.clone()), this_node).map(Tagged::Node).boxed(),
             watch(Api::<ServiceCIDR>::all(c.clone()), watcher::Config::default()).map(Tagged::Cidr).boxed(),
         ]);

@@ -34,6 +34,13 @@ struct Meta {
     annotations: Option<BTreeMap<String, String>>,
 }
 
+/// Keeps only [`KEPT_ANNOTATIONS`] of a decoded annotation map (the protobuf path, which
+/// has no cheaper way to skip map entries).
+pub fn keep_annotations(mut annotations: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    annotations.retain(|k, _| KEPT_ANNOTATIONS.contains(&k.as_str()));
+    annotations
+}
+
 fn lean_meta<'de, D: Deserializer<'de>>(d: D) -> Result<ObjectMeta, D::Error> {
     let m = Meta::deserialize(d)?;
     Ok(ObjectMeta {
