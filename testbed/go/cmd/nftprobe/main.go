@@ -12,6 +12,15 @@
 //	                                            DNATs through (upstream's `dnat ip to numgen
 //	                                            random mod N map { … }`) has endpoint IP
 //	nftprobe chains TABLE                       list the table's chains (for debugging)
+//	nftprobe wait-elements SECONDS TABLE SET PROTO PORT IP...
+//	                                            poll every 10 ms, in this one process, until
+//	                                            every IP . PROTO . PORT is in the set; print
+//	                                            the Unix time in ms when they were; exit 1
+//	                                            after SECONDS without
+//
+// wait-elements exists for cold starts: polling by starting `ip netns exec nftprobe`
+// every 10 ms cost a good part of a core, which a proxy starting up on a two-core machine
+// would otherwise share with the probe.
 package main
 
 import (
@@ -22,6 +31,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -241,6 +251,39 @@ func chainExists(table, chain string) error {
 	return err
 }
 
+func waitElements(seconds, table, set, proto, port string, ips []string) error {
+	limit, err := strconv.Atoi(seconds)
+	if err != nil {
+		return err
+	}
+	keys := make([][]byte, len(ips))
+	for i, ip := range ips {
+		if keys[i], err = key(ip, proto, port, nil); err != nil {
+			return err
+		}
+	}
+	deadline := time.Now().Add(time.Duration(limit) * time.Second)
+	for {
+		missing := false
+		for _, k := range keys {
+			if _, err := element(table, set, k); errors.Is(err, errAbsent) {
+				missing = true
+				break
+			} else if err != nil {
+				return err
+			}
+		}
+		if !missing {
+			fmt.Println(time.Now().UnixMilli())
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return errAbsent
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func run(args []string) error {
 	if len(args) < 2 {
 		return fmt.Errorf("usage: see the package comment")
@@ -283,6 +326,8 @@ func run(args []string) error {
 			return errAbsent
 		}
 		return nil
+	case "wait-elements":
+		return waitElements(a[1], a[2], a[3], a[4], a[5], a[6:])
 	case "chains":
 		msgs, err := request(msgGetChain, unix.NLM_F_DUMP, nil)
 		if err != nil {
