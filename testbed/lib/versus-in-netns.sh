@@ -24,6 +24,7 @@ cleanup() {
 trap cleanup EXIT
 kc() { kubectl --kubeconfig "$state/admin.kubeconfig" "$@"; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
+now_us() { echo $(($(date +%s%N) / 1000)); }
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
 mount -t tmpfs tmpfs /run && mkdir -p /run/netns
@@ -130,34 +131,40 @@ poll_since() { # START LIMIT_S COMMAND...
 # ms at any size): `nft list` and `nft get` load the whole ruleset first, which takes
 # seconds at 10k-44k Services.
 probe() { ip netns exec "$1" nftprobe "${@:2}" 2>/dev/null; }
-# Whether svc-0's endpoints include IP. Upstream (v1.37): the anonymous map its service
-# chain DNATs through holds the endpoint. kproxy: svc-0 has N endpoints, in slots 0 … N-1
-# of cluster-endpoints-N.
-has_endpoint() { # NETNS TABLE COUNT IP
-    if [[ $2 == kube-proxy ]]; then
-        probe "$1" dnat-map "$2" "$upstream_svc0_chain" "$4"
+# The probe for "svc-0's endpoints include IP". Upstream (v1.37): the anonymous map its
+# service chain DNATs through holds the endpoint. kproxy: svc-0 has N endpoints, in slots
+# 0 … N-1 of cluster-endpoints-N, one of them IP:8080.
+endpoint_probe() { # TABLE COUNT IP
+    if [[ $1 == kube-proxy ]]; then
+        echo dnat-map "$1" "$upstream_svc0_chain" "$3"
     else
-        local found
-        found=$(probe "$1" slots "$2" "cluster-endpoints-$3" 10.96.1.0 tcp 80 "$3") || return 1
-        grep -qxF -- "$4:8080" <<<"$found"
+        echo slots "$1" "cluster-endpoints-$2" 10.96.1.0 tcp 80 "$2" "$3:8080"
     fi
 }
-# Whether a Service's ClusterIP is programmed: upstream's service-ips map, kproxy's
-# to-cluster-endpoints set.
-has_element() { # NETNS TABLE IP
-    local map=service-ips
-    [[ $2 == kproxy ]] && map=to-cluster-endpoints
-    probe "$1" element "$2" $map "$3" tcp 80
+# Starts one nftprobe that repeats PROBE every 1 ms until it succeeds. It is started
+# before the API write, so its own start-up (10-60 ms) is not part of the figure.
+expect() { # NETNS PROBE...
+    ip netns exec "$1" nftprobe wait 60 "${@:2}" >"$state/seen" 2>/dev/null &
+    expect_pid=$!
+    sleep 0.3
 }
-# The cost of a probe that succeeds at once (median of 5, ms): part of every change figure.
-probe_cost() { # COMMAND...
-    local i start costs=()
-    for i in 1 2 3 4 5; do
-        start=$(now_ms)
-        "$@" || true
-        costs+=($(($(now_ms) - start)))
-    done
-    median "${costs[@]}"
+# Milliseconds (one decimal) from START_US until the expected change was seen, or
+# "timeout"; 0 when it was there before the write's acknowledgement reached the script.
+# Called in the script's own shell: `wait` needs the probe to be its child.
+seen_after() { # START_US
+    if wait "$expect_pid"; then
+        seen_ms=$(awk -v seen="$(cat "$state/seen")" -v start="$1" \
+            'BEGIN { d = seen - start; printf "%.1f", (d < 0 ? 0 : d) / 1000 }')
+    else
+        seen_ms=timeout
+    fi
+}
+# The probe for "a Service's ClusterIP is programmed": upstream's service-ips map,
+# kproxy's to-cluster-endpoints set.
+element_probe() { # TABLE IP
+    local map=service-ips
+    [[ $1 == kproxy ]] && map=to-cluster-endpoints
+    echo element "$1" $map "$2" tcp 80
 }
 healthy() { [[ $(ip netns exec "$1" curl -s -o /dev/null -w '%{http_code}' 127.0.0.1:10256/healthz) == 200 ]]; }
 full_syncs_done() {
@@ -220,19 +227,23 @@ run_proxy() { # PROXY SERVICES ENDPOINTS
             ip=10.127.$((RANDOM % 250)).$i
             # svc-0's endpoint count after this patch (earlier runs may have added some).
             where=$(($(kc -n bench get endpointslice svc-0-1 -o json | jq '.endpoints | length') + 1))
+            # shellcheck disable=SC2046 # the probe's words
+            expect "$ns" $(endpoint_probe $table "$where" "$ip")
             kc -n bench patch endpointslice svc-0-1 --type=json -p "[{\"op\": \"add\", \"path\": \"/endpoints/-\",
                 \"value\": {\"addresses\": [\"$ip\"], \"conditions\": {\"ready\": true}}}]" >/dev/null
-            start=$(now_ms)
-            samples+=("$(poll_since "$start" 60 has_endpoint "$ns" $table "$where" "$ip")")
+            start=$(now_us)
+            seen_after "$start"
+            samples+=("$seen_ms")
         done
         ep_ms=$(median "${samples[@]}")
-        probe_ms=$(probe_cost has_endpoint "$ns" $table "$where" "$ip")
-        log "$proxy: one endpoint change: ${samples[*]} ms (median $ep_ms; the probe alone takes $probe_ms ms)"
+        log "$proxy: one endpoint change: ${samples[*]} ms (median $ep_ms)"
         # One Service added.
         samples=()
         for i in $(seq 1 "$SAMPLES"); do
             sleep 1.2
             ip=10.96.0.$((100 + i))
+            # shellcheck disable=SC2046
+            expect "$ns" $(element_probe $table "$ip")
             kc apply -f - >/dev/null <<EOF
 apiVersion: v1
 kind: Service
@@ -246,8 +257,9 @@ addressType: IPv4
 ports: [{name: http, port: 8080, protocol: TCP}]
 endpoints: [{addresses: [10.126.0.$i], conditions: {ready: true}, nodeName: $NODE}]
 EOF
-            start=$(now_ms)
-            samples+=("$(poll_since "$start" 60 has_element "$ns" $table "$ip")")
+            start=$(now_us)
+            seen_after "$start"
+            samples+=("$seen_ms")
         done
         add_ms=$(median "${samples[@]}")
         log "$proxy: one Service added: ${samples[*]} ms (median $add_ms)"

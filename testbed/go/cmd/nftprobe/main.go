@@ -6,19 +6,26 @@
 //
 //	nftprobe chain TABLE CHAIN                  exit 0 if the chain exists
 //	nftprobe element TABLE SET IP PROTO PORT    exit 0 if IP . PROTO . PORT is in the set
-//	nftprobe slots TABLE MAP IP PROTO PORT N    print the endpoints under slots 0..N-1 of
+//	nftprobe slots TABLE MAP IP PROTO PORT N [WANT]
+//	                                            print the endpoints under slots 0..N-1 of
 //	                                            kproxy's endpoint map; exit 0 if all exist
+//	                                            (and one of them is WANT, IP:PORT)
 //	nftprobe dnat-map TABLE CHAIN IP            exit 0 if the anonymous map a rule of CHAIN
 //	                                            DNATs through (upstream's `dnat ip to numgen
 //	                                            random mod N map { … }`) has endpoint IP
 //	nftprobe chains TABLE                       list the table's chains (for debugging)
+//	nftprobe wait SECONDS PROBE...              repeat PROBE (one of the above) every 1 ms,
+//	                                            quietly, until it succeeds; print the Unix
+//	                                            time in µs when it did; exit 1 after SECONDS
 //	nftprobe wait-elements SECONDS TABLE SET PROTO PORT IP...
 //	                                            poll every 10 ms, in this one process, until
 //	                                            every IP . PROTO . PORT is in the set; print
 //	                                            the Unix time in ms when they were; exit 1
 //	                                            after SECONDS without
 //
-// wait-elements exists for cold starts: polling by starting `ip netns exec nftprobe`
+// wait is for changes: started before the API write, it sees the change within a
+// millisecond of its arrival, where a probe process started after the write would add
+// its own start-up (10-60 ms) to every figure. wait-elements exists for cold starts: polling by starting `ip netns exec nftprobe`
 // every 10 ms cost a good part of a core, which a proxy starting up on a two-core machine
 // would otherwise share with the probe.
 package main
@@ -251,6 +258,32 @@ func chainExists(table, chain string) error {
 	return err
 }
 
+// quiet keeps repeated probes (wait) from printing.
+var quiet bool
+
+func wait(seconds string, prog, probe []string) error {
+	limit, err := strconv.Atoi(seconds)
+	if err != nil {
+		return err
+	}
+	quiet = true
+	deadline := time.Now().Add(time.Duration(limit) * time.Second)
+	for {
+		err := run(append(append([]string{}, prog...), probe...))
+		if err == nil {
+			fmt.Println(time.Now().UnixMicro())
+			return nil
+		}
+		if !errors.Is(err, errAbsent) {
+			return err
+		}
+		if time.Now().After(deadline) {
+			return errAbsent
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
 func waitElements(seconds, table, set, proto, port string, ips []string) error {
 	limit, err := strconv.Atoi(seconds)
 	if err != nil {
@@ -305,7 +338,10 @@ func run(args []string) error {
 		if err != nil {
 			return err
 		}
-		found := 0
+		found, want, wanted := 0, "", true
+		if len(a) > 7 {
+			want, wanted = a[7], false
+		}
 		for slot := uint32(0); slot < uint32(n); slot++ {
 			k, err := key(a[3], a[4], a[5], &slot)
 			if err != nil {
@@ -319,13 +355,19 @@ func run(args []string) error {
 			}
 			if len(data) >= 6 {
 				found++
-				fmt.Printf("%s:%d\n", net.IP(data[:4]), binary.BigEndian.Uint16(data[4:]))
+				endpoint := fmt.Sprintf("%s:%d", net.IP(data[:4]), binary.BigEndian.Uint16(data[4:]))
+				wanted = wanted || endpoint == want
+				if !quiet {
+					fmt.Println(endpoint)
+				}
 			}
 		}
-		if found < n {
+		if found < n || !wanted {
 			return errAbsent
 		}
 		return nil
+	case "wait":
+		return wait(a[1], args[:1], a[2:])
 	case "wait-elements":
 		return waitElements(a[1], a[2], a[3], a[4], a[5], a[6:])
 	case "chains":
