@@ -160,7 +160,7 @@ where
     K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + 'static,
 {
     // managedFields are never read: Services and EndpointSlices are decoded without them
-    // (see `lean`); the Node and ServiceCIDRs drop them here, so nothing keeps them around.
+    // (see `proto`); the Node and ServiceCIDRs drop them here, so nothing keeps them around.
     watcher::watcher(api, config).backoff(Retry::default()).modify(|o| o.managed_fields_mut().clear())
 }
 

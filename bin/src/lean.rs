@@ -1,5 +1,9 @@
 //! Services and EndpointSlices decoded without what kproxy never reads.
 //!
+//! `kproxy run` receives them in protobuf (`proto`, which produces these types too); the
+//! JSON decoding here is the reference that `proto`'s tests check the protobuf path
+//! against, on lists captured from a real API server.
+//!
 //! Every object the API server lists carries `metadata.managedFields` (one entry per
 //! writer, each a JSON tree of field paths), and objects written with `kubectl apply`
 //! carry their whole last-applied copy as an annotation. k8s-openapi decodes both into
