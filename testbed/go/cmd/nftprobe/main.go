@@ -261,60 +261,61 @@ func chainExists(table, chain string) error {
 // quiet keeps repeated probes (wait) from printing.
 var quiet bool
 
-func wait(seconds string, prog, probe []string) error {
+// poll repeats probe every interval until it succeeds (returning when), fails other
+// than by absence, or SECONDS pass (errAbsent).
+func poll(seconds string, interval time.Duration, probe func() error) (time.Time, error) {
 	limit, err := strconv.Atoi(seconds)
 	if err != nil {
-		return err
+		return time.Time{}, err
 	}
-	quiet = true
 	deadline := time.Now().Add(time.Duration(limit) * time.Second)
 	for {
-		err := run(append(append([]string{}, prog...), probe...))
+		err := probe()
 		if err == nil {
-			fmt.Println(time.Now().UnixMicro())
-			return nil
+			return time.Now(), nil
 		}
 		if !errors.Is(err, errAbsent) {
-			return err
+			return time.Time{}, err
 		}
 		if time.Now().After(deadline) {
-			return errAbsent
+			return time.Time{}, errAbsent
 		}
-		time.Sleep(time.Millisecond)
+		time.Sleep(interval)
 	}
 }
 
-func waitElements(seconds, table, set, proto, port string, ips []string) error {
-	limit, err := strconv.Atoi(seconds)
+func wait(seconds string, prog, probe []string) error {
+	quiet = true
+	args := append(append([]string{}, prog...), probe...)
+	seen, err := poll(seconds, time.Millisecond, func() error { return run(args) })
 	if err != nil {
 		return err
 	}
+	fmt.Println(seen.UnixMicro())
+	return nil
+}
+
+func waitElements(seconds, table, set, proto, port string, ips []string) error {
 	keys := make([][]byte, len(ips))
 	for i, ip := range ips {
+		var err error
 		if keys[i], err = key(ip, proto, port, nil); err != nil {
 			return err
 		}
 	}
-	deadline := time.Now().Add(time.Duration(limit) * time.Second)
-	for {
-		missing := false
+	seen, err := poll(seconds, 10*time.Millisecond, func() error {
 		for _, k := range keys {
-			if _, err := element(table, set, k); errors.Is(err, errAbsent) {
-				missing = true
-				break
-			} else if err != nil {
+			if _, err := element(table, set, k); err != nil {
 				return err
 			}
 		}
-		if !missing {
-			fmt.Println(time.Now().UnixMilli())
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return errAbsent
-		}
-		time.Sleep(10 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		return err
 	}
+	fmt.Println(seen.UnixMilli())
+	return nil
 }
 
 func run(args []string) error {
