@@ -24,7 +24,6 @@ cleanup() {
 trap cleanup EXIT
 kc() { kubectl --kubeconfig "$state/admin.kubeconfig" "$@"; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
-now_us() { echo $(($(date +%s%N) / 1000)); }
 log() { echo "[$(date +%H:%M:%S)] $*" >&2; }
 
 mount -t tmpfs tmpfs /run && mkdir -p /run/netns
@@ -98,6 +97,14 @@ stop_proxy() {
     wait $proxy_pid 2>/dev/null || true
     proxy_pid=
 }
+# One API write by testbed/lib/apiwrite.py: sets `answered` (µs) to when the API server's
+# answer arrived, and adds the write's own time (sent → answered, ms) to `writes`.
+api_write() { # WRITE ARGS...
+    local times sent
+    times=$(python3 testbed/lib/apiwrite.py "$state" "$@")
+    read -r sent answered <<<"$times"
+    writes+=("$(awk -v d=$((answered - sent)) 'BEGIN { printf "%.1f", d / 1000 }')")
+}
 # The number of ClusterIPs the proxy has programmed: entries of upstream's service-ips
 # map; entries of kproxy's to-cluster-endpoints set (kproxy keeps Services as data).
 service_count() { # NETNS TABLE
@@ -141,15 +148,17 @@ endpoint_probe() { # TABLE COUNT IP
         echo slots "$1" "cluster-endpoints-$2" 10.96.1.0 tcp 80 "$2" "$3:8080"
     fi
 }
-# Starts one nftprobe that repeats PROBE every 1 ms until it succeeds. It is started
-# before the API write, so its own start-up (10-60 ms) is not part of the figure.
+# Starts one nftprobe that repeats PROBE after every nf_tables commit until it succeeds.
+# It is started before the API write, so its own start-up (10-60 ms) is not part of the
+# figure.
 expect() { # NETNS PROBE...
     ip netns exec "$1" nftprobe wait 60 "${@:2}" >"$state/seen" 2>/dev/null &
     expect_pid=$!
     sleep 0.3
 }
 # Milliseconds (one decimal) from START_US until the expected change was seen, or
-# "timeout"; 0 when it was there before the write's acknowledgement reached the script.
+# "timeout"; 0 when it was there before the API server's answer reached the writer (the
+# answer and the watch events leave the API server at about the same time).
 # Called in the script's own shell: `wait` needs the probe to be its child.
 seen_after() { # START_US
     if wait "$expect_pid"; then
@@ -216,11 +225,11 @@ run_proxy() { # PROXY SERVICES ENDPOINTS
     done
     cold=$((seen - t0))
     log "$proxy: cold start $status in $cold ms ($count of $want)"
-    local ep_ms="" add_ms="" resync="" p50="" p99="" rss="" cpu="" probe_ms=""
+    local ep_ms="" add_ms="" resync="" p50="" p99="" rss="" cpu="" write_ms="" writes=() answered
     if [[ $status == ok ]]; then
         # One endpoint change: an extra endpoint for svc-0, found where the proxy keeps
         # svc-0's endpoints.
-        local where samples=() i ip start
+        local where samples=() i ip
         upstream_svc0_chain=$(probe "$ns" chains "$table" | grep -m1 -F -- "-bench/svc-0/tcp/http" || true)
         for i in $(seq 1 "$SAMPLES"); do
             sleep 1.2
@@ -229,14 +238,14 @@ run_proxy() { # PROXY SERVICES ENDPOINTS
             where=$(($(kc -n bench get endpointslice svc-0-1 -o json | jq '.endpoints | length') + 1))
             # shellcheck disable=SC2046 # the probe's words
             expect "$ns" $(endpoint_probe $table "$where" "$ip")
-            kc -n bench patch endpointslice svc-0-1 --type=json -p "[{\"op\": \"add\", \"path\": \"/endpoints/-\",
-                \"value\": {\"addresses\": [\"$ip\"], \"conditions\": {\"ready\": true}}}]" >/dev/null
-            start=$(now_us)
-            seen_after "$start"
+            api_write endpoint "$ip"
+            seen_after "$answered"
             samples+=("$seen_ms")
         done
         ep_ms=$(median "${samples[@]}")
-        log "$proxy: one endpoint change: ${samples[*]} ms (median $ep_ms)"
+        write_ms=$(median "${writes[@]}")
+        log "$proxy: one endpoint change: ${samples[*]} ms (median $ep_ms) after the API server's answer;" \
+            "the writes themselves took ${writes[*]} ms"
         # One Service added.
         samples=()
         for i in $(seq 1 "$SAMPLES"); do
@@ -244,21 +253,8 @@ run_proxy() { # PROXY SERVICES ENDPOINTS
             ip=10.96.0.$((100 + i))
             # shellcheck disable=SC2046
             expect "$ns" $(element_probe $table "$ip")
-            kc apply -f - >/dev/null <<EOF
-apiVersion: v1
-kind: Service
-metadata: {name: added-$i, namespace: bench}
-spec: {clusterIP: $ip, ports: [{name: http, port: 80, targetPort: 8080}]}
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {name: added-$i-1, namespace: bench, labels: {kubernetes.io/service-name: added-$i}}
-addressType: IPv4
-ports: [{name: http, port: 8080, protocol: TCP}]
-endpoints: [{addresses: [10.126.0.$i], conditions: {ready: true}, nodeName: $NODE}]
-EOF
-            start=$(now_us)
-            seen_after "$start"
+            api_write service "$i" "$ip" "$NODE"
+            seen_after "$answered"
             samples+=("$seen_ms")
         done
         add_ms=$(median "${samples[@]}")
@@ -287,7 +283,7 @@ EOF
     fi
     remove_node "$ns"
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$e" "$proxy" "$status" "$cold" \
-        "${ep_ms:-}" "${add_ms:-}" "${resync:-}" "$rss" "$cpu" "${p50:-}" "${p99:-}" "${probe_ms:-}" >>"$results"
+        "${ep_ms:-}" "${add_ms:-}" "${resync:-}" "$rss" "$cpu" "${p50:-}" "${p99:-}" "${write_ms:-}" >>"$results"
 }
 
 # Whether the API server's watch cache of RESOURCE (a collection path in the bench

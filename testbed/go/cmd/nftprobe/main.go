@@ -14,18 +14,22 @@
 //	                                            DNATs through (upstream's `dnat ip to numgen
 //	                                            random mod N map { … }`) has endpoint IP
 //	nftprobe chains TABLE                       list the table's chains (for debugging)
-//	nftprobe wait SECONDS PROBE...              repeat PROBE (one of the above) every 1 ms,
-//	                                            quietly, until it succeeds; print the Unix
-//	                                            time in µs when it did; exit 1 after SECONDS
+//	nftprobe wait SECONDS PROBE...              repeat PROBE (one of the above), quietly,
+//	                                            after every nf_tables commit until it
+//	                                            succeeds; print the Unix time in µs when it
+//	                                            did; exit 1 after SECONDS
 //	nftprobe wait-elements SECONDS TABLE SET PROTO PORT IP...
 //	                                            poll every 10 ms, in this one process, until
 //	                                            every IP . PROTO . PORT is in the set; print
 //	                                            the Unix time in ms when they were; exit 1
 //	                                            after SECONDS without
 //
-// wait is for changes: started before the API write, it sees the change within a
-// millisecond of its arrival, where a probe process started after the write would add
-// its own start-up (10-60 ms) to every figure. wait-elements exists for cold starts: polling by starting `ip netns exec nftprobe`
+// wait is for changes. Started before the API write, it would otherwise add its own
+// start-up (10-60 ms) to every figure. It listens to nf_tables' notifications and probes
+// after each commit, so it asks right after the change and costs nothing in between.
+// Its requests share one socket (see conn): with a socket per request, the change was
+// seen 5-15 ms after the proxy's commit, most of kproxy's figure.
+// wait-elements exists for cold starts: polling by starting `ip netns exec nftprobe`
 // every 10 ms cost a good part of a core, which a proxy starting up on a two-core machine
 // would otherwise share with the probe.
 package main
@@ -45,6 +49,7 @@ import (
 
 const (
 	subsysNftables  = 10
+	groupNftables   = 7 // NFNLGRP_NFTABLES: every committed change, then NEWGEN
 	msgNewChain     = 3
 	msgGetChain     = 4
 	msgGetSetElem   = 13
@@ -161,31 +166,48 @@ func dnatMapHas(table, chain, ip string) error {
 
 var errAbsent = errors.New("absent")
 
+// recvBuf receives every answer and notification: allocating (and zeroing) 1 MiB per
+// request made each probe cost milliseconds.
+var recvBuf [1 << 20]byte
+
+// conn is the one socket every request goes through. Closing a nf_tables socket waits
+// for the kernel to free what the last commit deleted (an RCU grace period, 5-15 ms when
+// a proxy has just replaced a map), so a socket per request would add that to the
+// moment a change is seen.
+var conn = -1
+
+// seq numbers the requests on conn.
+var seq uint32
+
 // request sends one nf_tables request and returns the reply's messages, each without its
 // netlink and nfgenmsg headers. A dump returns every message until NLMSG_DONE.
 func request(msgType uint16, flags uint16, body []byte) ([][]byte, error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW, unix.NETLINK_NETFILTER)
-	if err != nil {
-		return nil, err
+	if conn < 0 {
+		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+		if err != nil {
+			return nil, err
+		}
+		if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+			unix.Close(fd)
+			return nil, err
+		}
+		conn = fd
 	}
-	defer unix.Close(fd)
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-		return nil, err
-	}
+	seq++
 	msg := make([]byte, nlmsgHeaderSize+4)
 	binary.NativeEndian.PutUint32(msg[0:], uint32(len(msg)+len(body)))
 	binary.NativeEndian.PutUint16(msg[4:], subsysNftables<<8|msgType)
 	binary.NativeEndian.PutUint16(msg[6:], unix.NLM_F_REQUEST|flags)
-	binary.NativeEndian.PutUint32(msg[8:], 1)
+	binary.NativeEndian.PutUint32(msg[8:], seq)
 	msg[16] = unix.AF_INET
 	msg = append(msg, body...)
-	if err := unix.Sendto(fd, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
+	if err := unix.Sendto(conn, msg, 0, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
 		return nil, err
 	}
 	var out [][]byte
-	buf := make([]byte, 1<<20)
+	buf := recvBuf[:]
 	for {
-		n, _, err := unix.Recvfrom(fd, buf, 0)
+		n, _, err := unix.Recvfrom(conn, buf, 0)
 		if err != nil {
 			return nil, err
 		}
@@ -194,6 +216,11 @@ func request(msgType uint16, flags uint16, body []byte) ([][]byte, error) {
 			kind := binary.NativeEndian.Uint16(data[4:])
 			if length < nlmsgHeaderSize || length > len(data) {
 				break
+			}
+			if binary.NativeEndian.Uint32(data[8:]) != seq {
+				// The rest of an earlier request's answer, left after an error.
+				data = data[min((length+3)&^3, len(data)):]
+				continue
 			}
 			switch kind {
 			case unix.NLMSG_DONE:
@@ -213,7 +240,7 @@ func request(msgType uint16, flags uint16, body []byte) ([][]byte, error) {
 			if flags&unix.NLM_F_DUMP == 0 {
 				return out, nil
 			}
-			data = data[(length+3)&^3:]
+			data = data[min((length+3)&^3, len(data)):]
 		}
 	}
 }
@@ -261,9 +288,9 @@ func chainExists(table, chain string) error {
 // quiet keeps repeated probes (wait) from printing.
 var quiet bool
 
-// poll repeats probe every interval until it succeeds (returning when), fails other
-// than by absence, or SECONDS pass (errAbsent).
-func poll(seconds string, interval time.Duration, probe func() error) (time.Time, error) {
+// poll runs probe, then again after each pause, until it succeeds (returning when),
+// fails other than by absence, or SECONDS pass (errAbsent).
+func poll(seconds string, pause func() error, probe func() error) (time.Time, error) {
 	limit, err := strconv.Atoi(seconds)
 	if err != nil {
 		return time.Time{}, err
@@ -280,14 +307,56 @@ func poll(seconds string, interval time.Duration, probe func() error) (time.Time
 		if time.Now().After(deadline) {
 			return time.Time{}, errAbsent
 		}
-		time.Sleep(interval)
+		if err := pause(); err != nil {
+			return time.Time{}, err
+		}
+	}
+}
+
+// subscribe opens a socket that receives nf_tables' change notifications.
+func subscribe() (int, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return -1, err
+	}
+	// Upstream's commits notify every element; a small buffer overflows (ENOBUFS), which
+	// only means "something changed" here, but a large one keeps that rare.
+	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: 1 << (groupNftables - 1)}); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
+// awaitCommit returns once notifications arrive on fd (after draining them), or after
+// 50 ms without: the fallback covers a notification lost to anything unforeseen.
+func awaitCommit(fd int) error {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}
+	if _, err := unix.Poll(fds, 50); err != nil && err != unix.EINTR {
+		return err
+	}
+	for {
+		_, _, err := unix.Recvfrom(fd, recvBuf[:], unix.MSG_DONTWAIT)
+		switch err {
+		case nil, unix.ENOBUFS, unix.EINTR:
+		case unix.EAGAIN:
+			return nil
+		default:
+			return err
+		}
 	}
 }
 
 func wait(seconds string, prog, probe []string) error {
 	quiet = true
+	fd, err := subscribe()
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
 	args := append(append([]string{}, prog...), probe...)
-	seen, err := poll(seconds, time.Millisecond, func() error { return run(args) })
+	seen, err := poll(seconds, func() error { return awaitCommit(fd) }, func() error { return run(args) })
 	if err != nil {
 		return err
 	}
@@ -303,7 +372,8 @@ func waitElements(seconds, table, set, proto, port string, ips []string) error {
 			return err
 		}
 	}
-	seen, err := poll(seconds, 10*time.Millisecond, func() error {
+	pause := func() error { time.Sleep(10 * time.Millisecond); return nil }
+	seen, err := poll(seconds, pause, func() error {
 		for _, k := range keys {
 			if _, err := element(table, set, k); err != nil {
 				return err
