@@ -195,11 +195,16 @@ fn resync_converges_and_removed_endpoints_never_answer() {
         let replies = requests(16, Some("client"), "10.96.0.10:80", false);
         assert!(replies.iter().all(|r| matches!(r, Reply::From { pod, .. } if pod == "pod2")), "{replies:?}");
 
-        // The Service gone: its ClusterIP is now unallocated within the service CIDR.
-        let without_web =
-            CLUSTER.replace("name: web}", "name: web, labels: {service.kubernetes.io/service-proxy-name: other}}");
-        node.sync(&without_web, &[]);
-        assert_eq!(request(Some("client"), "10.96.0.10:80", false, None), Reply::Timeout);
+        // The Service handed to another proxy, or labelled headless (upstream's informers
+        // skip both labels): its ClusterIP is now unallocated within the service CIDR.
+        for label in ["service.kubernetes.io/service-proxy-name: other", "service.kubernetes.io/headless: \"\""] {
+            node.sync(&only_pod2, &[]);
+            let reply = request(Some("client"), "10.96.0.10:80", false, None);
+            assert!(matches!(reply, Reply::From { .. }), "{reply:?}");
+            let without_web = only_pod2.replace("name: web}", &format!("name: web, labels: {{{label}}}}}"));
+            node.sync(&without_web, &[]);
+            assert_eq!(request(Some("client"), "10.96.0.10:80", false, None), Reply::Timeout, "{label}");
+        }
 
         // A bad object is reported by file and name, and the rest still applies.
         let broken = format!(

@@ -116,6 +116,12 @@ fn whole_services_rejected_or_ignored() {
         "metadata: {namespace: ns, name: svc, labels: {service.kubernetes.io/service-proxy-name: other}}\nspec: {clusterIP: 10.96.0.1}",
     );
     assert_eq!(translate::service(&labelled), Err(Rejected::Ignored(Ignored::OtherProxy)));
+    // Upstream's Service informer selects `!service.kubernetes.io/headless` too, whatever
+    // the Service's cluster IP.
+    let labelled: core::Service = from_yaml(
+        "metadata: {namespace: ns, name: svc, labels: {service.kubernetes.io/headless: \"\"}}\nspec: {clusterIP: 10.96.0.1}",
+    );
+    assert_eq!(translate::service(&labelled), Err(Rejected::Ignored(Ignored::Headless)));
 }
 
 #[test]

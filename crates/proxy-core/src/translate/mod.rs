@@ -22,7 +22,8 @@ use crate::model::ObjectRef;
 pub const LABEL_SERVICE_PROXY_NAME: &str = "service.kubernetes.io/service-proxy-name";
 /// The label that joins an EndpointSlice to its Service.
 pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
-/// The label marking EndpointSlices of headless Services.
+/// The label marking EndpointSlices of headless Services (upstream also ignores a Service
+/// that carries it).
 pub const LABEL_HEADLESS: &str = "service.kubernetes.io/headless";
 /// The node label holding the node's zone.
 pub const LABEL_TOPOLOGY_ZONE: &str = "topology.kubernetes.io/zone";
@@ -48,7 +49,8 @@ pub enum Rejected {
 /// Objects upstream kube-proxy filters out on purpose.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Ignored {
-    /// `clusterIP: None` (or no cluster IP at all).
+    /// `clusterIP: None` (or no cluster IP at all), or labelled
+    /// `service.kubernetes.io/headless`.
     Headless,
     /// `type: ExternalName`.
     ExternalName,

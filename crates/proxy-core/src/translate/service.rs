@@ -7,8 +7,8 @@ use k8s_openapi::api::core::v1 as k8s;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use super::{
-    Ignored, LABEL_SERVICE_PROXY_NAME, Problems, Rejected, Translated, check_names, object_ref, port_number, protocol,
-    valid_port_name,
+    Ignored, LABEL_HEADLESS, LABEL_SERVICE_PROXY_NAME, Problems, Rejected, Translated, check_names, object_ref,
+    port_number, protocol, valid_port_name,
 };
 use crate::error::{Error, ObjectKind};
 use crate::ip::{parse_cidr_sloppy, parse_ip_sloppy};
@@ -23,7 +23,9 @@ const MAX_AFFINITY_TIMEOUT_SECONDS: i32 = 86_400;
 /// Translates a Service.
 ///
 /// Filters as upstream does: headless and ExternalName Services and Services labelled
-/// with `service.kubernetes.io/service-proxy-name` are [`Rejected::Ignored`]. A bad
+/// with `service.kubernetes.io/service-proxy-name` or `service.kubernetes.io/headless`
+/// (upstream's informers select `!` both labels, for Services as for EndpointSlices) are
+/// [`Rejected::Ignored`]. A bad
 /// external IP, ingress IP, source range or port is dropped alone; a Service none of whose
 /// cluster IPs parse is rejected whole.
 pub fn service(svc: &k8s::Service) -> Result<Translated<Service>, Rejected> {
@@ -33,8 +35,12 @@ pub fn service(svc: &k8s::Service) -> Result<Translated<Service>, Rejected> {
         return Err(problems.reject("metadata.name", Error::MissingField));
     }
     check_names(&problems, &id)?;
-    if svc.metadata.labels.as_ref().is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME)) {
+    let labels = svc.metadata.labels.as_ref();
+    if labels.is_some_and(|l| l.contains_key(LABEL_SERVICE_PROXY_NAME)) {
         return Err(Rejected::Ignored(Ignored::OtherProxy));
+    }
+    if labels.is_some_and(|l| l.contains_key(LABEL_HEADLESS)) {
+        return Err(Rejected::Ignored(Ignored::Headless));
     }
     let Some(spec) = svc.spec.as_ref() else {
         return Err(problems.reject("spec", Error::MissingField));
