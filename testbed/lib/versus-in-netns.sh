@@ -16,6 +16,11 @@ NODE=vs-node NODE_IP=10.250.0.10
 TIMEOUT=${KPROXY_VERSUS_TIMEOUT:-1200}
 DATAPATH_SIZES=" ${KPROXY_VERSUS_DATAPATH:-100 30000} "
 SAMPLES=${KPROXY_VERSUS_SAMPLES:-3}
+# The quiet before each change sample: two of both proxies' --min-sync-period (1 s), so
+# each sample finds the proxy's sync rate limit rested, as a lone change would. A Service
+# added is two writes (the Service, then its EndpointSlice), so two syncs; 1.2 s apart,
+# a sample could wait for the second of them on the limit the sample before had drained.
+QUIET=2.2
 proxy_pid= server_pid=
 cleanup() {
     for p in $proxy_pid $server_pid; do kill "$p" 2>/dev/null || true; done
@@ -196,6 +201,7 @@ run_proxy() { # PROXY SERVICES ENDPOINTS
     local last_ip
     last_ip=$(kc -n bench get service "svc-$((n - 1))" -o jsonpath='{.spec.clusterIP}')
     make_node "$ns"
+    settle
     log "$proxy: cold start with $n Services x $e endpoints"
     local t0 cold status=ok count=0
     t0=$(now_ms)
@@ -232,7 +238,7 @@ run_proxy() { # PROXY SERVICES ENDPOINTS
         local where samples=() i ip
         upstream_svc0_chain=$(probe "$ns" chains "$table" | grep -m1 -F -- "-bench/svc-0/tcp/http" || true)
         for i in $(seq 1 "$SAMPLES"); do
-            sleep 1.2
+            sleep $QUIET
             ip=10.127.$((RANDOM % 250)).$i
             # svc-0's endpoint count after this patch (earlier runs may have added some).
             where=$(($(kc -n bench get endpointslice svc-0-1 -o json | jq '.endpoints | length') + 1))
@@ -249,7 +255,7 @@ run_proxy() { # PROXY SERVICES ENDPOINTS
         # One Service added.
         samples=()
         for i in $(seq 1 "$SAMPLES"); do
-            sleep 1.2
+            sleep $QUIET
             ip=10.96.0.$((100 + i))
             # shellcheck disable=SC2046
             expect "$ns" $(element_probe $table "$ip")
@@ -284,6 +290,30 @@ run_proxy() { # PROXY SERVICES ENDPOINTS
     remove_node "$ns"
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$n" "$e" "$proxy" "$status" "$cold" \
         "${ep_ms:-}" "${add_ms:-}" "${resync:-}" "$rss" "$cpu" "${p50:-}" "${p99:-}" "${write_ms:-}" >>"$results"
+}
+
+# Waits, up to 30 s, until the machine is idle: under 10% of its CPU time busy over half a
+# second. Removing the namespace of the proxy measured before frees its whole ruleset in a
+# kernel worker, after `ip netns del` has returned (seconds at 10k-44k Services), and the
+# API server is still busy with what it served; a cold start measured meanwhile shared
+# the CPU with them (kproxy's 10k cold start took 1.05 s after upstream's namespace went,
+# 0.76 s in a run where it happened to start later).
+settle() {
+    local i busy
+    for i in $(seq 60); do
+        busy=$({
+            head -1 /proc/stat
+            sleep 0.5
+            head -1 /proc/stat
+        } | awk '{ idle = $5 + $6; total = 0; for (f = 2; f <= 9; f++) total += $f }
+                 NR == 1 { idle0 = idle; total0 = total }
+                 NR == 2 { printf "%d", 100 * (1 - (idle - idle0) / (total - total0)) }')
+        if ((busy < 10)); then
+            ((i > 1)) && log "waited $((i / 2)) s for the machine to settle"
+            return
+        fi
+    done
+    log "the machine stayed busy (${busy}% of CPU time); measuring anyway"
 }
 
 # Whether the API server's watch cache of RESOURCE (a collection path in the bench

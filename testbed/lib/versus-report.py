@@ -95,9 +95,11 @@ def section(rows, command, started, timeout_note):
            "kproxy is the release build. Command:", "", "```sh", command, "```", "",
            "Ratios are upstream ÷ kproxy (how many times faster or smaller kproxy is). "
            "Cold start: process start until every ClusterIP is in the kernel (upstream's `service-ips` "
-           "map, kproxy's `to-cluster-endpoints` set), polled from the kernel. One change: from the API "
+           "map, kproxy's `to-cluster-endpoints` set), polled from the kernel; the proxy is started once the machine is idle (under 10% busy over half a "
+           "second). One change: from the API "
            "server's answer to the write, timestamped by the writer (`testbed/lib/apiwrite.py`), until "
-           "the change is in the kernel, median of 3. One `nftprobe wait` process, started before the "
+           "the change is in the kernel, median of 3 samples 2.2 s apart (two `--min-sync-period`s, so "
+           "each finds the proxy's sync rate limit rested). One `nftprobe wait` process, started before the "
            "write, asks the kernel after every nf_tables commit (it listens to nf_tables' notifications) "
            "with one netlink request for the map upstream's service chain DNATs through or for the "
            "slots of kproxy's endpoint map (a Service added: for its ClusterIP). The answer and the "
