@@ -3,7 +3,8 @@
 # Kubernetes version) and kproxy, against one real kube-apiserver, one proxy at a time,
 # each in its own network namespace with the same node identity. For every scenario it
 # measures cold start (process start -> every ClusterIP in the kernel, polled from the
-# kernel), one endpoint change and one Service added (API write -> rule in the kernel), a
+# kernel; median of 3), one endpoint change and one Service added (the API server's answer
+# to the write -> rule in the kernel; median of 3), a
 # full resync (a restart, from each proxy's own full-sync metric), peak RSS and CPU
 # seconds; and new-connection latency through a ClusterIP at 100 and 30k Services.
 #
@@ -11,6 +12,8 @@
 #
 #   KPROXY_VERSUS_TIMEOUT=1200     give up on a cold start after this many seconds
 #   KPROXY_VERSUS_PROXIES="upstream kproxy"
+#   KPROXY_VERSUS_COLD_SAMPLES=3   cold starts per proxy and scenario (each on a fresh node)
+#   KPROXY_VERSUS_SAMPLES=3        samples of each change
 #
 # Results: target/versus/results.tsv; the table goes into docs/benchmarks.md and the
 # chart into docs/versus.svg (testbed/lib/versus-report.py). Progress goes to stderr.

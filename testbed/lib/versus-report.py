@@ -95,7 +95,8 @@ def section(rows, command, started, timeout_note):
            "kproxy is the release build. Command:", "", "```sh", command, "```", "",
            "Ratios are upstream ÷ kproxy (how many times faster or smaller kproxy is). "
            "Cold start: process start until every ClusterIP is in the kernel (upstream's `service-ips` "
-           "map, kproxy's `to-cluster-endpoints` set), polled from the kernel; the proxy is started once the machine is idle (under 10% busy over half a "
+           "map, kproxy's `to-cluster-endpoints` set), polled from the kernel, median of 3 cold starts on "
+           "fresh nodes; each is started once the machine is idle (under 10% busy over half a "
            "second). One change: from the API "
            "server's answer to the write, timestamped by the writer (`testbed/lib/apiwrite.py`), until "
            "the change is in the kernel, median of 3 samples 2.2 s apart (two `--min-sync-period`s, so "
@@ -109,7 +110,7 @@ def section(rows, command, started, timeout_note):
            "which comes before either proxy hears of it. "
            "Full resync: the proxy's own "
            "`kubeproxy_sync_full_proxy_rules_duration_seconds` after a restart over its existing rules. "
-           "RSS and CPU: the first process, from start through the changes; CPU includes the children it "
+           "RSS and CPU: the last process cold-started, from start through the changes; CPU includes the children it "
            "waited for (upstream's `nft` runs), peak RSS is the proxy process alone. " + timeout_note, "",
            "| Services × endpoints | measure | upstream kube-proxy | kproxy | ratio |",
            "|---|---|---|---|---|"]
