@@ -53,6 +53,11 @@ pub struct NodeFlags {
     /// The IPVS scheduler, with --proxy-mode=ipvs: rr (default), lc, dh, sh, mh, sed, nq, …
     #[arg(long)]
     pub ipvs_scheduler: Option<String>,
+    /// With --proxy-mode=ipvs: answer ARP only for addresses on the receiving interface
+    /// (arp_ignore=1, arp_announce=2), so that the Service addresses kproxy binds to its
+    /// dummy interface are not announced (what MetalLB's L2 mode needs).
+    #[arg(long)]
+    pub ipvs_strict_arp: bool,
     /// Log verbosity, as kube-proxy's `-v`.
     #[arg(short = 'v', long = "v", default_value_t = 0)]
     pub verbosity: u8,
@@ -108,6 +113,9 @@ pub struct Config {
     pub table: String,
     /// The IPVS scheduler (`--ipvs-scheduler`, `ipvs.scheduler`).
     pub ipvs_scheduler: String,
+    /// Set `net.ipv4.conf.all.arp_ignore=1` and `arp_announce=2` in IPVS mode
+    /// (`--ipvs-strict-arp`, `ipvs.strictARP`).
+    pub ipvs_strict_arp: bool,
     /// How often the daemon runs a full resync.
     pub sync_period: Duration,
     /// The shortest time between two syncs.
@@ -214,7 +222,7 @@ struct FileIpvs {
     #[serde(rename = "excludeCIDRs")]
     exclude_cidrs: Option<Value>,
     #[serde(rename = "strictARP")]
-    strict_arp: Option<Value>,
+    strict_arp: Option<bool>,
     tcp_timeout: Option<Value>,
     tcp_fin_timeout: Option<Value>,
     udp_timeout: Option<Value>,
@@ -282,6 +290,7 @@ impl NodeFlags {
         };
         let mut nft = file.nftables.unwrap_or_default();
         let ipvs = file.ipvs.unwrap_or_default();
+        let strict_arp = ipvs.strict_arp.unwrap_or(false);
         if let Some(bit) = nft.masquerade_bit
             && bit != 14
         {
@@ -382,6 +391,7 @@ impl NodeFlags {
                 .or(ipvs.scheduler)
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| ipvs_backend::render::DEFAULT_SCHEDULER.into()),
+            ipvs_strict_arp: self.ipvs_strict_arp || strict_arp,
             sync_period,
             min_sync_period,
             healthz_bind_address: file.healthz_bind_address.unwrap_or_else(|| "0.0.0.0:10256".into()),
@@ -423,6 +433,10 @@ mod tests {
         let c = with_file(yaml).unwrap();
         assert_eq!(c.proxy_mode, "ipvs");
         assert_eq!(c.ipvs_scheduler, "lc");
+        assert!(c.ipvs_strict_arp);
+        assert!(!with_file("mode: ipvs\nipvs: {strictARP: false}\n").unwrap().ipvs_strict_arp);
+        let err = with_file("mode: ipvs\nipvs: {strictARP: yes please}\n").unwrap_err();
+        assert!(format!("{err:#}").contains("strictARP"), "{err:#}");
         assert_eq!((c.sync_period, c.min_sync_period), (Duration::from_secs(45), Duration::from_secs(2)));
         // Without a scheduler: upstream's rr. An unknown field is an error naming it.
         assert_eq!(with_file("mode: ipvs\n").unwrap().ipvs_scheduler, "rr");

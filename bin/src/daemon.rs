@@ -208,8 +208,8 @@ fn object_ref(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta)
 }
 
 /// Sets IPVS mode's sysctls, logging what changed.
-fn set_ipvs_sysctls() {
-    let (changed, warnings) = crate::sysctls::ipvs(&crate::sysctls::Roots::default());
+fn set_ipvs_sysctls(strict_arp: bool) {
+    let (changed, warnings) = crate::sysctls::ipvs(&crate::sysctls::Roots::default(), strict_arp);
     for sysctl in changed {
         info!("set {sysctl}");
     }
@@ -369,7 +369,7 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
                     if full {
                         next_full = Instant::now() + full_period();
                         if ipvs_mode {
-                            set_ipvs_sysctls();
+                            set_ipvs_sysctls(config.ipvs_strict_arp);
                         }
                     }
                 }

@@ -137,7 +137,7 @@ fn sync(paths: &[PathBuf], flags: &NodeFlags) -> Result<ExitCode> {
     let stats = backend.sync_full(desired).context("applying the rules")?;
     if let Dataplane::Ipvs(_) = backend {
         // After the sync: the IPVS sysctls exist once the ip_vs module is in.
-        let (_, warnings) = sysctls::ipvs(&sysctls::Roots::default());
+        let (_, warnings) = sysctls::ipvs(&sysctls::Roots::default(), config.ipvs_strict_arp);
         for w in warnings {
             eprintln!("warning: could not set an IPVS sysctl: {w}");
         }

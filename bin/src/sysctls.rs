@@ -131,14 +131,23 @@ impl Conntrack {
 /// The sysctls IPVS mode needs, as upstream's IPVS proxier sets them: IPVS keeps
 /// conntrack entries (so that nftables can masquerade its flows), drops flows whose real
 /// server is gone on their next packet, and expires persistence templates of quiesced
-/// (weight 0) servers. Returns what changed and warnings, as [`Conntrack::apply`].
-pub fn ipvs(roots: &Roots) -> (Vec<String>, Vec<String>) {
+/// (weight 0) servers. With `strict_arp` (`--ipvs-strict-arp`), the node also answers
+/// ARP only for addresses on the interface asked (`arp_ignore=1`) and announces only
+/// those (`arp_announce=2`): the Service addresses bound to `kproxy-ipvs0` stay unannounced.
+/// Returns what changed and warnings, as [`Conntrack::apply`].
+pub fn ipvs(roots: &Roots, strict_arp: bool) -> (Vec<String>, Vec<String>) {
     let (mut changed, mut warnings) = (Vec::new(), Vec::new());
-    for name in ["conntrack", "expire_nodest_conn", "expire_quiescent_template"] {
-        match set(&roots.proc_sys.join("net/ipv4/vs").join(name), 1) {
-            Ok(true) => changed.push(format!("net.ipv4.vs.{name}=1")),
+    let mut wanted: Vec<(&str, u64)> =
+        vec![("vs/conntrack", 1), ("vs/expire_nodest_conn", 1), ("vs/expire_quiescent_template", 1)];
+    if strict_arp {
+        wanted.extend([("conf/all/arp_ignore", 1), ("conf/all/arp_announce", 2)]);
+    }
+    for (name, value) in wanted {
+        let dotted = format!("net.ipv4.{}", name.replace('/', "."));
+        match set(&roots.proc_sys.join("net/ipv4").join(name), value) {
+            Ok(true) => changed.push(format!("{dotted}={value}")),
             Ok(false) => {}
-            Err(e) => warnings.push(format!("net.ipv4.vs.{name}: {e:#}")),
+            Err(e) => warnings.push(format!("{dotted}: {e:#}")),
         }
     }
     (changed, warnings)
@@ -207,6 +216,31 @@ mod tests {
         assert!(changed.is_empty());
         assert_eq!(warnings.len(), 3, "{warnings:?}");
         assert!(warnings[0].starts_with("nf_conntrack_tcp_timeout_established=86400: writing"), "{warnings:?}");
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn ipvs_sets_arp_sysctls_only_with_strict_arp() {
+        let ipv4 = "proc/sys/net/ipv4";
+        let files: Vec<(String, &str)> = ["vs/conntrack", "vs/expire_nodest_conn", "vs/expire_quiescent_template"]
+            .iter()
+            .map(|n| (format!("{ipv4}/{n}"), "0\n"))
+            .chain([(format!("{ipv4}/conf/all/arp_ignore"), "0\n"), (format!("{ipv4}/conf/all/arp_announce"), "0\n")])
+            .collect();
+        let files: Vec<(&str, &str)> = files.iter().map(|(p, v)| (p.as_str(), *v)).collect();
+        let (r, dir) = roots(&files);
+        let read = |p: &str| std::fs::read_to_string(dir.join(ipv4).join(p)).unwrap().trim().to_string();
+        let (changed, warnings) = ipvs(&r, false);
+        assert_eq!(
+            changed,
+            ["net.ipv4.vs.conntrack=1", "net.ipv4.vs.expire_nodest_conn=1", "net.ipv4.vs.expire_quiescent_template=1"]
+        );
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!((read("conf/all/arp_ignore"), read("conf/all/arp_announce")), ("0".into(), "0".into()));
+        let (changed, warnings) = ipvs(&r, true);
+        assert_eq!(changed, ["net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"]);
+        assert!(warnings.is_empty(), "{warnings:?}");
+        assert_eq!((read("conf/all/arp_ignore"), read("conf/all/arp_announce")), ("1".into(), "2".into()));
         std::fs::remove_dir_all(dir).ok();
     }
 }

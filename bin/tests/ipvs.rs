@@ -302,13 +302,15 @@ fn ipvs_daemon_follows_edits() {
         let dir = node.dir.join("watched");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("cluster.yaml"), CLUSTER).unwrap();
-        let _daemon = Daemon::start_with(&dir, IPVS);
+        let _daemon = Daemon::start_with(&dir, &[IPVS, &["--ipvs-strict-arp"]].concat());
         let servers = |vs: &str| ipvsadm().into_iter().find(|(line, _)| line.starts_with(vs)).map(|(_, s)| s.len());
         let limit = Duration::from_secs(30);
         wait_for("the first sync", limit, || servers("TCP 10.96.0.10:80 rr") == Some(2));
         assert_eq!(pods(&requests(12, Some("client"), "10.96.0.10:80", false)), both());
-        // The daemon set IPVS mode's sysctls.
+        // The daemon set IPVS mode's sysctls, and strict ARP's (this namespace's own).
         assert_eq!(sh("cat /proc/sys/net/ipv4/vs/conntrack").trim(), "1");
+        let arp = sh("cat /proc/sys/net/ipv4/conf/all/arp_ignore /proc/sys/net/ipv4/conf/all/arp_announce");
+        assert_eq!(arp.split_whitespace().collect::<Vec<_>>(), ["1", "2"]);
 
         // An endpoint removed, a Service removed: both converge without a restart.
         let edited = CLUSTER
