@@ -179,16 +179,31 @@ var conn = -1
 // seq numbers the requests on conn.
 var seq uint32
 
+// netfilterSocket opens a netlink socket to nf_tables, bound to the multicast groups in
+// the groups mask (0 for none).
+func netfilterSocket(groups uint32) (int, error) {
+	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+	if err != nil {
+		return -1, err
+	}
+	if groups != 0 {
+		// Upstream's commits notify every element; a small buffer overflows (ENOBUFS),
+		// which only means "something changed" to wait, but a large one keeps that rare.
+		_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
+	}
+	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: groups}); err != nil {
+		unix.Close(fd)
+		return -1, err
+	}
+	return fd, nil
+}
+
 // request sends one nf_tables request and returns the reply's messages, each without its
 // netlink and nfgenmsg headers. A dump returns every message until NLMSG_DONE.
 func request(msgType uint16, flags uint16, body []byte) ([][]byte, error) {
 	if conn < 0 {
-		fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
+		fd, err := netfilterSocket(0)
 		if err != nil {
-			return nil, err
-		}
-		if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK}); err != nil {
-			unix.Close(fd)
 			return nil, err
 		}
 		conn = fd
@@ -313,22 +328,6 @@ func poll(seconds string, pause func() error, probe func() error) (time.Time, er
 	}
 }
 
-// subscribe opens a socket that receives nf_tables' change notifications.
-func subscribe() (int, error) {
-	fd, err := unix.Socket(unix.AF_NETLINK, unix.SOCK_RAW|unix.SOCK_CLOEXEC, unix.NETLINK_NETFILTER)
-	if err != nil {
-		return -1, err
-	}
-	// Upstream's commits notify every element; a small buffer overflows (ENOBUFS), which
-	// only means "something changed" here, but a large one keeps that rare.
-	_ = unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 8<<20)
-	if err := unix.Bind(fd, &unix.SockaddrNetlink{Family: unix.AF_NETLINK, Groups: 1 << (groupNftables - 1)}); err != nil {
-		unix.Close(fd)
-		return -1, err
-	}
-	return fd, nil
-}
-
 // awaitCommit returns once notifications arrive on fd (after draining them), or after
 // 50 ms without: the fallback covers a notification lost to anything unforeseen.
 func awaitCommit(fd int) error {
@@ -350,7 +349,7 @@ func awaitCommit(fd int) error {
 
 func wait(seconds string, prog, probe []string) error {
 	quiet = true
-	fd, err := subscribe()
+	fd, err := netfilterSocket(1 << (groupNftables - 1))
 	if err != nil {
 		return err
 	}
