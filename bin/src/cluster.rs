@@ -14,7 +14,6 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::mpsc::Sender;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use futures::{Stream, StreamExt};
@@ -23,29 +22,20 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::ServiceCIDR;
 use kube::runtime::WatchStreamExt;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
-use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::{self, Event as Watched};
 use kube::{Api, Client, Resource, ResourceExt};
 use proxy_core::manifest::Object;
 
 use crate::lean::{LeanService, LeanSlice};
 use crate::listwatch;
+use crate::retry::Retry;
+use crate::source::Update;
 use proxy_core::{Event, ObjectRef, ingest};
 use tracing::{info, warn};
 
 /// kube-proxy's selector for Services and EndpointSlices: not owned by another proxy, and
 /// not headless.
 pub const PROXIED: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
-
-/// What the watchers tell the sync loop.
-pub enum Update {
-    /// A change for the engine.
-    Event(Event),
-    /// This node's Node or a ServiceCIDR changed; these are the context objects now.
-    Context(Vec<Object>),
-    /// Services, EndpointSlices and this node's Node have finished their initial list.
-    Listed,
-}
 
 /// Where the API server is and how to reach it.
 #[derive(Clone, Debug, Default)]
@@ -162,41 +152,6 @@ where
     // managedFields are never read: Services and EndpointSlices are decoded without them
     // (see `proto`); the Node and ServiceCIDRs drop them here, so nothing keeps them around.
     watcher::watcher(api, config).backoff(Retry::default()).modify(|o| o.managed_fields_mut().clear())
-}
-
-/// Delays between retries of a failed watch: 100 ms, doubling up to 1 s. kube-runtime's
-/// default climbs to 30 s, which would leave a returning API server's changes (and the
-/// relist after a 410 Gone) waiting up to 30 s; a proxy must catch up within a couple of
-/// seconds. One retry per second per watch is a small load for an API server to bear.
-pub(crate) struct Retry {
-    next: Duration,
-}
-
-impl Retry {
-    const FIRST: Duration = Duration::from_millis(100);
-    pub(crate) const MAX: Duration = Duration::from_secs(1);
-}
-
-impl Default for Retry {
-    fn default() -> Retry {
-        Retry { next: Retry::FIRST }
-    }
-}
-
-impl Iterator for Retry {
-    type Item = Duration;
-
-    fn next(&mut self) -> Option<Duration> {
-        let now = self.next;
-        self.next = (now * 2).min(Retry::MAX);
-        Some(now)
-    }
-}
-
-impl Backoff for Retry {
-    fn reset(&mut self) {
-        self.next = Retry::FIRST;
-    }
 }
 
 impl Watchers {
@@ -438,15 +393,6 @@ mod tests {
             }
         }
         (events, listed)
-    }
-
-    #[test]
-    fn watch_retries_back_off_to_one_second_and_reset() {
-        let mut retry = Retry::default();
-        let delays: Vec<u64> = retry.by_ref().take(6).map(|d| d.as_millis() as u64).collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1000, 1000]);
-        retry.reset();
-        assert_eq!(retry.next(), Some(Duration::from_millis(100)));
     }
 
     #[tokio::test]

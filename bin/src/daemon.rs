@@ -12,27 +12,28 @@
 //! Beyond upstream, a foreign change to kproxy's tables is detected from nf_tables
 //! notifications and repaired at once by a full sync, instead of at the next periodic one.
 
-use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::mpsc::{self, RecvTimeoutError, Sender};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
 use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use nft_backend::netlink::monitor::Monitor;
-
-use crate::dataplane::Dataplane;
+use nft_backend::netlink::monitor::{Monitor, Quiet};
 use proxy_core::manifest::Object;
-use proxy_core::{Desired, Event, ObjectRef, Plan, Syncer};
+use proxy_core::{Desired, Plan, Syncer};
 use tracing::{info, warn};
 
 use crate::cluster;
-use crate::config::{NodeFlags, parse_duration};
+use crate::config::{Config, NodeFlags, parse_duration};
+use crate::dataplane::{Dataplane, DataplaneError};
+use crate::manifest_watch;
 use crate::manifests;
 use crate::serve::{self, Health, Metrics};
+use crate::source::Update;
+use crate::syncloop::{Decision, Input, Periods, SyncLoop};
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
@@ -67,117 +68,17 @@ pub struct RunArgs {
     node: NodeFlags,
 }
 
-fn context_objects_of(objects: &[Object]) -> Vec<Object> {
-    objects.iter().filter(|o| matches!(o, Object::Node(_) | Object::ServiceCidr(_))).cloned().collect()
-}
-
-/// Reads the manifests, keeping the previous objects of any file that cannot be read whole
-/// right now (caught mid-write, say), so a half-written file does not delete Services.
-fn reload(paths: &[PathBuf], cache: &mut BTreeMap<PathBuf, Vec<Object>>) -> Result<manifests::Loaded> {
-    let files = manifests::load_files(paths)?;
-    let present: HashSet<PathBuf> = files.iter().map(|f| f.path.clone()).collect();
-    cache.retain(|path, _| present.contains(path));
-    let mut problems = Vec::new();
-    for file in files {
-        problems.extend(file.problems);
-        if file.complete || !cache.contains_key(&file.path) {
-            cache.insert(file.path, file.objects);
-        } else {
-            warn!(file = %file.path.display(), "incomplete manifest; keeping its previous contents");
-        }
-    }
-    Ok(manifests::Loaded { objects: cache.values().flatten().cloned().collect(), problems })
-}
-
-/// kube-proxy's sync rate limit: bursts of up to two syncs, then one per
-/// `--min-sync-period` (the BoundedFrequencyRunner's token bucket).
-struct Burst {
-    period: Duration,
-    tokens: f64,
-    at: Instant,
-}
-
-impl Burst {
-    const SIZE: f64 = 2.0;
-
-    fn new(period: Duration) -> Burst {
-        Burst { period, tokens: Self::SIZE, at: Instant::now() }
-    }
-
-    fn tokens_at(&self, now: Instant) -> f64 {
-        if self.period.is_zero() {
-            return Self::SIZE;
-        }
-        let refilled = now.saturating_duration_since(self.at).as_secs_f64() / self.period.as_secs_f64();
-        (self.tokens + refilled).min(Self::SIZE)
-    }
-
-    /// When the next sync may start.
-    fn next_allowed(&self, now: Instant) -> Instant {
-        let tokens = self.tokens_at(now);
-        if tokens >= 1.0 { now } else { now + self.period.mul_f64(1.0 - tokens) }
-    }
-
-    /// Uses one token.
-    fn take(&mut self, now: Instant) {
-        self.tokens = (self.tokens_at(now) - 1.0).max(0.0);
-        self.at = now;
-    }
-
-    /// Restores a full bucket (after drift, repair is not rate limited).
-    fn refill(&mut self) {
-        self.tokens = Self::SIZE;
-        self.at = Instant::now();
-    }
-}
-
 /// What wakes the sync loop.
 enum Trigger {
-    /// The manifests changed.
-    Manifests,
-    /// The API server reported a change.
-    Cluster(cluster::Update),
+    /// A source (the API or the manifests) has news.
+    Source(Update),
     /// Someone else changed our tables.
     Drift,
+    /// Drift detection stopped.
+    DriftUnwatched,
 }
 
-/// A cheap fingerprint of the manifest files: names, sizes and modification times.
-fn fingerprint(paths: &[PathBuf]) -> Vec<(PathBuf, u64, Option<SystemTime>)> {
-    manifests::files(paths)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|f| {
-            let meta = std::fs::metadata(&f).ok();
-            let size = meta.as_ref().map_or(0, |m| m.len());
-            let modified = meta.and_then(|m| m.modified().ok());
-            (f, size, modified)
-        })
-        .collect()
-}
-
-fn watch_manifests(paths: Vec<PathBuf>, interval: Duration, tx: Sender<Trigger>) {
-    let mut last = fingerprint(&paths);
-    loop {
-        std::thread::sleep(interval);
-        let now = fingerprint(&paths);
-        if now != last {
-            last = now;
-            if tx.send(Trigger::Manifests).is_err() {
-                return;
-            }
-        }
-    }
-}
-
-/// How often the nftables mode rewrites its whole table while drift detection is on.
-/// Upstream's nftables proxier makes its periodic sync partial and a full one hourly; the
-/// drift monitor repairs foreign changes as they happen, so this only bounds what a missed
-/// notification could cost. At 5k Services × 50 endpoints a full sync takes seconds, which
-/// every 30 s would be a tenth of a core. Without the monitor, and in IPVS mode (whose full
-/// sync reads the kernel back), every periodic sync is full.
-const FULL_SYNC_PERIOD: Duration = Duration::from_secs(3600);
-
-fn watch_drift(mut monitor: Monitor, own_port: Arc<AtomicU32>, tx: Sender<Trigger>, watched: Arc<AtomicBool>) {
+fn watch_drift(mut monitor: Monitor, own_port: Arc<AtomicU32>, tx: Sender<Trigger>) {
     loop {
         let own = [own_port.load(Ordering::Relaxed)];
         match monitor.wait(Duration::from_millis(500), &own) {
@@ -189,22 +90,42 @@ fn watch_drift(mut monitor: Monitor, own_port: Arc<AtomicU32>, tx: Sender<Trigge
             Ok(false) => {}
             Err(e) => {
                 warn!("drift detection stopped: {e}; the periodic syncs are full from now on");
-                watched.store(false, Ordering::Relaxed);
+                let _ = tx.send(Trigger::DriftUnwatched);
                 return;
             }
         }
     }
 }
 
-/// The identity of a manifest object, to notice deletions between reloads.
-#[derive(Clone, PartialEq, Eq, Hash)]
-enum Key {
-    Service(ObjectRef),
-    Slice(ObjectRef),
+/// Drift detection's handles on the sync side: `quiet` pauses it around our own
+/// transactions, `own_port` tells it which commits are ours.
+#[derive(Default)]
+struct DriftWatch {
+    quiet: Option<Quiet>,
+    own_port: Arc<AtomicU32>,
+    running: bool,
 }
 
-fn object_ref(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> ObjectRef {
-    ObjectRef::new(meta.namespace.as_deref().unwrap_or("default"), meta.name.as_deref().unwrap_or(""))
+/// Starts drift detection on its own thread (the netlink socket stays there), in nftables
+/// mode. IPVS mode repairs drift by its periodic full sync, which reads the kernel.
+fn start_drift_detection(backend: &mut Dataplane, table: &str, tx: &Sender<Trigger>) -> Result<DriftWatch> {
+    let Some(nft) = backend.nft_mut() else { return Ok(DriftWatch::default()) };
+    let own_port = Arc::new(AtomicU32::new(nft.connect().context("opening the nftables netlink socket")?));
+    let (quiet_tx, quiet_rx) = mpsc::channel();
+    let (table, port, tx) = (table.to_string(), own_port.clone(), tx.clone());
+    std::thread::spawn(move || match Monitor::open(&table) {
+        Ok(monitor) => {
+            let quiet = monitor.quiet().map_err(|e| warn!("drift detection stays on during syncs: {e}")).ok();
+            let _ = quiet_tx.send((true, quiet));
+            watch_drift(monitor, port, tx);
+        }
+        Err(e) => {
+            warn!("drift detection disabled: {e}");
+            let _ = quiet_tx.send((false, None));
+        }
+    });
+    let (running, quiet) = quiet_rx.recv().unwrap_or((false, None));
+    Ok(DriftWatch { quiet, own_port, running })
 }
 
 /// Sets IPVS mode's sysctls, logging what changed.
@@ -218,20 +139,8 @@ fn set_ipvs_sysctls(strict_arp: bool) {
     }
 }
 
-pub fn run(args: &RunArgs) -> Result<ExitCode> {
-    crate::init_logging(&args.node, 2);
-    let config = args.node.resolve()?;
-    let min_sync_period = match &args.min_sync_period {
-        Some(v) => parse_duration(v).context("--min-sync-period")?,
-        None => config.min_sync_period,
-    };
-    let sync_period = match &args.sync_period {
-        Some(v) => parse_duration(v).context("--sync-period")?,
-        None => config.sync_period,
-    };
-    anyhow::ensure!(!sync_period.is_zero(), "--sync-period must be greater than zero");
-    let poll = parse_duration(&args.poll_interval).context("--poll-interval")?;
-
+/// Sets the conntrack sysctls kube-proxy sets at start, logging what changed.
+fn set_conntrack_sysctls(config: &Config) {
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
     let (changed, warnings) = config.conntrack.apply(&crate::sysctls::Roots::default(), cpus);
     for sysctl in changed {
@@ -240,216 +149,216 @@ pub fn run(args: &RunArgs) -> Result<ExitCode> {
     for warning in warnings {
         warn!("could not set a conntrack sysctl: {warning}");
     }
+}
+
+/// The daemon's settings after flags and file are combined.
+struct Settings {
+    config: Config,
+    min_sync_period: Duration,
+    sync_period: Duration,
+    poll: Duration,
+    healthz_addr: String,
+    metrics_addr: String,
+}
+
+fn settings(args: &RunArgs) -> Result<Settings> {
+    let config = args.node.resolve()?;
+    let period = |flag: &Option<String>, name: &str, default: Duration| -> Result<Duration> {
+        flag.as_deref().map_or(Ok(default), |v| parse_duration(v).with_context(|| name.to_string()))
+    };
+    let sync_period = period(&args.sync_period, "--sync-period", config.sync_period)?;
+    anyhow::ensure!(!sync_period.is_zero(), "--sync-period must be greater than zero");
+    Ok(Settings {
+        min_sync_period: period(&args.min_sync_period, "--min-sync-period", config.min_sync_period)?,
+        sync_period,
+        poll: parse_duration(&args.poll_interval).context("--poll-interval")?,
+        healthz_addr: args.healthz_bind_address.clone().unwrap_or_else(|| config.healthz_bind_address.clone()),
+        metrics_addr: args.metrics_bind_address.clone().unwrap_or_else(|| config.metrics_bind_address.clone()),
+        config,
+    })
+}
+
+pub fn run(args: &RunArgs) -> Result<ExitCode> {
+    crate::init_logging(&args.node, 2);
+    let s = settings(args)?;
+    set_conntrack_sysctls(&s.config);
     let health = Arc::new(Health::default());
     let metrics = Arc::new(Metrics::new());
-    let healthz_addr = args.healthz_bind_address.clone().unwrap_or_else(|| config.healthz_bind_address.clone());
-    let metrics_addr = args.metrics_bind_address.clone().unwrap_or_else(|| config.metrics_bind_address.clone());
-    serve::health_server(&healthz_addr, health.clone(), metrics.clone(), 2 * sync_period)?;
-    serve::metrics_server(&metrics_addr, metrics.clone())?;
+    serve::health_server(&s.healthz_addr, health.clone(), metrics.clone(), 2 * s.sync_period)?;
+    serve::metrics_server(&s.metrics_addr, metrics.clone())?;
 
-    let mut service_health = serve::ServiceHealth::default();
-    let mut backend = Dataplane::new(&config);
+    let mut backend = Dataplane::new(&s.config);
     let (tx, rx) = mpsc::channel();
-    let own_port = Arc::new(AtomicU32::new(0));
-    let mut quiet = None;
-    // Whether the drift monitor is running: it decides how often periodic syncs are full.
-    let drift_watched = Arc::new(AtomicBool::new(false));
-    if let Some(nft) = backend.nft_mut() {
-        own_port.store(nft.connect().context("opening the nftables netlink socket")?, Ordering::Relaxed);
-        // Drift detection, on its own thread (the netlink socket stays there); `quiet`
-        // pauses it around our own transactions (see `Quiet`).
-        let (quiet_tx, quiet_rx) = mpsc::channel();
-        let (table, port, tx, watched) = (config.table.clone(), own_port.clone(), tx.clone(), drift_watched.clone());
-        std::thread::spawn(move || match Monitor::open(&table) {
-            Ok(monitor) => {
-                watched.store(true, Ordering::Relaxed);
-                let quiet = monitor.quiet().map_err(|e| warn!("drift detection stays on during syncs: {e}")).ok();
-                let _ = quiet_tx.send(quiet);
-                watch_drift(monitor, port, tx, watched);
-            }
-            Err(e) => {
-                warn!("drift detection disabled: {e}");
-                let _ = quiet_tx.send(None);
-            }
-        });
-        quiet = quiet_rx.recv().ok().flatten();
-    }
-    // IPVS mode: drift is repaired by the periodic full sync, which reads the kernel; the
-    // IPVS sysctls are set after each full sync (they appear only once ip_vs is loaded).
-    let ipvs_mode = backend.nft().is_none();
-
-    // The first read of the sources: nothing is programmed before it completes (for the
-    // API, until Services, EndpointSlices and this Node have been listed).
-    let from_cluster = args.manifests.is_empty();
-    let mut listed = !from_cluster;
-    let mut cache = BTreeMap::new();
-    let mut known = HashSet::new();
-    // The Node and ServiceCIDRs, re-read with the interfaces' addresses before every sync
-    // (addresses come and go; kube-proxy re-reads them too).
-    let mut context_objects = Vec::new();
-    let mut engine;
-    if from_cluster {
-        engine = proxy_core::Engine::new(manifests::context(&config, &[], &mut Vec::new())?);
+    let drift = start_drift_detection(&mut backend, &s.config.table, &tx)?;
+    let engine = proxy_core::Engine::new(manifests::context(&s.config, &[], &mut Vec::new())?);
+    info!(node = %engine.node_context().node_name, table = %s.config.table, "kproxy started");
+    // The sources send their first read before anything is synced: nothing is programmed
+    // until it completes (for the API, until Services, EndpointSlices and this Node have
+    // been listed).
+    if args.manifests.is_empty() {
         let connection = cluster::Connection {
-            kubeconfig: args.kubeconfig.clone().or_else(|| config.kubeconfig.clone()),
+            kubeconfig: args.kubeconfig.clone().or_else(|| s.config.kubeconfig.clone()),
             master: args.master.clone(),
         };
-        cluster::spawn(&connection, crate::node::node_name(&config), tx.clone(), Trigger::Cluster)?;
+        cluster::spawn(&connection, crate::node::node_name(&s.config), tx, Trigger::Source)?;
     } else {
-        let loaded = reload(&args.manifests, &mut cache)?;
-        let mut problems = loaded.problems;
-        engine = manifests::engine(&config, &loaded.objects, &mut problems)?;
-        crate::report(&problems);
-        known = keys(&loaded.objects);
-        context_objects = context_objects_of(&loaded.objects);
-        health.set_node_eligible(manifests::node_eligible(&config, &loaded.objects));
-        let (paths, tx) = (args.manifests.clone(), tx.clone());
-        std::thread::spawn(move || watch_manifests(paths, poll, tx));
+        manifest_watch::spawn(&args.manifests, s.poll, tx, Trigger::Source)?;
     }
-    health.queued();
-    let mut syncer = Syncer::new(backend);
-    let mut limiter = Burst::new(min_sync_period);
-    let full_period =
-        || if drift_watched.load(Ordering::Relaxed) { FULL_SYNC_PERIOD.max(sync_period) } else { sync_period };
-    let mut next_sync = Instant::now() + sync_period;
-    let mut next_full = Instant::now() + full_period();
-    let mut retry_at: Option<Instant> = None;
-    let mut backoff = Duration::from_secs(1);
-    let mut pending = true;
-    let mut drift_repairs = 0u64;
-    info!(node = %engine.node_context().node_name, table = %config.table, "kproxy started");
+    let periods = Periods { min_sync: s.min_sync_period, sync: s.sync_period, drift_watched: drift.running };
+    let mut daemon = Daemon {
+        sync_loop: SyncLoop::new(Instant::now(), periods),
+        syncer: Syncer::new(backend),
+        engine,
+        context_objects: Vec::new(),
+        service_health: serve::ServiceHealth::default(),
+        ipvs_mode: s.config.proxy_mode == "ipvs",
+        drift,
+        drift_repairs: 0,
+        config: s.config,
+        health,
+        metrics,
+    };
+    daemon.run(&rx)
+}
 
-    loop {
-        let now = Instant::now();
-        let earliest = limiter.next_allowed(now).max(retry_at.unwrap_or(now));
-        if listed && pending && now >= earliest {
-            match manifests::context(&config, &context_objects, &mut Vec::new()) {
-                Ok(context) => engine.set_node_context(context),
-                Err(e) => warn!("node context: {e:#}"),
-            }
-            let plan = engine.plan();
-            let full = syncer.needs_full() || plan.full;
-            let start = Instant::now();
-            metrics.service_changes.inc_by(plan.service_changes);
-            metrics.endpoint_changes.inc_by(plan.endpoint_changes);
-            let paused = quiet.as_ref().zip(syncer.backend_mut().nft_mut()).and_then(|(q, nft)| q.pause(nft));
-            let result = syncer.sync(&plan, engine.desired());
-            if let (Some(q), Some(before), Some(nft)) = (&quiet, paused, syncer.backend_mut().nft_mut())
-                && !q.resume(nft, before)
-            {
-                let _ = tx.send(Trigger::Drift);
-            }
-            match result {
-                Ok(stats) => {
-                    record_sync(&metrics, &plan, engine.desired(), start.elapsed(), full);
-                    if let Some(nft) = syncer.backend().nft() {
-                        metrics.transaction_bytes.set(nft.last_transaction_bytes() as i64);
-                    }
-                    health.updated();
-                    service_health.sync(&engine.desired().health_checks(), &health_check_addrs(engine.node_context()));
-                    info!(
-                        full,
-                        operations = stats.operations,
-                        service_ports = engine.desired().service_port_count(),
-                        ms = start.elapsed().as_secs_f64() * 1e3,
-                        "synced"
-                    );
-                    match crate::conntrack::clear_stale(engine.desired(), &engine.node_context().node_ips) {
-                        Ok(0) => {}
-                        Ok(n) => {
-                            metrics.conntrack_deleted.inc_by(n as u64);
-                            info!(flows = n, "cleared stale UDP conntrack entries");
-                        }
-                        Err(e) => warn!("could not clear stale UDP conntrack entries: {e}"),
-                    }
-                    pending = false;
-                    next_sync = Instant::now() + sync_period;
-                    retry_at = None;
-                    backoff = Duration::from_secs(1);
-                    if full {
-                        next_full = Instant::now() + full_period();
-                        if ipvs_mode {
-                            set_ipvs_sysctls(config.ipvs_strict_arp);
-                        }
-                    }
-                }
-                Err(e) => {
-                    metrics.sync_failures.inc();
-                    warn!("sync failed, retrying in {backoff:?} with a full sync: {e}");
-                    retry_at = Some(Instant::now() + backoff);
-                    backoff = (backoff * 2).min(sync_period.max(Duration::from_secs(1)));
-                }
-            }
-            limiter.take(Instant::now());
-            if let Some(port) = syncer.backend().nft().and_then(|nft| nft.port_id()) {
-                own_port.store(port, Ordering::Relaxed);
+/// The sync side of the daemon: the engine, the backend and the loop's timing.
+struct Daemon {
+    config: Config,
+    sync_loop: SyncLoop,
+    syncer: Syncer<Dataplane>,
+    engine: proxy_core::Engine,
+    /// The Node and ServiceCIDRs, re-read with the interfaces' addresses before every sync
+    /// (addresses come and go; kube-proxy re-reads them too).
+    context_objects: Vec<Object>,
+    service_health: serve::ServiceHealth,
+    /// IPVS mode sets its sysctls after each full sync (they appear only once ip_vs is
+    /// loaded).
+    ipvs_mode: bool,
+    drift: DriftWatch,
+    drift_repairs: u64,
+    health: Arc<Health>,
+    metrics: Arc<Metrics>,
+}
+
+impl Daemon {
+    fn run(&mut self, rx: &Receiver<Trigger>) -> Result<ExitCode> {
+        self.health.publish(self.sync_loop.health());
+        loop {
+            let now = Instant::now();
+            match self.sync_loop.decide(now) {
+                Decision::Sync { full } => self.sync(full),
+                Decision::Wait { until } => match rx.recv_timeout(until.saturating_duration_since(now)) {
+                    Ok(trigger) => self.handle(trigger),
+                    Err(RecvTimeoutError::Timeout) => {}
+                    Err(RecvTimeoutError::Disconnected) => return Ok(ExitCode::FAILURE),
+                },
             }
         }
-        let now = Instant::now();
-        if now >= next_full {
-            syncer.request_full();
-            pending = true;
-            next_full = now + full_period();
-        } else if now >= next_sync {
-            pending = true;
-            next_sync = now + sync_period;
+    }
+
+    fn handle(&mut self, trigger: Trigger) {
+        let input = match trigger {
+            Trigger::Source(Update::Event(event)) => {
+                if !self.engine.apply(event) {
+                    return;
+                }
+                Input::Changed
+            }
+            Trigger::Source(Update::Context(objects)) => {
+                self.health.set_node_eligible(manifests::node_eligible(&self.config, &objects));
+                self.context_objects = objects;
+                Input::Changed
+            }
+            Trigger::Source(Update::Listed) => Input::Listed,
+            Trigger::Drift => {
+                self.drift_repairs += 1;
+                self.metrics.drift_repairs.inc();
+                warn!(
+                    drift_repairs = self.drift_repairs,
+                    "table {} was changed by someone else; repairing with a full sync", self.config.table
+                );
+                Input::Drift
+            }
+            Trigger::DriftUnwatched => Input::DriftUnwatched,
+        };
+        if self.sync_loop.input(Instant::now(), input) {
+            self.health.publish(self.sync_loop.health());
+            if input != Input::Drift {
+                self.metrics.last_queued_timestamp.set(unix_now());
+            }
         }
-        let wake = if listed && pending { earliest.max(now) } else { next_full.min(next_sync) };
-        match rx.recv_timeout(wake.saturating_duration_since(Instant::now())) {
-            Ok(Trigger::Manifests) => {
-                let loaded = match reload(&args.manifests, &mut cache) {
-                    Ok(loaded) => loaded,
-                    Err(e) => {
-                        warn!("reading the manifests: {e:#}; keeping the current rules");
-                        continue;
-                    }
-                };
-                let mut problems = loaded.problems;
-                let current = keys(&loaded.objects);
-                for gone in known.difference(&current) {
-                    engine.apply(match gone {
-                        Key::Service(id) => Event::ServiceDeleted(id.clone()),
-                        Key::Slice(id) => Event::SliceDeleted(id.clone()),
-                    });
-                }
-                manifests::apply(&mut engine, &loaded.objects, &mut problems);
-                crate::report(&problems);
-                known = current;
-                health.set_node_eligible(manifests::node_eligible(&config, &loaded.objects));
-                health.queued();
-                metrics.last_queued_timestamp.set(unix_now());
-                context_objects = context_objects_of(&loaded.objects);
-                pending = true;
+    }
+
+    /// Runs one sync and records its outcome.
+    fn sync(&mut self, full: bool) {
+        match manifests::context(&self.config, &self.context_objects, &mut Vec::new()) {
+            Ok(context) => self.engine.set_node_context(context),
+            Err(e) => warn!("node context: {e:#}"),
+        }
+        if full {
+            self.syncer.request_full();
+        }
+        let plan = self.engine.plan();
+        let full = self.syncer.needs_full() || plan.full;
+        let start = Instant::now();
+        self.metrics.service_changes.inc_by(plan.service_changes);
+        self.metrics.endpoint_changes.inc_by(plan.endpoint_changes);
+        let (result, drifted) = self.transact(&plan);
+        self.sync_loop.synced(Instant::now(), result.is_ok(), full);
+        self.health.publish(self.sync_loop.health());
+        if drifted {
+            self.handle(Trigger::Drift);
+        }
+        match result {
+            Ok(stats) => self.after_sync(&plan, full, start, stats),
+            Err(e) => {
+                self.metrics.sync_failures.inc();
+                let retry = self.sync_loop.retry_at().map(|at| at.saturating_duration_since(Instant::now()));
+                warn!("sync failed, retrying in {retry:?} with a full sync: {e}");
             }
-            Ok(Trigger::Cluster(update)) => {
-                match update {
-                    cluster::Update::Event(event) => {
-                        if !engine.apply(event) {
-                            continue;
-                        }
-                    }
-                    cluster::Update::Context(objects) => {
-                        health.set_node_eligible(manifests::node_eligible(&config, &objects));
-                        context_objects = objects;
-                    }
-                    cluster::Update::Listed => listed = true,
-                }
-                health.queued();
-                metrics.last_queued_timestamp.set(unix_now());
-                pending = true;
+        }
+        if let Some(port) = self.syncer.backend().nft().and_then(|nft| nft.port_id()) {
+            self.drift.own_port.store(port, Ordering::Relaxed);
+        }
+    }
+
+    /// The backend transaction, with drift detection paused around it; also returns
+    /// whether a foreign commit was seen meanwhile.
+    fn transact(&mut self, plan: &Plan) -> (Result<proxy_core::SyncStats, DataplaneError>, bool) {
+        let quiet = self.drift.quiet.as_ref();
+        let paused = quiet.zip(self.syncer.backend_mut().nft_mut()).and_then(|(q, nft)| q.pause(nft));
+        let result = self.syncer.sync(plan, self.engine.desired());
+        let drifted = match (quiet, paused, self.syncer.backend_mut().nft_mut()) {
+            (Some(q), Some(before), Some(nft)) => !q.resume(nft, before),
+            _ => false,
+        };
+        (result, drifted)
+    }
+
+    fn after_sync(&mut self, plan: &Plan, full: bool, start: Instant, stats: proxy_core::SyncStats) {
+        let desired = self.engine.desired();
+        record_sync(&self.metrics, plan, desired, start.elapsed(), full);
+        if let Some(nft) = self.syncer.backend().nft() {
+            self.metrics.transaction_bytes.set(nft.last_transaction_bytes() as i64);
+        }
+        self.service_health.sync(&desired.health_checks(), &health_check_addrs(self.engine.node_context()));
+        info!(
+            full,
+            operations = stats.operations,
+            service_ports = desired.service_port_count(),
+            ms = start.elapsed().as_secs_f64() * 1e3,
+            "synced"
+        );
+        match crate::conntrack::clear_stale(desired, &self.engine.node_context().node_ips) {
+            Ok(0) => {}
+            Ok(n) => {
+                self.metrics.conntrack_deleted.inc_by(n as u64);
+                info!(flows = n, "cleared stale UDP conntrack entries");
             }
-            Ok(Trigger::Drift) => {
-                drift_repairs += 1;
-                metrics.drift_repairs.inc();
-                health.queued();
-                warn!(drift_repairs, "table {} was changed by someone else; repairing with a full sync", config.table);
-                syncer.request_full();
-                pending = true;
-                // Repair at once, without waiting for the min sync period.
-                limiter.refill();
-            }
-            Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => return Ok(ExitCode::FAILURE),
+            Err(e) => warn!("could not clear stale UDP conntrack entries: {e}"),
+        }
+        if full && self.ipvs_mode {
+            set_ipvs_sysctls(self.config.ipvs_strict_arp);
         }
     }
 }
@@ -494,38 +403,4 @@ fn record_sync(metrics: &Metrics, plan: &Plan, desired: &Desired, took: Duration
     let label = |policy: &str| vec![("traffic_policy".to_string(), policy.to_string())];
     metrics.no_local_endpoints.get_or_create(&label("internal")).set(internal);
     metrics.no_local_endpoints.get_or_create(&label("external")).set(external);
-}
-
-fn keys(objects: &[Object]) -> HashSet<Key> {
-    objects
-        .iter()
-        .filter_map(|o| match o {
-            Object::Service(s) => Some(Key::Service(object_ref(&s.metadata))),
-            Object::EndpointSlice(s) => Some(Key::Slice(object_ref(&s.metadata))),
-            _ => None,
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bursts_of_two_then_one_per_period() {
-        let period = Duration::from_secs(1);
-        let mut b = Burst::new(period);
-        let t0 = b.at;
-        assert_eq!(b.next_allowed(t0), t0);
-        b.take(t0);
-        assert_eq!(b.next_allowed(t0), t0, "a second sync right away is allowed");
-        b.take(t0);
-        assert_eq!(b.next_allowed(t0), t0 + period, "the third waits a full period");
-        let later = t0 + Duration::from_millis(1500);
-        assert_eq!(b.next_allowed(later), later);
-        b.take(later);
-        assert_eq!(b.next_allowed(later), later + Duration::from_millis(500));
-        b.refill();
-        assert!(b.next_allowed(Instant::now()) <= Instant::now());
-    }
 }

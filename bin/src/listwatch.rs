@@ -25,8 +25,8 @@ use kube::runtime::utils::Backoff;
 use kube::runtime::watcher::Event as Watched;
 use prost::Message;
 
-use crate::cluster::Retry;
 use crate::proto::{self, Wire};
+use crate::retry::Retry;
 
 /// A list in protobuf.
 const LIST: &str = "application/vnd.kubernetes.protobuf";

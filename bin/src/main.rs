@@ -8,10 +8,14 @@ mod daemon;
 mod dataplane;
 mod lean;
 mod listwatch;
+mod manifest_watch;
 mod manifests;
 mod node;
 mod proto;
+mod retry;
 mod serve;
+mod source;
+mod syncloop;
 mod sysctls;
 mod trace_cmd;
 

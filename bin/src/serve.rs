@@ -3,7 +3,7 @@
 
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::counter::Counter;
@@ -12,6 +12,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 use tracing::warn;
+
+use crate::syncloop::Freshness;
 
 type Labels = Vec<(String, String)>;
 
@@ -117,7 +119,8 @@ impl Metrics {
     }
 }
 
-/// The state `/healthz` reports, as kube-proxy's proxier health server keeps it.
+/// The state `/healthz` reports, as kube-proxy's proxier health server keeps it: the sync
+/// loop's [`Freshness`], published after every change to it, and the node's eligibility.
 #[derive(Default)]
 pub struct Health {
     state: Mutex<HealthState>,
@@ -125,23 +128,14 @@ pub struct Health {
 
 #[derive(Default)]
 struct HealthState {
-    last_updated: Option<SystemTime>,
-    oldest_queued: Option<SystemTime>,
+    freshness: Freshness,
     node_eligible: bool,
 }
 
 impl Health {
-    /// An update was queued (kept if one is already pending).
-    pub fn queued(&self) {
-        let mut s = self.state.lock().unwrap();
-        s.oldest_queued.get_or_insert_with(SystemTime::now);
-    }
-
-    /// All queued updates were applied.
-    pub fn updated(&self) {
-        let mut s = self.state.lock().unwrap();
-        s.last_updated = Some(SystemTime::now());
-        s.oldest_queued = None;
+    /// Publishes the sync loop's view.
+    pub fn publish(&self, freshness: Freshness) {
+        self.state.lock().unwrap().freshness = freshness;
     }
 
     /// Whether the node may receive traffic (not being deleted).
@@ -152,15 +146,15 @@ impl Health {
     /// (status code, JSON body) for `/healthz` (`check_node`) or `/livez`.
     fn report(&self, timeout: Duration, check_node: bool) -> (u16, String) {
         let s = self.state.lock().unwrap();
-        let now = SystemTime::now();
-        let fresh = s.oldest_queued.is_none_or(|q| now.duration_since(q).unwrap_or_default() < timeout);
-        let healthy = fresh && (!check_node || s.node_eligible);
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        let healthy = s.freshness.healthy(now, timeout) && (!check_node || s.node_eligible);
         let rfc3339 = |t: SystemTime| {
             let secs = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
             k8s_openapi::jiff::Timestamp::from_second(secs).map(|t| t.to_string()).unwrap_or_default()
         };
-        let last = s.last_updated.map(rfc3339).unwrap_or_default();
-        let mut body = format!(r#"{{"lastUpdated": "{last}","currentTime": "{}""#, rfc3339(now));
+        let last =
+            s.freshness.last_synced.map(|at| rfc3339(wall - now.saturating_duration_since(at))).unwrap_or_default();
+        let mut body = format!(r#"{{"lastUpdated": "{last}","currentTime": "{}""#, rfc3339(wall));
         if check_node {
             body.push_str(&format!(r#","nodeEligible": {}"#, s.node_eligible));
         }
