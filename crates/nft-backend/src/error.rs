@@ -33,13 +33,4 @@ impl Error {
     pub fn is_not_found(&self) -> bool {
         matches!(self, Error::Transaction { errno, .. } if *errno == libc::ENOENT)
     }
-
-    /// Whether the kernel refused for lack of permission (`EPERM`): not root, or no
-    /// `CAP_NET_ADMIN` in this network namespace.
-    pub fn is_permission_denied(&self) -> bool {
-        match self {
-            Error::Transaction { errno, .. } => *errno == libc::EPERM,
-            Error::Socket(e) => e.raw_os_error() == Some(libc::EPERM),
-        }
-    }
 }

@@ -17,6 +17,7 @@
 #![deny(missing_docs)]
 
 mod backend;
+mod committed;
 mod error;
 pub mod names;
 pub mod netlink;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use proxy_core::{ServicePortName, ServicePortRules};
 
-use crate::backend::{Claimants, Claims, Committed, Held, PickRule, owned_part};
+use crate::committed::{Claimants, Claims, Committed, Held, PickRule, owned_part};
 use crate::render::{self, Pick, PortObjects};
 use crate::ruleset::{Data, Key};
 use crate::tx::{Op, Transaction};

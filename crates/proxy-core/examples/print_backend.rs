@@ -33,8 +33,9 @@ impl Backend for PrintBackend {
                 match change {
                     Change::Added(_) => println!("  + {name}"),
                     Change::Removed(_) => println!("  - {name}"),
-                    Change::Updated { endpoints, .. } => {
-                        println!("  ~ {name}: +{:?} -{:?}", endpoints.added, endpoints.removed)
+                    Change::Updated { .. } => {
+                        let delta = change.endpoint_delta();
+                        println!("  ~ {name}: +{:?} -{:?}", delta.added, delta.removed)
                     }
                 }
             }

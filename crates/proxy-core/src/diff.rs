@@ -12,7 +12,10 @@ use crate::context::FamilyContext;
 use crate::desired::{Desired, FamilyRules, ServicePortRules, Target};
 use crate::model::{IpFamily, ServicePortName};
 
-/// The endpoints that appeared and disappeared in an update (over both policies).
+/// The endpoints that appeared and disappeared in an update (over both policies), for a
+/// backend that programs endpoints one by one. Computed on demand by
+/// [`Change::endpoint_delta`]: the nftables backend does not need it, and the sync path
+/// should not pay for it.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EndpointDelta {
     /// Endpoints reachable now but not before.
@@ -45,8 +48,6 @@ pub enum Change {
         old: Arc<ServicePortRules>,
         /// What is desired.
         new: Arc<ServicePortRules>,
-        /// Which endpoints appeared or disappeared.
-        endpoints: EndpointDelta,
     },
 }
 
@@ -58,11 +59,16 @@ impl Change {
             (None, Some(new)) => Some(Change::Added(new.clone())),
             (Some(old), None) => Some(Change::Removed(old.clone())),
             (Some(old), Some(new)) if Arc::ptr_eq(old, new) || old == new => None,
-            (Some(old), Some(new)) => Some(Change::Updated {
-                old: old.clone(),
-                new: new.clone(),
-                endpoints: EndpointDelta::between(old, new),
-            }),
+            (Some(old), Some(new)) => Some(Change::Updated { old: old.clone(), new: new.clone() }),
+        }
+    }
+
+    /// Which endpoints appeared or disappeared: all of them for an added or removed port.
+    pub fn endpoint_delta(&self) -> EndpointDelta {
+        match self {
+            Change::Added(new) => EndpointDelta { added: new.reachable_endpoints(), removed: Vec::new() },
+            Change::Removed(old) => EndpointDelta { added: Vec::new(), removed: old.reachable_endpoints() },
+            Change::Updated { old, new } => EndpointDelta::between(old, new),
         }
     }
 

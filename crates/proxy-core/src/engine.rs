@@ -78,11 +78,6 @@ impl Engine {
         &self.desired
     }
 
-    /// Whether events arrived since the last plan.
-    pub fn has_pending(&self) -> bool {
-        self.recompute_all || !self.snapshot.pending().is_empty()
-    }
-
     /// Recomputes what changed and returns the changes against the previous plan.
     pub fn plan(&mut self) -> Plan {
         let pending = self.snapshot.take_pending();

@@ -243,11 +243,6 @@ impl Snapshot {
         self.slices.get(service)
     }
 
-    /// The number of Services.
-    pub fn service_count(&self) -> usize {
-        self.services.len()
-    }
-
     /// The EndpointSlices of a Service, in slice-name order.
     pub fn slices_of(&self, service: &ObjectRef) -> impl Iterator<Item = &Arc<EndpointSlice>> {
         self.slices.get(service).into_iter().flat_map(|by_name| by_name.values())

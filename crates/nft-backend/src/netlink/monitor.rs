@@ -11,7 +11,17 @@ use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::time::Duration;
 
-use crate::NftBackend;
+use crate::Error;
+
+/// What [`Quiet`] reads from the side that commits (the backend): the ruleset generation,
+/// and how many transactions it committed. The wire layer does not reach up to the backend;
+/// the backend implements this.
+pub trait Committer {
+    /// The kernel's ruleset generation now.
+    fn current_generation(&mut self) -> Result<u32, Error>;
+    /// Transactions committed so far.
+    fn commits(&self) -> u64;
+}
 
 /// `NFNLGRP_NFTABLES`.
 const GROUP_NFTABLES: u32 = 7;
@@ -27,7 +37,7 @@ const ATTR_TABLE: u16 = 1;
 /// the kernel build and queue ~100k messages we would then read and discard as our own.
 /// Pausing the subscription around our own transactions avoids that work. What a pause
 /// could hide (someone else's commit meanwhile) shows in the ruleset generation: the
-/// caller compares it before and after, see `NftBackend::current_generation`.
+/// caller compares it before and after, see [`Committer`].
 pub struct Quiet {
     fd: OwnedFd,
 }
@@ -40,7 +50,7 @@ impl Quiet {
     /// Pauses the notifications before a sync of `backend`. Returns `None`, without
     /// pausing, when the ruleset generation cannot be read (then nothing could tell a
     /// foreign commit during the pause from ours).
-    pub fn pause(&self, backend: &mut NftBackend) -> Option<Paused> {
+    pub fn pause(&self, backend: &mut impl Committer) -> Option<Paused> {
         let generation = backend.current_generation().ok()?;
         self.membership(libc::NETLINK_DROP_MEMBERSHIP).ok()?;
         Some(Paused { generation, commits: backend.commits() })
@@ -50,7 +60,7 @@ impl Quiet {
     /// committed while they were paused: the generation moved by more than our own
     /// commits. (A commit to another table counts too; the cost is one needless repair,
     /// never a missed one.) When the generation cannot be read, it assumes no drift.
-    pub fn resume(&self, backend: &mut NftBackend, before: Paused) -> bool {
+    pub fn resume(&self, backend: &mut impl Committer, before: Paused) -> bool {
         if let Err(e) = self.membership(libc::NETLINK_ADD_MEMBERSHIP) {
             tracing::warn!("drift detection: could not resubscribe: {e}");
         }
