@@ -23,49 +23,40 @@ use anyhow::{Context, Result};
 use clap::Args;
 use nft_backend::netlink::monitor::{Monitor, Quiet};
 use proxy_core::manifest::Object;
-use proxy_core::{Desired, Plan, Syncer};
+use proxy_core::{Desired, Event, IpFamily, Plan, Syncer};
 use tracing::{info, warn};
 
 use crate::cluster;
-use crate::config::{Config, NodeFlags, parse_duration};
+use crate::config::{Config, DetectLocal, ProxyFlags, parse_duration};
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::manifest_watch;
 use crate::manifests;
-use crate::serve::{self, Health, Metrics};
+use crate::serve;
+use crate::serve::health::Health;
+use crate::serve::metrics::{Metrics, family as family_label};
+use crate::serve::service_health::{self, ServiceHealth};
 use crate::source::Update;
 use crate::syncloop::{Decision, Input, Periods, SyncLoop};
 
+/// The daemon's command line: kube-proxy's flags, and kproxy's own below.
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Watch this directory (or files) of manifests instead of the Kubernetes API.
+    /// kproxy: watch this directory (or files) of manifests instead of the Kubernetes API.
     #[arg(long, num_args = 1..)]
     manifests: Vec<PathBuf>,
-    /// The kubeconfig to reach the API server with (default: in-cluster, then
-    /// $KUBECONFIG or ~/.kube/config).
-    #[arg(long, conflicts_with = "manifests")]
-    kubeconfig: Option<PathBuf>,
-    /// The API server's address, overriding the kubeconfig's.
-    #[arg(long, conflicts_with = "manifests")]
-    master: Option<String>,
-    /// The shortest time between two syncs (kube-proxy's default: 1s).
+    /// kproxy: the shortest time between two syncs, over the configuration's.
     #[arg(long)]
     min_sync_period: Option<String>,
-    /// How often to sync even without changes (kube-proxy's default: 30s). The nftables
-    /// table is rewritten whole on these syncs only without drift detection; with it,
-    /// hourly, as upstream's nftables mode does.
+    /// kproxy: how often to sync even without changes, over the configuration's. The
+    /// nftables table is rewritten whole on these syncs only without drift detection;
+    /// with it, hourly, as upstream's nftables mode does.
     #[arg(long)]
     sync_period: Option<String>,
-    /// How often to look for manifest changes.
+    /// kproxy: how often to poll the manifests where inotify is not available.
     #[arg(long, default_value = "200ms")]
     poll_interval: String,
-    /// Where to serve /healthz and /livez (kube-proxy's default: 0.0.0.0:10256).
-    #[arg(long)]
-    healthz_bind_address: Option<String>,
-    /// Where to serve /metrics (kube-proxy's default: 127.0.0.1:10249).
-    #[arg(long)]
-    metrics_bind_address: Option<String>,
     #[command(flatten)]
-    node: NodeFlags,
+    node: ProxyFlags,
 }
 
 /// What wakes the sync loop.
@@ -76,6 +67,8 @@ enum Trigger {
     Drift,
     /// Drift detection stopped.
     DriftUnwatched,
+    /// The `--config` file changed: exit, as kube-proxy does, to be restarted with it.
+    ConfigChanged,
 }
 
 fn watch_drift(mut monitor: Monitor, own_port: Arc<AtomicU32>, tx: Sender<Trigger>) {
@@ -151,14 +144,32 @@ fn set_conntrack_sysctls(config: &Config) {
     }
 }
 
-/// The daemon's settings after flags and file are combined.
+/// Exits promptly on SIGTERM and SIGINT, leaving the rules in place. kube-proxy installs
+/// no handler and dies of the signal; kproxy needs one because, as a container's PID 1,
+/// signals without a handler are ignored and the pod would wait out its grace period.
+/// Must run before any thread is spawned, so that every thread blocks the signals and
+/// only the waiter sees them.
+fn exit_on_signals() -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut signals = SigSet::empty();
+    signals.add(Signal::SIGTERM);
+    signals.add(Signal::SIGINT);
+    signals.thread_block().context("blocking SIGTERM and SIGINT")?;
+    std::thread::Builder::new().name("signals".into()).spawn(move || {
+        if let Ok(signal) = signals.wait() {
+            info!("{signal} received: exiting; the rules stay in place");
+            std::process::exit(0);
+        }
+    })?;
+    Ok(())
+}
+
+/// The daemon's settings: the configuration, with kproxy's own period flags over it.
 struct Settings {
     config: Config,
     min_sync_period: Duration,
     sync_period: Duration,
     poll: Duration,
-    healthz_addr: String,
-    metrics_addr: String,
 }
 
 fn settings(args: &RunArgs) -> Result<Settings> {
@@ -172,53 +183,102 @@ fn settings(args: &RunArgs) -> Result<Settings> {
         min_sync_period: period(&args.min_sync_period, "--min-sync-period", config.min_sync_period)?,
         sync_period,
         poll: parse_duration(&args.poll_interval).context("--poll-interval")?,
-        healthz_addr: args.healthz_bind_address.clone().unwrap_or_else(|| config.healthz_bind_address.clone()),
-        metrics_addr: args.metrics_bind_address.clone().unwrap_or_else(|| config.metrics_bind_address.clone()),
         config,
     })
 }
 
 pub fn run(args: &RunArgs) -> Result<ExitCode> {
-    crate::init_logging(&args.node, 2);
+    if args.node.version.is_some() {
+        crate::print_version();
+        return Ok(ExitCode::SUCCESS);
+    }
     let s = settings(args)?;
+    crate::init_logging(&s.config, 2);
+    if let Some(path) = &args.node.write_config_to {
+        let file = s.config.with_periods(s.sync_period, s.min_sync_period);
+        std::fs::write(path, file.to_yaml()).with_context(|| format!("writing {}", path.display()))?;
+        info!(file = %path.display(), "Wrote configuration");
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.node.cleanup == Some(true) {
+        return crate::cleanup::everything(&s.config.table);
+    }
+    exit_on_signals()?;
+    crate::sysctls::set_oom_score_adj(s.config.oom_score_adj);
     set_conntrack_sysctls(&s.config);
+    if args.node.init_only == Some(true) {
+        info!("System initialized and --init-only specified");
+        return Ok(ExitCode::SUCCESS);
+    }
+    start(args, s)?.run()
+}
+
+/// Starts the servers, drift detection and the sources, and returns the daemon ready to
+/// run its loop.
+fn start(args: &RunArgs, s: Settings) -> Result<Daemon> {
     let health = Arc::new(Health::default());
     let metrics = Arc::new(Metrics::new());
-    serve::health_server(&s.healthz_addr, health.clone(), metrics.clone(), 2 * s.sync_period)?;
-    serve::metrics_server(&s.metrics_addr, metrics.clone())?;
+    let timeout = 2 * s.sync_period;
+    let hard_fail = s.config.bind_address_hard_fail;
+    if let Some(addr) = &s.config.healthz_bind_address {
+        serve::serve("healthz", addr, hard_fail, health.clone().handler(metrics.clone(), timeout))?;
+    }
+    let configz = serve::metrics::configz(&s.config.with_periods(s.sync_period, s.min_sync_period));
+    let handler = metrics.clone().handler(s.config.proxy_mode.clone(), configz);
+    serve::serve("metrics", &s.config.metrics_bind_address, hard_fail, handler)?;
 
     let mut backend = Dataplane::new(&s.config);
     let (tx, rx) = mpsc::channel();
     let drift = start_drift_detection(&mut backend, &s.config.table, &tx)?;
     let engine = proxy_core::Engine::new(manifests::context(&s.config, &[], &mut Vec::new())?);
-    info!(node = %engine.node_context().node_name, table = %s.config.table, "kproxy started");
+    info!(node = %engine.node_context().node_name, table = %s.config.table, mode = %s.config.proxy_mode, "kproxy started");
+    if let Some(path) = &s.config.config_path {
+        crate::config::watch::spawn(path, tx.clone(), Trigger::ConfigChanged)?;
+    }
     // The sources send their first read before anything is synced: nothing is programmed
     // until it completes (for the API, until Services, EndpointSlices and this Node have
     // been listed).
     if args.manifests.is_empty() {
-        let connection = cluster::Connection {
-            kubeconfig: args.kubeconfig.clone().or_else(|| s.config.kubeconfig.clone()),
-            master: args.master.clone(),
-        };
+        let connection =
+            cluster::Connection { kubeconfig: s.config.kubeconfig.clone(), master: s.config.master.clone() };
         cluster::spawn(&connection, crate::node::node_name(&s.config), tx, Trigger::Source)?;
     } else {
         manifest_watch::spawn(&args.manifests, s.poll, tx, Trigger::Source)?;
     }
     let periods = Periods { min_sync: s.min_sync_period, sync: s.sync_period, drift_watched: drift.running };
-    let mut daemon = Daemon {
+    Ok(Daemon {
         sync_loop: SyncLoop::new(Instant::now(), periods),
         syncer: Syncer::new(backend),
         engine,
         context_objects: Vec::new(),
-        service_health: serve::ServiceHealth::default(),
-        ipvs_mode: s.config.proxy_mode == "ipvs",
+        service_health: ServiceHealth::new(health.clone(), timeout),
         drift,
         drift_repairs: 0,
+        leftovers_removed: false,
+        pod_cidrs: (s.config.detect_local == DetectLocal::NodeCidr)
+            .then(|| PodCidrWait::Waiting { listed: false, deadline: Instant::now() + POD_CIDR_WAIT }),
+        pending: (0, 0),
         config: s.config,
         health,
         metrics,
-    };
-    daemon.run(&rx)
+        rx,
+    })
+}
+
+/// How long NodeCIDR mode waits for the Node's `spec.podCIDRs` before giving up, as
+/// upstream's NodeManager.
+const POD_CIDR_WAIT: Duration = Duration::from_secs(300);
+
+/// NodeCIDR mode's wait for the Node's pod CIDRs: nothing is synced before them, as in
+/// upstream, whose local-traffic detector needs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum PodCidrWait {
+    /// Not yet; `listed` once the sources were read.
+    Waiting {
+        listed: bool,
+        deadline: Instant,
+    },
+    Done,
 }
 
 /// The sync side of the daemon: the engine, the backend and the loop's timing.
@@ -230,28 +290,47 @@ struct Daemon {
     /// The Node and ServiceCIDRs, re-read with the interfaces' addresses before every sync
     /// (addresses come and go; kube-proxy re-reads them too).
     context_objects: Vec<Object>,
-    service_health: serve::ServiceHealth,
-    /// IPVS mode sets its sysctls after each full sync (they appear only once ip_vs is
-    /// loaded).
-    ipvs_mode: bool,
+    service_health: ServiceHealth,
     drift: DriftWatch,
     drift_repairs: u64,
+    /// Whether kube-proxy's leftovers were removed (once, after the first commit).
+    leftovers_removed: bool,
+    /// NodeCIDR mode's wait for pod CIDRs; `None` in other modes.
+    pod_cidrs: Option<PodCidrWait>,
+    /// Service and endpoint changes since the last sync (`*_changes_pending`).
+    pending: (i64, i64),
     health: Arc<Health>,
     metrics: Arc<Metrics>,
+    rx: Receiver<Trigger>,
 }
 
 impl Daemon {
-    fn run(&mut self, rx: &Receiver<Trigger>) -> Result<ExitCode> {
+    fn run(mut self) -> Result<ExitCode> {
         self.health.publish(self.sync_loop.health());
         loop {
             let now = Instant::now();
-            match self.sync_loop.decide(now) {
-                Decision::Sync { full } => self.sync(full),
-                Decision::Wait { until } => match rx.recv_timeout(until.saturating_duration_since(now)) {
-                    Ok(trigger) => self.handle(trigger),
-                    Err(RecvTimeoutError::Timeout) => {}
-                    Err(RecvTimeoutError::Disconnected) => return Ok(ExitCode::FAILURE),
-                },
+            let mut wake = match self.sync_loop.decide(now) {
+                Decision::Sync { full } => {
+                    self.sync(full);
+                    continue;
+                }
+                Decision::Wait { until } => until,
+            };
+            if let Some(PodCidrWait::Waiting { deadline, .. }) = self.pod_cidrs {
+                anyhow::ensure!(
+                    now < deadline,
+                    "timeout waiting for PodCIDR allocation on node {:?}",
+                    self.engine.node_context().node_name
+                );
+                wake = wake.min(deadline);
+            }
+            match self.rx.recv_timeout(wake.saturating_duration_since(now)) {
+                Ok(Trigger::ConfigChanged) => {
+                    anyhow::bail!("content of the proxy server's configuration file was updated")
+                }
+                Ok(trigger) => self.handle(trigger),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(ExitCode::FAILURE),
             }
         }
     }
@@ -259,17 +338,39 @@ impl Daemon {
     fn handle(&mut self, trigger: Trigger) {
         let input = match trigger {
             Trigger::Source(Update::Event(event)) => {
+                let service = matches!(event, Event::ServiceApplied(_) | Event::ServiceDeleted(_));
+                if service { &self.metrics.service_changes } else { &self.metrics.endpoint_changes }.inc();
                 if !self.engine.apply(event) {
                     return;
                 }
+                if service {
+                    self.pending.0 += 1
+                } else {
+                    self.pending.1 += 1
+                }
+                self.metrics.service_changes_pending.set(self.pending.0);
+                self.metrics.endpoint_changes_pending.set(self.pending.1);
                 Input::Changed
             }
             Trigger::Source(Update::Context(objects)) => {
                 self.health.set_node_eligible(manifests::node_eligible(&self.config, &objects));
                 self.context_objects = objects;
+                if self.pod_cidrs_arrived() {
+                    self.sync_loop.input(Instant::now(), Input::Listed);
+                }
                 Input::Changed
             }
-            Trigger::Source(Update::Listed) => Input::Listed,
+            Trigger::Source(Update::Listed) => match &mut self.pod_cidrs {
+                Some(PodCidrWait::Waiting { listed, .. }) => {
+                    *listed = true;
+                    if !self.pod_cidrs_arrived() {
+                        info!("waiting for this Node's spec.podCIDRs (--detect-local-mode=NodeCIDR)");
+                        return;
+                    }
+                    Input::Listed
+                }
+                _ => Input::Listed,
+            },
             Trigger::Drift => {
                 self.drift_repairs += 1;
                 self.metrics.drift_repairs.inc();
@@ -280,13 +381,30 @@ impl Daemon {
                 Input::Drift
             }
             Trigger::DriftUnwatched => Input::DriftUnwatched,
+            Trigger::ConfigChanged => return,
         };
         if self.sync_loop.input(Instant::now(), input) {
             self.health.publish(self.sync_loop.health());
             if input != Input::Drift {
-                self.metrics.last_queued_timestamp.set(unix_now());
+                for family in IpFamily::ALL {
+                    self.metrics.last_queued_timestamp.get_or_create(&family_label(family)).set(unix_now());
+                }
             }
         }
+    }
+
+    /// In NodeCIDR mode, whether the wait for pod CIDRs just ended with the sources read
+    /// (then they are listed now).
+    fn pod_cidrs_arrived(&mut self) -> bool {
+        let Some(PodCidrWait::Waiting { listed, .. }) = self.pod_cidrs else { return false };
+        let has = match manifests::context(&self.config, &self.context_objects, &mut Vec::new()) {
+            Ok(ctx) => matches!(ctx.local_detect, proxy_core::LocalDetectMode::NodeCidr(ref c) if !c.is_empty()),
+            Err(_) => false,
+        };
+        if has {
+            self.pod_cidrs = Some(PodCidrWait::Done);
+        }
+        has && listed
     }
 
     /// Runs one sync and records its outcome.
@@ -301,8 +419,9 @@ impl Daemon {
         let plan = self.engine.plan();
         let full = self.syncer.needs_full() || plan.full;
         let start = Instant::now();
-        self.metrics.service_changes.inc_by(plan.service_changes);
-        self.metrics.endpoint_changes.inc_by(plan.endpoint_changes);
+        self.pending = (0, 0);
+        self.metrics.service_changes_pending.set(0);
+        self.metrics.endpoint_changes_pending.set(0);
         let (result, drifted) = self.transact(&plan);
         self.sync_loop.synced(Instant::now(), result.is_ok(), full);
         self.health.publish(self.sync_loop.health());
@@ -312,7 +431,10 @@ impl Daemon {
         match result {
             Ok(stats) => self.after_sync(&plan, full, start, stats),
             Err(e) => {
-                self.metrics.sync_failures.inc();
+                for family in IpFamily::ALL {
+                    self.metrics.sync_failures.get_or_create(&family_label(family)).inc();
+                    observe_duration(&self.metrics, family, full, start.elapsed());
+                }
                 let retry = self.sync_loop.retry_at().map(|at| at.saturating_duration_since(Instant::now()));
                 warn!("sync failed, retrying in {retry:?} with a full sync: {e}");
             }
@@ -341,7 +463,7 @@ impl Daemon {
         if let Some(nft) = self.syncer.backend().nft() {
             self.metrics.transaction_bytes.set(nft.last_transaction_bytes() as i64);
         }
-        self.service_health.sync(&desired.health_checks(), &health_check_addrs(self.engine.node_context()));
+        self.service_health.sync(&desired.health_checks(), &service_health::addresses(self.engine.node_context()));
         info!(
             full,
             operations = stats.operations,
@@ -349,58 +471,86 @@ impl Daemon {
             ms = start.elapsed().as_secs_f64() * 1e3,
             "synced"
         );
+        let conntrack_start = Instant::now();
         match crate::conntrack::clear_stale(desired, &self.engine.node_context().node_ips) {
-            Ok(0) => {}
             Ok(n) => {
-                self.metrics.conntrack_deleted.inc_by(n as u64);
-                info!(flows = n, "cleared stale UDP conntrack entries");
+                for family in IpFamily::ALL {
+                    let labels = family_label(family);
+                    self.metrics
+                        .conntrack_sync_duration
+                        .get_or_create(&labels)
+                        .observe(conntrack_start.elapsed().as_secs_f64());
+                    self.metrics.conntrack_deleted.get_or_create(&labels).inc_by(0);
+                }
+                if n > 0 {
+                    // The reconciler does not tell the families apart: counted as IPv4.
+                    self.metrics.conntrack_deleted.get_or_create(&family_label(IpFamily::V4)).inc_by(n as u64);
+                    info!(flows = n, "cleared stale UDP conntrack entries");
+                }
             }
             Err(e) => warn!("could not clear stale UDP conntrack entries: {e}"),
         }
-        if full && self.ipvs_mode {
+        let ipvs_mode = self.config.proxy_mode == "ipvs";
+        if full && ipvs_mode {
             set_ipvs_sysctls(self.config.ipvs_strict_arp);
         }
-    }
-}
-
-/// Where HealthCheckNodePorts listen: the NodePort addresses (every address when those
-/// match all).
-fn health_check_addrs(node: &proxy_core::NodeContext) -> Vec<std::net::IpAddr> {
-    let mut addrs = Vec::new();
-    for family in proxy_core::IpFamily::ALL {
-        match node.family(family).nodeport_ips {
-            proxy_core::NodePortIps::All => return Vec::new(),
-            proxy_core::NodePortIps::Only(ips) => addrs.extend(ips),
+        // Commit first, delete second: kube-proxy's rules go only once ours are in.
+        if !self.leftovers_removed {
+            self.leftovers_removed = true;
+            let failures = crate::cleanup::kube_proxy_leftovers(!ipvs_mode);
+            if failures > 0 {
+                self.metrics.cleanup_failures.get_or_create(&family_label(IpFamily::V4)).inc_by(failures as u64);
+            }
         }
     }
-    addrs
 }
 
 fn unix_now() -> f64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs_f64()
 }
 
-/// Records a successful sync in kube-proxy's metrics.
-fn record_sync(metrics: &Metrics, plan: &Plan, desired: &Desired, took: Duration, full: bool) {
+/// Observes a sync's duration for one family: overall, and full or partial.
+fn observe_duration(metrics: &Metrics, family: IpFamily, full: bool, took: Duration) {
+    let labels = family_label(family);
     let seconds = took.as_secs_f64();
-    metrics.sync_duration.observe(seconds);
-    if full { &metrics.full_sync_duration } else { &metrics.partial_sync_duration }.observe(seconds);
-    metrics.last_sync_timestamp.set(unix_now());
+    metrics.sync_duration.get_or_create(&labels).observe(seconds);
+    if full { &metrics.full_sync_duration } else { &metrics.partial_sync_duration }
+        .get_or_create(&labels)
+        .observe(seconds);
+}
+
+/// Records a successful sync in kube-proxy's metrics, for each family (one transaction
+/// syncs both).
+fn record_sync(metrics: &Metrics, plan: &Plan, desired: &Desired, took: Duration, full: bool) {
     let now = unix_now();
-    for trigger in plan.trigger_times.values().flatten() {
-        let at = trigger.as_second() as f64 + f64::from(trigger.subsec_nanosecond()) / 1e9;
-        metrics.network_programming_duration.observe((now - at).max(0.0));
-    }
-    let (mut internal, mut external) = (0, 0);
-    for rules in desired.families().flat_map(|f| f.service_ports.values()) {
-        if rules.has_endpoints && rules.internal_policy_local && rules.local_endpoints.is_empty() {
-            internal += 1;
+    for family in IpFamily::ALL {
+        let labels = family_label(family);
+        observe_duration(metrics, family, full, took);
+        metrics.last_sync_timestamp.get_or_create(&labels).set(now);
+        let (mut internal, mut external) = (0, 0);
+        for rules in desired.family(family).service_ports.values() {
+            let no_local = rules.has_endpoints && rules.local_endpoints.is_empty();
+            internal += i64::from(no_local && rules.internal_policy_local);
+            external += i64::from(no_local && rules.external_policy_local);
         }
-        if rules.has_endpoints && rules.external_policy_local && rules.local_endpoints.is_empty() {
-            external += 1;
+        for (policy, count) in [("internal", internal), ("external", external)] {
+            let mut l = labels.clone();
+            l.push(("traffic_policy".into(), policy.into()));
+            metrics.no_local_endpoints.get_or_create(&l).set(count);
         }
     }
-    let label = |policy: &str| vec![("traffic_policy".to_string(), policy.to_string())];
-    metrics.no_local_endpoints.get_or_create(&label("internal")).set(internal);
-    metrics.no_local_endpoints.get_or_create(&label("external")).set(external);
+    for (service, triggers) in &plan.trigger_times {
+        let family = service_family(desired, service);
+        for trigger in triggers {
+            let at = trigger.as_second() as f64 + f64::from(trigger.subsec_nanosecond()) / 1e9;
+            metrics.network_programming_duration.get_or_create(&family_label(family)).observe((now - at).max(0.0));
+        }
+    }
+}
+
+/// The family of a Service's rules, for `network_programming_duration_seconds`: IPv6 when
+/// it has IPv6 rules only.
+fn service_family(desired: &Desired, service: &proxy_core::ObjectRef) -> IpFamily {
+    let has = |f: IpFamily| desired.family(f).service_ports.keys().any(|n| &n.service == service);
+    if !has(IpFamily::V4) && has(IpFamily::V6) { IpFamily::V6 } else { IpFamily::V4 }
 }

@@ -1,6 +1,7 @@
 //! `kproxy`: a drop-in replacement for kube-proxy, with kube-proxy's nftables-mode
 //! semantics.
 
+mod cleanup;
 mod cluster;
 mod config;
 mod conntrack;
@@ -25,18 +26,22 @@ use std::time::Instant;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use nft_backend::NftBackend;
 use proxy_core::{Backend, IpFamily};
 
-use crate::config::NodeFlags;
+use crate::config::{Config, ProxyFlags};
 use crate::dataplane::Dataplane;
 
 /// kproxy: Kubernetes Services on a node, with kube-proxy's nftables semantics.
+///
+/// Without a subcommand, kproxy is the node daemon and takes kube-proxy's command line:
+/// `kproxy --config /var/lib/kube-proxy/config.conf --hostname-override=$(NODE_NAME)`.
 #[derive(Parser, Debug)]
-#[command(name = "kproxy", version, about)]
+#[command(name = "kproxy", about, args_conflicts_with_subcommands = true, disable_version_flag = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Command,
+    command: Option<Command>,
+    #[command(flatten)]
+    daemon: daemon::RunArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -51,7 +56,7 @@ enum Command {
         #[arg(long, num_args = 1.., required = true)]
         manifests: Vec<PathBuf>,
         #[command(flatten)]
-        node: NodeFlags,
+        node: ProxyFlags,
     },
     /// Prints the nftables ruleset `sync` would write, without touching the kernel.
     Plan {
@@ -59,15 +64,16 @@ enum Command {
         #[arg(long, num_args = 1.., required = true)]
         manifests: Vec<PathBuf>,
         #[command(flatten)]
-        node: NodeFlags,
+        node: ProxyFlags,
     },
     /// Says where a packet would go: its possible endpoints, or REJECT / DROP, and whether
     /// it is masqueraded.
     Trace(trace_cmd::TraceArgs),
-    /// Removes everything kproxy created (its nftables tables).
+    /// Removes everything kproxy created (its nftables tables, IPVS services and dummy
+    /// interface).
     Cleanup {
-        /// Also remove upstream kube-proxy's nftables tables (`ip kube-proxy` and
-        /// `ip6 kube-proxy`), when migrating from it.
+        /// Also remove what kube-proxy's modes left: its nftables tables, its iptables and
+        /// IPVS modes' `KUBE-*` chains (with the iptables tools), `kube-ipvs0` and its ipsets.
         #[arg(long)]
         include_kube_proxy: bool,
         /// The nftables table kproxy owns.
@@ -78,8 +84,10 @@ enum Command {
     Version,
 }
 
-pub(crate) fn init_logging(flags: &NodeFlags, min_verbosity: u8) {
-    let level = match flags.verbosity.max(min_verbosity) {
+/// Sets up logging as the configuration says (`-v`, `--logging-format`, `logging:` in the
+/// file), then logs the configuration's warnings.
+pub(crate) fn init_logging(config: &Config, min_verbosity: u32) {
+    let level = match config.verbosity.max(min_verbosity) {
         0..=1 => "warn",
         2..=3 => "info",
         4..=5 => "debug",
@@ -93,11 +101,14 @@ pub(crate) fn init_logging(flags: &NodeFlags, min_verbosity: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
-    let _ = if flags.logging_format == "json" { builder.json().try_init() } else { builder.try_init() };
+    let _ = if config.logging_format == "json" { builder.json().try_init() } else { builder.try_init() };
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(config::flags::normalize_args(std::env::args_os()));
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -109,16 +120,22 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
-        Command::Run(args) => daemon::run(&args),
-        Command::Sync { manifests, node } => sync(&manifests, &node),
-        Command::Plan { manifests, node } => plan(&manifests, &node),
-        Command::Trace(args) => trace_cmd::run(&args),
-        Command::Cleanup { include_kube_proxy, table } => cleanup(&table, include_kube_proxy),
-        Command::Version => {
-            println!("kproxy {}", env!("CARGO_PKG_VERSION"));
+        None => daemon::run(&cli.daemon),
+        Some(Command::Run(args)) => daemon::run(&args),
+        Some(Command::Sync { manifests, node }) => sync(&manifests, &node),
+        Some(Command::Plan { manifests, node }) => plan(&manifests, &node),
+        Some(Command::Trace(args)) => trace_cmd::run(&args),
+        Some(Command::Cleanup { include_kube_proxy, table }) => cleanup(&table, include_kube_proxy),
+        Some(Command::Version) => {
+            print_version();
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// `kproxy version` and `--version`.
+pub(crate) fn print_version() {
+    println!("kproxy {} (kube-proxy v1.37 nftables mode)", env!("CARGO_PKG_VERSION"));
 }
 
 /// Prints the problems found in the manifests, one per line, on standard error.
@@ -128,9 +145,9 @@ pub(crate) fn report(problems: &[String]) {
     }
 }
 
-fn sync(paths: &[PathBuf], flags: &NodeFlags) -> Result<ExitCode> {
-    init_logging(flags, 0);
+fn sync(paths: &[PathBuf], flags: &ProxyFlags) -> Result<ExitCode> {
     let config = flags.resolve()?;
+    init_logging(&config, 0);
     let start = Instant::now();
     let loaded = manifests::load(paths)?;
     let mut problems = loaded.problems;
@@ -189,9 +206,9 @@ fn sync(paths: &[PathBuf], flags: &NodeFlags) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn plan(paths: &[PathBuf], flags: &NodeFlags) -> Result<ExitCode> {
-    init_logging(flags, 0);
+fn plan(paths: &[PathBuf], flags: &ProxyFlags) -> Result<ExitCode> {
     let config = flags.resolve()?;
+    init_logging(&config, 0);
     let loaded = manifests::load(paths)?;
     let mut problems = loaded.problems;
     let engine = manifests::engine(&config, &loaded.objects, &mut problems)?;
@@ -201,18 +218,13 @@ fn plan(paths: &[PathBuf], flags: &NodeFlags) -> Result<ExitCode> {
 }
 
 fn cleanup(table: &str, include_kube_proxy: bool) -> Result<ExitCode> {
-    // IPVS mode's virtual services and dummy interface, where the kernel has IPVS.
-    let ipvs_config = ipvs_backend::Config { table: table.to_string(), ..Default::default() };
-    match ipvs_backend::IpvsBackend::new(ipvs_config).cleanup() {
-        Ok(()) => println!("kproxy: removed IPVS services bound to {}", ipvs_backend::link::DEFAULT_NAME),
-        Err(ipvs_backend::Error::NoIpvs) => {}
-        Err(e) => return Err(e).context("removing IPVS services"),
-    }
-    NftBackend::new(table).cleanup().with_context(|| format!("removing table {table}"))?;
-    println!("kproxy: removed tables ip {table} and ip6 {table}");
+    init_logging(&ProxyFlags { table: table.into(), ..ProxyFlags::default() }.resolve()?, 2);
+    cleanup::own(table)?;
     if include_kube_proxy {
-        NftBackend::new("kube-proxy").cleanup().context("removing kube-proxy's tables")?;
-        println!("kproxy: removed tables ip kube-proxy and ip6 kube-proxy");
+        anyhow::ensure!(
+            cleanup::kube_proxy_leftovers(true) == 0,
+            "encountered an error while removing kube-proxy's rules"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,5 +1,5 @@
 //! This node, as seen from the network namespace kproxy runs in: its name, its addresses
-//! and its primary IPs, combined with the configuration into a [`NodeContext`].
+//! and its node IPs, combined with the configuration into a [`NodeContext`].
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -40,28 +40,6 @@ pub fn interface_addrs() -> Vec<InterfaceAddr> {
         .collect()
 }
 
-/// The interface of the default route of a family, from `/proc/net/route` and
-/// `/proc/net/ipv6_route` (which show this network namespace's tables).
-fn default_route_interface(family: IpFamily) -> Option<String> {
-    match family {
-        IpFamily::V4 => {
-            let table = std::fs::read_to_string("/proc/net/route").ok()?;
-            table.lines().skip(1).find_map(|l| {
-                let cols: Vec<&str> = l.split_whitespace().collect();
-                (cols.len() > 7 && cols[1] == "00000000" && cols[7] == "00000000").then(|| cols[0].to_string())
-            })
-        }
-        IpFamily::V6 => {
-            let table = std::fs::read_to_string("/proc/net/ipv6_route").ok()?;
-            table.lines().find_map(|l| {
-                let cols: Vec<&str> = l.split_whitespace().collect();
-                (cols.len() == 10 && cols[0].chars().all(|c| c == '0') && cols[1] == "00" && cols[9] != "lo")
-                    .then(|| cols[9].to_string())
-            })
-        }
-    }
-}
-
 fn usable(ip: &IpAddr) -> bool {
     match ip {
         IpAddr::V4(a) => !a.is_loopback() && !a.is_unspecified(),
@@ -69,20 +47,19 @@ fn usable(ip: &IpAddr) -> bool {
     }
 }
 
-/// The primary IP of a family: the Node's first address of that family, else the address
-/// of the default route's interface, else the first usable interface address.
-fn primary_ip(family: IpFamily, node: Option<&Node>, addrs: &[InterfaceAddr]) -> Option<IpAddr> {
-    let of_family = |ip: &IpAddr| IpFamily::of(ip) == family;
-    if let Some(ip) = node.and_then(|n| n.addresses.iter().copied().find(of_family)) {
-        return Some(ip);
-    }
-    let usable_addrs = || addrs.iter().filter(|a| of_family(&a.ip) && usable(&a.ip));
-    if let Some(iface) = default_route_interface(family)
-        && let Some(a) = usable_addrs().find(|a| a.interface == iface)
-    {
-        return Some(a.ip);
-    }
-    usable_addrs().next().map(|a| a.ip)
+/// This node's IP of each family, as kube-proxy v1.37 detects it (`detectNodeIPs`): the
+/// Node's first address of each family, `bindAddress` (when not unspecified) over its
+/// family's, and nothing where kube-proxy falls back to loopback: a family the Node has
+/// no address of (or no Node at all). `primary` NodePorts then cover no address of that
+/// family, so NodePorts are accepted on all of them, as upstream.
+pub fn detected_ips(node: Option<&Node>, bind_address: Option<IpAddr>) -> Vec<IpAddr> {
+    IpFamily::ALL
+        .iter()
+        .filter_map(|family| {
+            let of_family = |ip: &IpAddr| IpFamily::of(ip) == *family;
+            bind_address.filter(of_family).or_else(|| node.and_then(|n| n.addresses.iter().copied().find(of_family)))
+        })
+        .collect()
 }
 
 /// Builds the node context from the configuration, this node's Node object (if the
@@ -91,7 +68,7 @@ pub fn context(config: &Config, node: Option<&Node>, service_cidrs: Vec<ipnet::I
     let name = node_name(config);
     let addrs = interface_addrs();
     let mut ctx = NodeContext::new(name);
-    let primaries: Vec<IpAddr> = IpFamily::ALL.iter().filter_map(|f| primary_ip(*f, node, &addrs)).collect();
+    let primaries = detected_ips(node, config.bind_address);
     // Primary first, then every other local address (they are all `fib … type local`).
     let mut seen = BTreeSet::new();
     ctx.node_ips = primaries
@@ -101,13 +78,9 @@ pub fn context(config: &Config, node: Option<&Node>, service_cidrs: Vec<ipnet::I
         .chain(addrs.iter().map(|a| a.ip).filter(usable))
         .filter(|ip| seen.insert(*ip))
         .collect();
-    ctx.nodeport_addresses = match &config.nodeport_cidrs {
-        Some(cidrs) => cidrs.clone(),
-        // Upstream's defaults: every local address in IPVS mode, the primary IPs in
-        // nftables mode.
-        None if config.proxy_mode == "ipvs" => Vec::new(),
-        None => primaries.iter().map(|ip| ipnet::IpNet::from(*ip)).collect(),
-    };
+    // An empty list is every local address: IPVS mode's default, and where `primary`
+    // found no node IP.
+    ctx.nodeport_addresses = config.nodeport.expand(&primaries);
     ctx.local_detect = match &config.detect_local {
         DetectLocal::ClusterCidr if config.cluster_cidrs.is_empty() => LocalDetectMode::None,
         DetectLocal::ClusterCidr => LocalDetectMode::ClusterCidr(config.cluster_cidrs.clone()),

@@ -134,7 +134,9 @@ impl SyncLoop {
             next_full: now,
             retry_at: None,
             backoff: FIRST_BACKOFF,
-            queued_since: Some(now),
+            // Healthy until the sources are read, as upstream (whose health server reports
+            // healthy until its first sync); from then on, changes wait.
+            queued_since: None,
             last_synced: None,
         };
         l.next_full = now + l.full_period();

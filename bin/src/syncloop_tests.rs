@@ -180,8 +180,10 @@ fn health_follows_the_oldest_queued_change() {
     r.at(59 * S);
     assert!(r.l.health().healthy(r.now, timeout));
     r.at(61 * S);
-    assert!(!r.l.health().healthy(r.now, timeout), "sources never read: not healthy after the timeout");
+    assert!(r.l.health().healthy(r.now, timeout), "healthy until the sources are read, as upstream");
     r.input(Input::Listed);
+    r.at(122 * S);
+    assert!(!r.l.health().healthy(r.now, timeout), "read, never synced: unhealthy after the timeout");
     r.sync(true);
     assert!(r.l.health().healthy(r.now, timeout));
     assert_eq!(r.l.health().last_synced, Some(r.now));

@@ -153,12 +153,34 @@ pub fn ipvs(roots: &Roots, strict_arp: bool) -> (Vec<String>, Vec<String>) {
     (changed, warnings)
 }
 
+/// Sets the process's `oom_score_adj` (kube-proxy's `--oom-score-adj`, -999 by default).
+/// Lowering it needs `CAP_SYS_RESOURCE`; without it, kproxy logs and goes on, as
+/// kube-proxy does.
+pub fn set_oom_score_adj(value: i32) {
+    set_oom_score_adj_at(Path::new("/proc/self/oom_score_adj"), value);
+}
+
+fn set_oom_score_adj_at(path: &Path, value: i32) -> bool {
+    match std::fs::write(path, value.to_string()) {
+        Ok(()) => {
+            tracing::info!("set oom_score_adj to {value}");
+            true
+        }
+        Err(e) => {
+            tracing::warn!("could not set oom_score_adj to {value}: {e}; going on");
+            false
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn roots(files: &[(&str, &str)]) -> (Roots, PathBuf) {
-        let dir = std::env::temp_dir().join(format!("kproxy-sysctls-{}-{}", std::process::id(), files.len()));
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("kproxy-sysctls-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         for (path, value) in files {
             let path = dir.join(path);
@@ -241,6 +263,15 @@ mod tests {
         assert_eq!(changed, ["net.ipv4.conf.all.arp_ignore=1", "net.ipv4.conf.all.arp_announce=2"]);
         assert!(warnings.is_empty(), "{warnings:?}");
         assert_eq!((read("conf/all/arp_ignore"), read("conf/all/arp_announce")), ("1".into(), "2".into()));
+        std::fs::remove_dir_all(dir).ok();
+    }
+
+    #[test]
+    fn oom_score_adj_is_written_or_warned_about() {
+        let (_, dir) = roots(&[("oom_score_adj", "0\n")]);
+        assert!(set_oom_score_adj_at(&dir.join("oom_score_adj"), -999));
+        assert_eq!(std::fs::read_to_string(dir.join("oom_score_adj")).unwrap(), "-999");
+        assert!(!set_oom_score_adj_at(&dir.join("missing/oom_score_adj"), -999), "a failure is not fatal");
         std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -9,7 +9,7 @@ use clap::Args;
 use proxy_core::trace::{Packet, Source, Verdict, trace};
 use proxy_core::{IpFamily, LocalDetector, NodeContext, Protocol};
 
-use crate::config::NodeFlags;
+use crate::config::ProxyFlags;
 use crate::manifests;
 
 #[derive(Args, Debug)]
@@ -27,7 +27,7 @@ pub struct TraceArgs {
     #[arg(long)]
     to: String,
     #[command(flatten)]
-    node: NodeFlags,
+    node: ProxyFlags,
 }
 
 /// Parses `IP:PORT[/PROTO]`.

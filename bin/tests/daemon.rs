@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use common::*;
 
+/// kubeadm's KubeProxyConfiguration.
+const KUBEADM: &str = include_str!("../testdata/kubeadm-kube-proxy-config.yaml");
+
 const WEB: &str = r#"
 apiVersion: v1
 kind: Service
@@ -114,7 +117,11 @@ fn a_bad_config_exits_with_a_clear_message() {
     let dir = std::env::temp_dir().join(format!("kproxy-badconfig-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("config.yaml");
-    std::fs::write(&config, "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: nftables\nclusterCIDRs: 10.0.0.0/8\n").unwrap();
+    std::fs::write(
+        &config,
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\nmode: nftables\nclusterCIDR: 10.0.0.0/88\n",
+    )
+    .unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_kproxy"))
         .args(["run", "--manifests"])
         .arg(&dir)
@@ -125,15 +132,72 @@ fn a_bad_config_exits_with_a_clear_message() {
     let _ = std::fs::remove_dir_all(&dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(stderr.contains("clusterCIDRs") && stderr.contains("config.yaml"), "{stderr}");
+    assert!(
+        stderr.contains("ClusterCIDRs[0]") && stderr.contains("10.0.0.0/88") && stderr.contains("config.yaml"),
+        "{stderr}"
+    );
 }
 
-fn get(addr: &str, path: &str) -> (u16, String) {
+/// kube-proxy's own DaemonSet command line (no subcommand) with kubeadm's config file: the
+/// daemon starts, serves its health port, writes `oom_score_adj` or says why it could not,
+/// and exits promptly on SIGTERM, leaving the rules in place.
+#[test]
+fn kube_proxys_command_line_and_sigterm() {
+    in_sandbox("kube_proxys_command_line_and_sigterm", || {
+        let node = Node::new();
+        let dir = write(&node, WEB);
+        let config = node.dir.join("config.conf");
+        // kubeadm's file, with the test's manifests instead of an API server.
+        std::fs::write(&config, KUBEADM.replace("clusterCIDR: \"\"", "clusterCIDR: 10.244.0.0/16")).unwrap();
+        let log = node.dir.join("kproxy.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kproxy"))
+            .arg("--config")
+            .arg(&config)
+            .arg("--hostname-override=Node-A")
+            .arg("--manifests")
+            .arg(&dir)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        wait_for("first sync", Duration::from_secs(10), table_exists);
+        wait_for("healthz", Duration::from_secs(5), || get_ok("127.0.0.1:10256", "/healthz"));
+        let all = ["pod1", "pod2"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(pods(&requests(12, Some("client"), "10.96.0.10:80", false)), all);
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(start.elapsed() < Duration::from_secs(2), "no exit within 2 s of SIGTERM");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let log = std::fs::read_to_string(&log).unwrap();
+        assert!(status.success(), "{status:?}\n{log}");
+        assert!(table_exists(), "the rules outlive the process");
+        assert!(log.contains("kproxy runs nftables"), "mode \"\" is announced:\n{log}");
+        // Root without CAP_SYS_RESOURCE cannot lower its OOM score: logged, not fatal.
+        assert!(log.contains("oom_score_adj"), "{log}");
+    });
+}
+
+fn get_ok(addr: &str, path: &str) -> bool {
+    std::net::TcpStream::connect(addr).is_ok() && get(addr, path).0 == 200
+}
+
+/// The whole HTTP response, headers included.
+fn get_raw(addr: &str, path: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("connect");
     write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
     let mut response = String::new();
     stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+fn get(addr: &str, path: &str) -> (u16, String) {
+    let response = get_raw(addr, path);
     let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (code, body)
@@ -153,7 +217,7 @@ fn periodic_syncs_are_partial_while_drift_is_watched() {
             let (_, metrics) = get("127.0.0.1:10249", "/metrics");
             metrics
                 .lines()
-                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse::<f64>().ok())
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix("{ip_family=\"IPv4\"} ")?.trim().parse::<f64>().ok())
                 .map_or(0, |v| v as u64)
         };
         wait_for("metrics served", Duration::from_secs(5), || std::net::TcpStream::connect("127.0.0.1:10249").is_ok());
@@ -177,9 +241,29 @@ fn health_and_metrics_endpoints() {
 
         let (code, body) = get("127.0.0.1:10256", "/healthz");
         assert_eq!(code, 200, "{body}");
-        assert!(body.contains(r#""nodeEligible": true"#) && body.contains("lastUpdated"), "{body}");
+        assert!(body.contains(r#""nodeEligible":true,"healthy":true"#) && body.contains("lastUpdated"), "{body}");
         assert_eq!(get("127.0.0.1:10256", "/livez").0, 200);
         assert_eq!(get("127.0.0.1:10256", "/nope").0, 404);
+        // As Go's 0.0.0.0 listener: IPv6 too, and upstream's headers.
+        assert_eq!(get("[::1]:10256", "/livez").0, 200, "the health port answers over IPv6");
+        let raw = get_raw("127.0.0.1:10256", "/healthz");
+        assert!(
+            raw.contains("X-Content-Type-Options: nosniff") && raw.contains("Content-Type: application/json"),
+            "{raw}"
+        );
+        // The metrics port's other routes.
+        assert_eq!(get("127.0.0.1:10249", "/proxyMode"), (200, "nftables".into()));
+        assert_eq!(get("127.0.0.1:10249", "/healthz"), (200, "ok".into()));
+        let (code, configz) = get("127.0.0.1:10249", "/configz");
+        let configz: serde_json::Value = serde_json::from_str(&configz).unwrap();
+        assert_eq!(code, 200);
+        let c = &configz["kubeproxy.config.k8s.io"];
+        assert_eq!(
+            (c["mode"].as_str(), c["clusterCIDR"].as_str()),
+            (Some("nftables"), Some("10.244.0.0/16")),
+            "{configz}"
+        );
+        assert_eq!(c["nodePortAddresses"], serde_json::json!(["primary"]));
 
         let (code, metrics) = get("127.0.0.1:10249", "/metrics");
         assert_eq!(code, 200);
@@ -187,12 +271,12 @@ fn health_and_metrics_endpoints() {
             "kubeproxy_sync_proxy_rules_duration_seconds_bucket",
             "kubeproxy_sync_full_proxy_rules_duration_seconds_count",
             "kubeproxy_sync_proxy_rules_last_timestamp_seconds",
-            "kubeproxy_network_programming_duration_seconds",
+            "kubeproxy_sync_proxy_rules_last_queued_timestamp_seconds{ip_family=\"IPv4\"}",
             "kubeproxy_sync_proxy_rules_service_changes_total",
             "kubeproxy_sync_proxy_rules_endpoint_changes_total",
-            "kubeproxy_sync_proxy_rules_no_local_endpoints{traffic_policy=\"internal\"}",
-            "kubeproxy_sync_proxy_rules_nftables_sync_failures_total",
-            "kubeproxy_conntrack_reconciler_deleted_entries_total",
+            "kubeproxy_sync_proxy_rules_no_local_endpoints_total{ip_family=\"IPv4\",traffic_policy=\"internal\"}",
+            "kubeproxy_conntrack_reconciler_deleted_entries_total{ip_family=\"IPv6\"}",
+            "kubeproxy_sync_proxy_rules_endpoint_changes_pending",
             "kubeproxy_proxy_healthz_total{code=\"200\"}",
             "kproxy_drift_repairs_total",
             "kproxy_transaction_bytes",
@@ -267,6 +351,9 @@ fn health_check_node_port_follows_local_endpoints() {
         let (code, body) = get(&hc, "/");
         assert_eq!(code, 200, "{body}");
         assert!(body.contains(r#""name": "lb""#) && body.contains(r#""localEndpoints": 1"#), "{body}");
+        assert!(body.contains(r#""serviceProxyHealthy": true"#), "{body}");
+        let raw = get_raw(&hc, "/any/path");
+        assert!(raw.contains("X-Load-Balancing-Endpoint-Weight: 1") && raw.contains("nosniff"), "{raw}");
 
         // The endpoint moves to another node: this node must be drained.
         write(&node, &LOCAL_LB.replace("NODE", "node-b"));
