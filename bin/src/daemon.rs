@@ -59,6 +59,14 @@ pub struct RunArgs {
     node: ProxyFlags,
 }
 
+#[cfg(test)]
+impl RunArgs {
+    /// kube-proxy's flags among them.
+    pub fn flags(&self) -> &ProxyFlags {
+        &self.node
+    }
+}
+
 /// What wakes the sync loop.
 enum Trigger {
     /// A source (the API or the manifests) has news.

@@ -228,3 +228,7 @@ fn cleanup(table: &str, include_kube_proxy: bool) -> Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+#[path = "compat_tests.rs"]
+mod compat_tests;

@@ -314,4 +314,6 @@ if [[ -n ${KPROXY_E2E_DEBUG:-} ]]; then
     cat "$state/latency.log"
     grep -E "synced|relist" "$state/kproxy.log" | tail -40
 fi
+
+source testbed/lib/compat.sh
 echo "e2e: all passed"

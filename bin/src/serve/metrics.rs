@@ -188,7 +188,12 @@ impl Metrics {
         kproxy.register_collector(Box::new(BuildInfo));
         registry.register_collector(Box::new(Process));
         // Families with labels print nothing until first used; upstream's labelled
-        // series appear after the first sync, as here.
+        // series appear after the first sync, as here. The failure counters start at 0
+        // for both families, so that a scrape shows them before any failure.
+        for f in proxy_core::IpFamily::ALL {
+            m.sync_failures.get_or_create(&family(f)).inc_by(0);
+            m.cleanup_failures.get_or_create(&family(f)).inc_by(0);
+        }
         m.registry = registry;
         m
     }
