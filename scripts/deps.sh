@@ -3,7 +3,7 @@
 # Idempotent; runs apt-get only if something is absent. Needs root (or sudo) to install.
 set -euo pipefail
 
-packages=(pkg-config libnftnl-dev libmnl-dev nftables iproute2 conntrack socat jq procps util-linux
+packages=(pkg-config libnftnl-dev libmnl-dev nftables iptables iproute2 conntrack socat jq procps util-linux python3-yaml
   containernetworking-plugins openssl curl
   # the IPVS VM (testbed/vm/): qemu, the guest's busybox and tools, initramfs packing
   qemu-system-x86 ipvsadm busybox-static cpio kmod binutils dash)

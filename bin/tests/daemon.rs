@@ -361,3 +361,66 @@ fn health_check_node_port_follows_local_endpoints() {
         assert!(get(&hc, "/").1.contains(r#""localEndpoints": 0"#));
     });
 }
+
+/// What kube-proxy's iptables mode leaves on a node (trimmed): its chains with a stale
+/// DNAT for the web Service to a pod that is gone, and the kubelet's chains.
+const KUBE_PROXY_IPTABLES: &str = "\
+*nat
+:KUBE-SERVICES - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-MARK-MASQ - [0:0]
+:KUBE-SVC-WEB - [0:0]
+:KUBE-SEP-GONE - [0:0]
+-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING
+-A KUBE-SERVICES -d 10.96.0.10/32 -p tcp -m tcp --dport 80 -j KUBE-SVC-WEB
+-A KUBE-SVC-WEB -j KUBE-SEP-GONE
+-A KUBE-SEP-GONE -p tcp -m tcp -j DNAT --to-destination 10.244.0.99:8080
+COMMIT
+*filter
+:KUBE-FIREWALL - [0:0]
+:KUBE-KUBELET-CANARY - [0:0]
+:KUBE-FORWARD - [0:0]
+:KUBE-PROXY-CANARY - [0:0]
+-A INPUT -j KUBE-FIREWALL
+-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD
+COMMIT
+";
+
+/// An image swap on a node that ran kube-proxy in iptables mode and then nftables mode:
+/// kproxy removes kube-proxy's chains and tables once its own rules are in, and keeps the
+/// kubelet's chains; the stale DNAT no longer steals the Service's traffic.
+#[test]
+fn kube_proxys_leftovers_go_after_the_first_commit() {
+    in_sandbox("kube_proxys_leftovers_go_after_the_first_commit", || {
+        if Command::new("iptables-restore").arg("--version").output().is_err() {
+            panic!("iptables-restore is needed (scripts/deps.sh installs iptables)");
+        }
+        let node = Node::new();
+        let mut restore = Command::new("iptables-restore").stdin(std::process::Stdio::piped()).spawn().unwrap();
+        use std::io::Write;
+        restore.stdin.take().unwrap().write_all(KUBE_PROXY_IPTABLES.as_bytes()).unwrap();
+        assert!(restore.wait().unwrap().success());
+        sh("nft add table ip kube-proxy && nft add table ip6 kube-proxy");
+        let save = || sh("iptables-save");
+        assert!(save().contains("KUBE-SEP-GONE"));
+        let dir = write(&node, WEB);
+        let _daemon = Daemon::start(&dir);
+        wait_for("first sync", Duration::from_secs(10), table_exists);
+        wait_for("kube-proxy's chains removed", Duration::from_secs(5), || !save().contains("KUBE-SERVICES"));
+        let left = save();
+        for gone in
+            ["KUBE-SVC-WEB", "KUBE-SEP-GONE", "KUBE-POSTROUTING", "KUBE-MARK-MASQ", "KUBE-FORWARD", "KUBE-PROXY-CANARY"]
+        {
+            assert!(!left.contains(gone), "{gone} is still there:\n{left}");
+        }
+        for kept in ["KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "-A INPUT -j KUBE-FIREWALL"] {
+            assert!(left.contains(kept), "the kubelet's {kept} is gone:\n{left}");
+        }
+        let tables = sh("nft list tables");
+        assert!(!tables.contains("kube-proxy"), "{tables}");
+        let all = ["pod1", "pod2"].iter().map(|s| s.to_string()).collect();
+        assert_eq!(pods(&requests(12, Some("client"), "10.96.0.10:80", false)), all);
+    });
+}

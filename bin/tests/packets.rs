@@ -399,3 +399,38 @@ fn external_frontends_from_every_source() {
         }
     });
 }
+
+/// The Node of these tests, with the node's uplink address as its InternalIP.
+const NODE_OBJECT: &str = r#"
+---
+apiVersion: v1
+kind: Node
+metadata: {name: node-a}
+status: {addresses: [{type: InternalIP, address: 10.200.0.1}]}
+"#;
+
+/// `--nodeport-addresses` keywords and CIDRs, `--bind-address`, and upstream's node-IP
+/// fallback, each checked with real connections to the node's two addresses (its uplink
+/// 10.200.0.1 and its bridge 10.244.0.1).
+#[test]
+fn nodeport_addresses_keywords_and_bind_address() {
+    in_sandbox("nodeport_addresses_keywords_and_bind_address", || {
+        let node = Node::new();
+        let with_node = format!("{CLUSTER}{NODE_OBJECT}");
+        let answers =
+            |ip: &str| matches!(request(Some("client"), &format!("{ip}:30080"), false, None), Reply::From { .. });
+        let cases: [(&str, &str, &[&str], [bool; 2]); 7] = [
+            ("primary (the default): the Node's InternalIP only", &with_node, &[], [true, false]),
+            ("all", &with_node, &["--nodeport-addresses", "all"], [true, true]),
+            ("primary,localhost", &with_node, &["--nodeport-addresses=primary,localhost"], [true, false]),
+            ("a CIDR", &with_node, &["--nodeport-addresses", "10.244.0.0/24"], [false, true]),
+            ("--bind-address overrides the primary IP", &with_node, &["--bind-address", BRIDGE_IP], [false, true]),
+            ("no Node: no node IP, so primary matches none and every address accepts", CLUSTER, &[], [true, true]),
+            ("primary,10.244.0.0/24", &with_node, &["--nodeport-addresses=primary,10.244.0.0/24"], [true, true]),
+        ];
+        for (what, yaml, flags, expected) in cases {
+            node.sync(yaml, flags);
+            assert_eq!([answers(NODE_IP), answers(BRIDGE_IP)], expected, "{what}");
+        }
+    });
+}
