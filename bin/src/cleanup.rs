@@ -205,16 +205,16 @@ pub fn everything(table: &str) -> Result<ExitCode> {
 }
 
 /// kproxy's own rules: its tables, and in IPVS mode its virtual services and dummy
-/// interface.
+/// interface. Reports what it removed on standard output (`kproxy cleanup`'s report).
 pub fn own(table: &str) -> Result<()> {
     let ipvs_config = ipvs_backend::Config { table: table.to_string(), ..Default::default() };
     match ipvs_backend::IpvsBackend::new(ipvs_config).cleanup() {
-        Ok(()) => info!("removed IPVS services bound to {}", ipvs_backend::link::DEFAULT_NAME),
+        Ok(()) => println!("kproxy: removed IPVS services bound to {}", ipvs_backend::link::DEFAULT_NAME),
         Err(ipvs_backend::Error::NoIpvs) => {}
         Err(e) => return Err(e).context("removing IPVS services"),
     }
     NftBackend::new(table).cleanup().with_context(|| format!("removing table {table}"))?;
-    info!("removed tables ip {table} and ip6 {table}");
+    println!("kproxy: removed tables ip {table} and ip6 {table}");
     Ok(())
 }
 

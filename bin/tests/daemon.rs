@@ -424,3 +424,76 @@ fn kube_proxys_leftovers_go_after_the_first_commit() {
         assert_eq!(pods(&requests(12, Some("client"), "10.96.0.10:80", false)), all);
     });
 }
+
+/// `kproxy --cleanup`, as kube-proxy's: kproxy's rules and every kube-proxy mode's go, the
+/// kubelet's chains stay, and it exits 0.
+#[test]
+fn cleanup_flag_removes_every_modes_rules() {
+    in_sandbox("cleanup_flag_removes_every_modes_rules", || {
+        let node = Node::new();
+        node.sync(WEB, &[]);
+        let mut restore = Command::new("iptables-restore").stdin(std::process::Stdio::piped()).spawn().unwrap();
+        use std::io::Write;
+        restore.stdin.take().unwrap().write_all(KUBE_PROXY_IPTABLES.as_bytes()).unwrap();
+        assert!(restore.wait().unwrap().success());
+        sh("nft add table ip kube-proxy");
+        let out = Command::new(env!("CARGO_BIN_EXE_kproxy")).arg("--cleanup").output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let tables = sh("nft list tables");
+        assert!(!tables.contains("kproxy") && !tables.contains("kube-proxy"), "{tables}");
+        let left = sh("iptables-save");
+        assert!(!left.contains("KUBE-SERVICES") && left.contains("KUBE-FIREWALL"), "{left}");
+    });
+}
+
+/// A port already taken does not stop the daemon: it syncs, and binds once the port is
+/// free (upstream retries every 5 s too).
+#[test]
+fn a_taken_metrics_port_is_retried_not_fatal() {
+    in_sandbox("a_taken_metrics_port_is_retried_not_fatal", || {
+        let node = Node::new();
+        let dir = write(&node, WEB);
+        let squatter = std::net::TcpListener::bind("127.0.0.1:10249").unwrap();
+        let _daemon = Daemon::start(&dir);
+        wait_for("first sync", Duration::from_secs(10), table_exists);
+        drop(squatter);
+        wait_for("metrics bound on retry", Duration::from_secs(8), || get_ok("127.0.0.1:10249", "/healthz"));
+    });
+}
+
+/// NodeCIDR local detection waits for the Node's podCIDRs before programming anything, as
+/// upstream; a changed `--config` file makes the daemon exit (to be restarted with it).
+#[test]
+fn node_cidr_waits_for_pod_cidrs_and_a_config_change_exits() {
+    in_sandbox("node_cidr_waits_for_pod_cidrs_and_a_config_change_exits", || {
+        let node = Node::new();
+        let no_cidrs = format!("{WEB}---\napiVersion: v1\nkind: Node\nmetadata: {{name: node-a}}\n");
+        let dir = write(&node, &no_cidrs);
+        let config = node.dir.join("config.yaml");
+        std::fs::write(&config, "kind: KubeProxyConfiguration\nmode: nftables\ndetectLocalMode: NodeCIDR\n").unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kproxy"))
+            .args(["run", "--hostname-override", "node-a", "--min-sync-period", "100ms", "--manifests"])
+            .arg(&dir)
+            .arg("--config")
+            .arg(&config)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(1500));
+        assert!(!table_exists(), "nothing is programmed before the Node has podCIDRs");
+        write(&node, &format!("{no_cidrs}spec: {{podCIDRs: [10.244.0.0/24]}}\n"));
+        wait_for("first sync once podCIDRs are known", Duration::from_secs(5), table_exists);
+        assert!(sh("nft list table ip kproxy").contains("10.244.0.0/24"), "the detector uses the podCIDR");
+        std::fs::write(&config, "kind: KubeProxyConfiguration\nmode: nftables\ndetectLocalMode: ClusterCIDR\n")
+            .unwrap();
+        let start = std::time::Instant::now();
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(start.elapsed() < Duration::from_secs(5), "no exit after the config file changed");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!status.success(), "exits with an error, as kube-proxy: {status:?}");
+    });
+}

@@ -149,6 +149,9 @@ impl ProxyFlags {
                 let mut file = KubeProxyConfiguration::default();
                 file.set_defaults();
                 self.apply_flags(&mut file)?;
+                warnings.extend(self.without_effect(&file.mode).into_iter().map(|(flag, why)| {
+                    format!("--{flag} has no effect in kproxy: {why} (see docs/kube-proxy-compatibility.md)")
+                }));
                 file
             }
         };
@@ -224,6 +227,37 @@ impl ProxyFlags {
             ("metrics-port", self.metrics_port.is_some()),
         ];
         given.into_iter().filter(|(_, g)| *g).map(|(name, _)| name).collect()
+    }
+
+    /// Flags given that kproxy accepts without acting on them, with the reason, as
+    /// docs/kube-proxy-compatibility.md lists them.
+    fn without_effect(&self, mode: &str) -> Vec<(&'static str, &'static str)> {
+        let ipvs = mode == "ipvs";
+        let given = [
+            ("iptables-localhost-nodeports", self.iptables_localhost_nodeports.is_some(), "iptables mode only"),
+            ("iptables-masquerade-bit", self.iptables_masquerade_bit.is_some(), "kproxy's table marks with bit 14"),
+            ("ipvs-exclude-cidrs", self.ipvs_exclude_cidrs.is_some(), "kproxy only removes its own virtual services"),
+            ("ipvs-tcp-timeout", self.ipvs_tcp_timeout.is_some(), "not applied yet"),
+            ("ipvs-tcpfin-timeout", self.ipvs_tcpfin_timeout.is_some(), "not applied yet"),
+            ("ipvs-udp-timeout", self.ipvs_udp_timeout.is_some(), "not applied yet"),
+            ("ipvs-scheduler", self.ipvs_scheduler.is_some() && !ipvs, "IPVS mode only"),
+            ("ipvs-strict-arp", self.ipvs_strict_arp.is_some() && !ipvs, "IPVS mode only"),
+            ("ipvs-sync-period", self.ipvs_sync_period.is_some() && !ipvs, "IPVS mode only"),
+            ("ipvs-min-sync-period", self.ipvs_min_sync_period.is_some() && !ipvs, "IPVS mode only"),
+            ("kube-api-burst", self.kube_api_burst.is_some(), "one list and one watch per resource"),
+            ("kube-api-qps", self.kube_api_qps.is_some(), "one list and one watch per resource"),
+            ("kube-api-content-type", self.kube_api_content_type.is_some(), "Services and EndpointSlices are protobuf"),
+            ("config-sync-period", self.config_sync_period.is_some(), "the watches have no periodic resync"),
+            ("profiling", self.profiling.is_some(), "no profiling endpoints"),
+            ("show-hidden-metrics-for-version", self.show_hidden_metrics_for_version.is_some(), "no hidden metrics"),
+            ("vmodule", self.vmodule.is_some(), "Go files only"),
+            ("log-flush-frequency", self.log_flush_frequency.is_some(), "logs are written at once"),
+            ("log-text-split-stream", self.log_text_split_stream.is_some(), "logs go to stderr"),
+            ("log-json-split-stream", self.log_json_split_stream.is_some(), "logs go to stderr"),
+            ("log-text-info-buffer-size", self.log_text_info_buffer_size.is_some(), "logs are written at once"),
+            ("log-json-info-buffer-size", self.log_json_info_buffer_size.is_some(), "logs are written at once"),
+        ];
+        given.into_iter().filter(|(_, g, _)| *g).map(|(flag, _, why)| (flag, why)).collect()
     }
 
     /// Fills a defaulted configuration from the flags (no `--config`).

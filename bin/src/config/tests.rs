@@ -143,6 +143,12 @@ fn every_kube_proxy_flag_parses() {
     ])
     .resolve()
     .unwrap();
+    let c = flags(&["--iptables-localhost-nodeports=false", "--ipvs-scheduler=lc", "--profiling"]).resolve().unwrap();
+    for flag in
+        ["--iptables-localhost-nodeports has no effect", "--ipvs-scheduler has no effect", "--profiling has no effect"]
+    {
+        assert!(c.warnings.iter().any(|w| w.starts_with(flag)), "{flag}: {:?}", c.warnings);
+    }
     // A boolean takes no separate word, as pflag's.
     let argv = ["kproxy", "--masquerade-all", "false"].map(std::ffi::OsString::from);
     assert!(Cli::try_parse_from(argv).is_err());
