@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds the test bed's tools once per version and caches them outside the repository:
-# kube-apiserver, kubectl, kube-proxy and kubeadm from k8s.io/kubernetes, and etcd, as
+# kube-apiserver, kubectl, kube-proxy, kubeadm, kubelet, kube-controller-manager and
+# kube-scheduler from k8s.io/kubernetes, and etcd, as
 # pinned by testbed/go/go.mod; and loadgen and nftprobe (testbed/go/cmd). Prints the
 # directory holding the binaries. A tool added later is built alone into an existing cache.
 #
@@ -20,7 +21,8 @@ mkdir -p "$bin"
 go build -trimpath -o "$bin/loadgen" ./cmd/loadgen
 go build -trimpath -o "$bin/nftprobe" ./cmd/nftprobe
 tools=(k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl k8s.io/kubernetes/cmd/kube-proxy
-    k8s.io/kubernetes/cmd/kubeadm)
+    k8s.io/kubernetes/cmd/kubeadm k8s.io/kubernetes/cmd/kubelet k8s.io/kubernetes/cmd/kube-controller-manager
+    k8s.io/kubernetes/cmd/kube-scheduler)
 if [[ -f $bin/.stamp && $(cat "$bin/.stamp") == "$stamp" ]]; then
     missing=()
     for tool in "${tools[@]}"; do [[ -x $bin/${tool##*/} ]] || missing+=("$tool"); done
