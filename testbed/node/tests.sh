@@ -57,3 +57,68 @@ pass "pods of a Deployment reach the ClusterIP: both endpoints answer ($expected
 [[ $(from_pod $NODE_IP:30080 16) == "$expected" ]] || fail "NodePort from a pod: $(from_pod $NODE_IP:30080 16)"
 [[ $(from_client $NODE_IP:30080 16) == "$expected" ]] || fail "NodePort from the client: $(from_client $NODE_IP:30080 16)"
 pass "the NodePort answers from a pod and from an external client"
+
+# Continuous traffic from the external client: one new connection every 100 ms to the
+# NodePort and one to the ClusterIP (routed through the node), each answer logged.
+traffic_start() { # LOG
+    : >"$1"
+    (
+        while :; do
+            for target in $NODE_IP:30080 10.96.0.50:80; do
+                nsenter --net="$state/client.netns" socat -T2 - "TCP:$target,connect-timeout=2" </dev/null 2>/dev/null \
+                    | grep . || echo "FAILED $target $(date +%T.%N)"
+            done >>"$1"
+            sleep 0.1
+        done
+    ) &
+    traffic_pid=$!
+}
+traffic_stop() { # LOG WHAT : fails on any failed connection
+    kill $traffic_pid 2>/dev/null && wait $traffic_pid 2>/dev/null || true
+    local total failed
+    total=$(wc -l <"$1")
+    failed=$(grep -c FAILED "$1" || true)
+    ((total > 20 && failed == 0)) || fail "$2: $failed of $total connections failed: $(grep FAILED "$1" | head -3)"
+    echo "$total"
+}
+kproxy_running() { [[ $(kc -n kube-system get pods -l app.kubernetes.io/name=kproxy --field-selector=status.phase=Running -o name | wc -l) == 1 ]]; }
+new_kproxy_synced() { # OLD_POD
+    local pod
+    pod=$(kproxy_pod)
+    [[ -n $pod && $pod != "$1" ]] && kc -n kube-system logs "$pod" 2>/dev/null | grep -F "synced" >/dev/null
+}
+
+echo "== kproxy pod deleted, then the DaemonSet restarted, under continuous traffic"
+traffic_start "$state/delete.log"
+sleep 1
+old=$(kproxy_pod)
+kc -n kube-system delete pod "$old" --wait=true >/dev/null
+ms=$(wait_for 60 new_kproxy_synced "$old") || fail "no new kproxy pod synced after the delete"
+sleep 1
+n=$(traffic_stop "$state/delete.log" "kubectl delete pod")
+pass "kubectl delete pod: the new kproxy pod synced after $ms ms; $n connections, none failed"
+traffic_start "$state/rollout.log"
+sleep 1
+old=$(kproxy_pod)
+kc -n kube-system rollout restart ds/kproxy >/dev/null
+kc -n kube-system rollout status ds/kproxy --timeout=120s >/dev/null || fail "rollout restart did not finish"
+wait_for 60 new_kproxy_synced "$old" >/dev/null || fail "the restarted kproxy did not sync"
+sleep 1
+n=$(traffic_stop "$state/rollout.log" "kubectl rollout restart")
+pass "kubectl rollout restart ds/kproxy: $n connections, none failed"
+
+echo "== the node reboots: every container gone, no rules in the kernel"
+kill "$kubelet_pid" && wait "$kubelet_pid" 2>/dev/null || true
+for task in $(ctr_ tasks ls -q); do ctr_ tasks kill -s SIGKILL "$task" >/dev/null 2>&1 || true; done
+sleep 0.5
+for task in $(ctr_ tasks ls -q); do ctr_ tasks rm -f "$task" >/dev/null 2>&1 || true; done
+nft flush ruleset
+ip link del cni0 2>/dev/null || true
+start=$(now_ms)
+kubelet --config "$state/kubelet.yaml" --kubeconfig "$state/admin.kubeconfig" --hostname-override $NODE \
+    --node-ip $NODE_IP --root-dir "$state/kubelet" --cert-dir "$state/kubelet/pki" \
+    >>"$state/log/kubelet.log" 2>&1 &
+kubelet_pid=$!
+services_back() { [[ $(from_client $NODE_IP:30080 4 | grep -c error) == 0 && -n $(from_client 10.96.0.50:80 1) ]]; }
+ms=$(wait_for 180 services_back) || fail "Services did not come back after the reboot"
+pass "after the reboot, kubelet restarted every pod and Services answered again in $ms ms"
