@@ -21,9 +21,17 @@ trap 'rm -rf "$work"' EXIT
 cd "$root"
 
 cargo build -q --profile dist -p kproxy
-# The base is rebuilt only when missing (Debian's package versions change rarely).
-"${b[@]}" inspect localhost/kproxy-base:bookworm >/dev/null 2>&1 || deploy/base.sh "${b[@]:1}" >/dev/null
-"${b[@]}" bud -q --layers=false -f deploy/Dockerfile -t localhost/kproxy:0.1.0 . >/dev/null
+# The bases are rebuilt only when missing, or when deploy/base.sh changed.
+base_id=$(cat deploy/base.sh testbed/node/images.sh | sha256sum | cut -c1-12)
+for alias in 1 0; do
+    base=localhost/kproxy-base:$base_id-$alias
+    extra=
+    [[ $alias == 1 ]] || extra="nftables libnftables1 libjansson4 libgmp10 libedit2 libbsd0 libmd0 libtinfo6"
+    "${b[@]}" inspect "$base" >/dev/null 2>&1 \
+        || KPROXY_BASE_NAME=$base KPROXY_BASE_ALIAS=$alias KPROXY_BASE_EXTRA=$extra deploy/base.sh "${b[@]:1}" >/dev/null
+done
+"${b[@]}" bud -q --layers=false --build-arg BASE=localhost/kproxy-base:$base_id-1 -f deploy/Dockerfile \
+    -t localhost/kproxy:0.1.0 . >/dev/null
 
 # An image of one static program, from scratch.
 single() { # IMAGE BINARY [ENV]
@@ -38,8 +46,9 @@ single() { # IMAGE BINARY [ENV]
     && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o "$work/podserver" ./cmd/podserver)
 single localhost/pause:3.10 "$work/pause"
 single localhost/podserver:1 "$work/podserver"
-# kube-proxy links only glibc: the same base serves it.
-ctr=$("${b[@]}" from localhost/kproxy-base:bookworm)
+# kube-proxy links only glibc; its iptables mode needs the iptables tools: the same base,
+# without the kube-proxy link.
+ctr=$("${b[@]}" from localhost/kproxy-base:$base_id-0)
 "${b[@]}" copy "$ctr" "$bin/kube-proxy" /usr/local/bin/kube-proxy >/dev/null
 "${b[@]}" commit -q "$ctr" localhost/kube-proxy:v1.37.2 >/dev/null
 "${b[@]}" rm "$ctr" >/dev/null

@@ -33,6 +33,8 @@ fail() {
         tail -15 "$state/log/$log.log" >&2 || true
     done
     kc get pods -A -o wide >&2 || true
+    echo "--- kube-proxy pods (last 20 lines)" >&2
+    kc -n kube-system logs -l k8s-app=kube-proxy --tail 40 >&2 2>/dev/null || true
     if [[ -n ${KPROXY_NODE_DEBUG:-} ]]; then
         echo "KPROXY_NODE_DEBUG: holding the node for 300 s; admin kubeconfig: $state/admin.kubeconfig" >&2
         sleep 300

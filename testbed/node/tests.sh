@@ -122,3 +122,82 @@ kubelet_pid=$!
 services_back() { [[ $(from_client $NODE_IP:30080 4 | grep -c error) == 0 && -n $(from_client 10.96.0.50:80 1) ]]; }
 ms=$(wait_for 180 services_back) || fail "Services did not come back after the reboot"
 pass "after the reboot, kubelet restarted every pod and Services answered again in $ms ms"
+
+# --- Migration: the node runs kube-proxy; the runbook (docs/migrate.md) swaps its image.
+kube_proxy_ready() { # IMAGE : the DaemonSet's one pod runs IMAGE and is Ready
+    [[ $(kc -n kube-system get pods -l k8s-app=kube-proxy \
+        -o jsonpath='{range .items[*]}{.spec.containers[0].image} {.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}') == "$1 True" ]]
+}
+no_kube_proxy_leftovers() {
+    ! nft list tables | grep -F kube-proxy >/dev/null && ! iptables-save | grep -E '^:KUBE-(SERVICES|SVC-|SEP-|NODEPORTS|POSTROUTING|MARK-MASQ|FORWARD|EXTERNAL-SERVICES|PROXY-FIREWALL)' >/dev/null
+}
+no_kproxy_rules() { ! nft list tables | grep -F kproxy >/dev/null; }
+kproxy_synced_as() { # DAEMONSET LABEL
+    local pod
+    pod=$(kc -n kube-system get pods -l "$2" -o jsonpath='{.items[0].metadata.name}')
+    kc -n kube-system logs "$pod" 2>/dev/null | grep -F "synced" >/dev/null
+}
+migrate() { # MODE
+    local mode=$1 start ms n
+    echo "== migration: kube-proxy ($mode mode) -> kproxy -> kube-proxy, under continuous traffic"
+    sed -e "s/MODE/$mode/; s/API_SERVER/127.0.0.1/" testbed/node/kube-proxy.yaml | kc apply -f - >/dev/null
+    kc -n kube-system rollout restart ds/kube-proxy >/dev/null 2>&1 || true
+    kc -n kube-system rollout status ds/kube-proxy --timeout=120s >/dev/null || fail "kube-proxy did not roll out"
+    wait_for 60 kube_proxy_ready kproxy-testbed/kube-proxy:v1.37.2 >/dev/null || fail "kube-proxy is not Ready"
+    # kproxy leaves; the node is kube-proxy's alone.
+    kc delete -f deploy/daemonset.yaml --ignore-not-found --wait=true >/dev/null
+    nft list tables | grep -F kproxy >/dev/null && { nft delete table ip kproxy; nft delete table ip6 kproxy; }
+    kube_proxy_serves() { [[ $(from_client $NODE_IP:30080 16) == "$expected" ]]; }
+    wait_for 60 kube_proxy_serves >/dev/null || fail "kube-proxy ($mode) does not serve the NodePort: $(from_client $NODE_IP:30080 8)"
+    if [[ $mode == iptables ]]; then
+        iptables-save | grep -F ":KUBE-SERVICES" >/dev/null || fail "kube-proxy made no iptables chains"
+    fi
+    pass "kube-proxy v1.37.2 in $mode mode serves the node alone"
+
+    # The runbook: swap the image; nothing else changes.
+    traffic_start "$state/migrate-$mode.log"
+    sleep 1
+    start=$(now_ms)
+    kc -n kube-system set image ds/kube-proxy kube-proxy=kproxy:0.1.0 >/dev/null
+    wait_for 120 kube_proxy_ready kproxy:0.1.0 >/dev/null || fail "kproxy did not replace kube-proxy"
+    wait_for 60 kproxy_synced_as kube-proxy k8s-app=kube-proxy >/dev/null || fail "kproxy (as kube-proxy) did not sync"
+    wait_for 30 no_kube_proxy_leftovers >/dev/null || fail "kube-proxy's rules are still there: $(nft list tables | tr '\n' ' ')"
+    ms=$(($(now_ms) - start))
+    sleep 1
+    n=$(traffic_stop "$state/migrate-$mode.log" "kube-proxy ($mode) -> kproxy")
+    pass "kube-proxy ($mode) -> kproxy by image swap: $n connections, none failed; switched and kube-proxy's rules gone in $ms ms"
+
+    # Rollback: the image back, then kproxy's rules removed (kube-proxy does not know them).
+    traffic_start "$state/rollback-$mode.log"
+    sleep 1
+    start=$(now_ms)
+    kc -n kube-system set image ds/kube-proxy kube-proxy=kproxy-testbed/kube-proxy:v1.37.2 >/dev/null
+    wait_for 120 kube_proxy_ready kproxy-testbed/kube-proxy:v1.37.2 >/dev/null || fail "kube-proxy did not come back"
+    sleep 2
+    kc -n kube-system delete pod kproxy-cleanup --ignore-not-found >/dev/null
+    kc apply -f - >/dev/null <<POD
+apiVersion: v1
+kind: Pod
+metadata: {name: kproxy-cleanup, namespace: kube-system}
+spec:
+  nodeName: $NODE
+  hostNetwork: true
+  restartPolicy: Never
+  containers:
+  - name: cleanup
+    image: kproxy:0.1.0
+    imagePullPolicy: IfNotPresent
+    command: [/usr/local/bin/kproxy, cleanup]
+    securityContext: {capabilities: {add: [NET_ADMIN]}}
+POD
+    cleaned() { [[ $(kc -n kube-system get pod kproxy-cleanup -o jsonpath='{.status.phase}') == Succeeded ]]; }
+    wait_for 60 cleaned >/dev/null || fail "the cleanup pod did not succeed: $(kc -n kube-system logs kproxy-cleanup 2>&1 | tail -3)"
+    no_kproxy_rules || fail "kproxy's tables are still there after the rollback"
+    ms=$(($(now_ms) - start))
+    sleep 1
+    n=$(traffic_stop "$state/rollback-$mode.log" "kproxy -> kube-proxy ($mode)")
+    pass "rollback to kube-proxy ($mode), then kproxy cleanup: $n connections, none failed, in $ms ms"
+    kc -n kube-system delete pod kproxy-cleanup >/dev/null
+}
+migrate nftables
+migrate iptables
