@@ -5,6 +5,8 @@ set -euo pipefail
 
 packages=(pkg-config libnftnl-dev libmnl-dev nftables iptables iproute2 conntrack socat jq procps util-linux python3-yaml
   containernetworking-plugins openssl curl
+  # the node test (testbed/node/): the container runtime, and buildah for the images
+  containerd runc buildah
   # the IPVS VM (testbed/vm/): qemu, the guest's busybox and tools, initramfs packing
   qemu-system-x86 ipvsadm busybox-static cpio kmod binutils dash)
 missing=()

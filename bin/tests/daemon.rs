@@ -447,13 +447,22 @@ fn cleanup_flag_removes_every_modes_rules() {
 }
 
 /// A port already taken does not stop the daemon: it syncs, and binds once the port is
-/// free (upstream retries every 5 s too).
+/// free (upstream retries every 5 s too); with --bind-address-hard-fail it exits.
 #[test]
 fn a_taken_metrics_port_is_retried_not_fatal() {
     in_sandbox("a_taken_metrics_port_is_retried_not_fatal", || {
         let node = Node::new();
         let dir = write(&node, WEB);
         let squatter = std::net::TcpListener::bind("127.0.0.1:10249").unwrap();
+        // With --bind-address-hard-fail, it is fatal, as upstream.
+        let out = Command::new(env!("CARGO_BIN_EXE_kproxy"))
+            .args(["--bind-address-hard-fail", "--hostname-override", "node-a", "--manifests"])
+            .arg(&dir)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("metrics server failed"), "{stderr}");
+        assert!(!table_exists(), "nothing programmed");
         let _daemon = Daemon::start(&dir);
         wait_for("first sync", Duration::from_secs(10), table_exists);
         drop(squatter);

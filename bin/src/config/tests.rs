@@ -214,6 +214,15 @@ fn upstreams_field_errors() {
 }
 
 #[test]
+fn the_ipvs_gate_off_refuses_ipvs_mode() {
+    let e = err(flags(&["--proxy-mode=ipvs", "--feature-gates=KubeProxyIPVS=false"]).resolve());
+    assert!(e.contains("KubeProxyConfiguration.Mode.ProxyMode: Invalid value: \"ipvs\""), "{e}");
+    assert!(flags(&["--proxy-mode=ipvs", "--feature-gates=KubeProxyIPVS=true"]).resolve().is_ok());
+    let e = err(flags(&["--feature-gates=KubeProxyIPVS"]).resolve());
+    assert!(e.contains("--feature-gates"), "{e}");
+}
+
+#[test]
 fn modes_read_their_own_sections() {
     let yaml = "kind: KubeProxyConfiguration\nmode: ipvs\nnftables: {syncPeriod: 1m0s}\n\
                 ipvs: {scheduler: lc, syncPeriod: 45s, minSyncPeriod: 2s, strictARP: true, excludeCIDRs: []}\n";

@@ -99,85 +99,7 @@ impl Metrics {
             transaction_bytes: Gauge::default(),
         };
         let mut registry = Registry::default();
-        let k = registry.sub_registry_with_prefix("kubeproxy");
-        let alpha = |help: &str| format!("[ALPHA] {help}");
-        k.register(
-            "sync_proxy_rules_duration_seconds",
-            alpha("SyncProxyRules latency in seconds"),
-            m.sync_duration.clone(),
-        );
-        k.register(
-            "sync_full_proxy_rules_duration_seconds",
-            alpha("SyncProxyRules latency in seconds for full resyncs"),
-            m.full_sync_duration.clone(),
-        );
-        k.register(
-            "sync_partial_proxy_rules_duration_seconds",
-            alpha("SyncProxyRules latency in seconds for partial resyncs"),
-            m.partial_sync_duration.clone(),
-        );
-        k.register(
-            "sync_proxy_rules_last_timestamp_seconds",
-            alpha("The last time proxy rules were successfully synced"),
-            m.last_sync_timestamp.clone(),
-        );
-        k.register(
-            "sync_proxy_rules_last_queued_timestamp_seconds",
-            alpha("The last time a sync of proxy rules was queued"),
-            m.last_queued_timestamp.clone(),
-        );
-        k.register(
-            "network_programming_duration_seconds",
-            alpha("In Cluster Network Programming Latency in seconds"),
-            m.network_programming_duration.clone(),
-        );
-        k.register(
-            "sync_proxy_rules_service_changes",
-            alpha("Cumulative proxy rules Service changes"),
-            m.service_changes.clone(),
-        );
-        k.register(
-            "sync_proxy_rules_service_changes_pending",
-            alpha("Pending proxy rules Service changes"),
-            m.service_changes_pending.clone(),
-        );
-        k.register(
-            "sync_proxy_rules_endpoint_changes",
-            alpha("Cumulative proxy rules Endpoint changes"),
-            m.endpoint_changes.clone(),
-        );
-        k.register(
-            "sync_proxy_rules_endpoint_changes_pending",
-            alpha("Pending proxy rules Endpoint changes"),
-            m.endpoint_changes_pending.clone(),
-        );
-        k.register(
-            "sync_proxy_rules_no_local_endpoints_total",
-            alpha("Number of services with a Local traffic policy and no endpoints"),
-            m.no_local_endpoints.clone(),
-        );
-        k.register(
-            "sync_proxy_rules_nftables_sync_failures",
-            alpha("Cumulative proxy nftables sync failures"),
-            m.sync_failures.clone(),
-        );
-        k.register(
-            "sync_proxy_rules_nftables_cleanup_failures",
-            alpha("Cumulative proxy nftables cleanup failures"),
-            m.cleanup_failures.clone(),
-        );
-        k.register(
-            "conntrack_reconciler_sync_duration_seconds",
-            alpha("ReconcileConntrackFlowsLatency latency in seconds"),
-            m.conntrack_sync_duration.clone(),
-        );
-        k.register(
-            "conntrack_reconciler_deleted_entries",
-            alpha("Cumulative conntrack flows deleted by conntrack reconciler"),
-            m.conntrack_deleted.clone(),
-        );
-        k.register("proxy_healthz", alpha("Cumulative proxy healthz HTTP status"), m.healthz.clone());
-        k.register("proxy_livez", alpha("Cumulative proxy livez HTTP status"), m.livez.clone());
+        m.register_kube_proxys(registry.sub_registry_with_prefix("kubeproxy"));
         let kproxy = registry.sub_registry_with_prefix("kproxy");
         kproxy.register(
             "drift_repairs",
@@ -196,6 +118,88 @@ impl Metrics {
         }
         m.registry = registry;
         m
+    }
+
+    /// kube-proxy's families, as `pkg/proxy/metrics` registers them in nftables mode.
+    fn register_kube_proxys(&self, k: &mut Registry) {
+        let alpha = |help: &str| format!("[ALPHA] {help}");
+        k.register(
+            "sync_proxy_rules_duration_seconds",
+            alpha("SyncProxyRules latency in seconds"),
+            self.sync_duration.clone(),
+        );
+        k.register(
+            "sync_full_proxy_rules_duration_seconds",
+            alpha("SyncProxyRules latency in seconds for full resyncs"),
+            self.full_sync_duration.clone(),
+        );
+        k.register(
+            "sync_partial_proxy_rules_duration_seconds",
+            alpha("SyncProxyRules latency in seconds for partial resyncs"),
+            self.partial_sync_duration.clone(),
+        );
+        k.register(
+            "sync_proxy_rules_last_timestamp_seconds",
+            alpha("The last time proxy rules were successfully synced"),
+            self.last_sync_timestamp.clone(),
+        );
+        k.register(
+            "sync_proxy_rules_last_queued_timestamp_seconds",
+            alpha("The last time a sync of proxy rules was queued"),
+            self.last_queued_timestamp.clone(),
+        );
+        k.register(
+            "network_programming_duration_seconds",
+            alpha("In Cluster Network Programming Latency in seconds"),
+            self.network_programming_duration.clone(),
+        );
+        k.register(
+            "sync_proxy_rules_service_changes",
+            alpha("Cumulative proxy rules Service changes"),
+            self.service_changes.clone(),
+        );
+        k.register(
+            "sync_proxy_rules_service_changes_pending",
+            alpha("Pending proxy rules Service changes"),
+            self.service_changes_pending.clone(),
+        );
+        k.register(
+            "sync_proxy_rules_endpoint_changes",
+            alpha("Cumulative proxy rules Endpoint changes"),
+            self.endpoint_changes.clone(),
+        );
+        k.register(
+            "sync_proxy_rules_endpoint_changes_pending",
+            alpha("Pending proxy rules Endpoint changes"),
+            self.endpoint_changes_pending.clone(),
+        );
+        k.register(
+            "sync_proxy_rules_no_local_endpoints_total",
+            alpha("Number of services with a Local traffic policy and no endpoints"),
+            self.no_local_endpoints.clone(),
+        );
+        k.register(
+            "sync_proxy_rules_nftables_sync_failures",
+            alpha("Cumulative proxy nftables sync failures"),
+            self.sync_failures.clone(),
+        );
+        k.register(
+            "sync_proxy_rules_nftables_cleanup_failures",
+            alpha("Cumulative proxy nftables cleanup failures"),
+            self.cleanup_failures.clone(),
+        );
+        k.register(
+            "conntrack_reconciler_sync_duration_seconds",
+            alpha("ReconcileConntrackFlowsLatency latency in seconds"),
+            self.conntrack_sync_duration.clone(),
+        );
+        k.register(
+            "conntrack_reconciler_deleted_entries",
+            alpha("Cumulative conntrack flows deleted by conntrack reconciler"),
+            self.conntrack_deleted.clone(),
+        );
+        k.register("proxy_healthz", alpha("Cumulative proxy healthz HTTP status"), self.healthz.clone());
+        k.register("proxy_livez", alpha("Cumulative proxy livez HTTP status"), self.livez.clone());
     }
 
     pub fn render(&self) -> String {
