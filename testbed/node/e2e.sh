@@ -15,8 +15,13 @@ export KPROXY_TESTBED_BIN=${KPROXY_TESTBED_BIN:-$(testbed/build.sh)}
 state=$(mktemp -d /tmp/kproxy-node.XXXXXX)
 testbed/node/images.sh "$state/images"
 export NODE_NS=kpn-$$-node CLIENT_NS=kpn-$$-client
-# The cgroups runc makes for pods; removed afterwards if they were not there before.
+# The cgroups runc makes for pods, and the few host paths kubelet and containerd write
+# whatever their flags say (kubelet's /var/log/containers links and device-plugin socket,
+# the CNI library's lock): removed afterwards if they were not there before.
 cgroups_before=$(ls -d /sys/fs/cgroup/*/k8s.io 2>/dev/null || true)
+fixed_paths=(/var/log/containers /var/log/pods /var/lib/kubelet /etc/cni)
+created=()
+for path in "${fixed_paths[@]}"; do [[ -e $path ]] || created+=("$path"); done
 cleanup() {
     ip netns del "$NODE_NS" 2>/dev/null || true
     ip netns del "$CLIENT_NS" 2>/dev/null || true
@@ -24,6 +29,7 @@ cleanup() {
         # Leaf first: only empty directories go (rmdir refuses the others).
         find /sys/fs/cgroup/*/k8s.io -depth -type d -exec rmdir {} + 2>/dev/null || true
     fi
+    for path in "${created[@]}"; do rm -rf "$path"; done
     rm -rf "$state"
 }
 trap cleanup EXIT
