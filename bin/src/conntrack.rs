@@ -8,6 +8,7 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
+use nft_backend::netlink::attrs;
 use proxy_core::conntrack::{UdpFlow, UdpFrontends};
 use proxy_core::{Desired, IpFamily};
 
@@ -79,23 +80,6 @@ impl Message {
     }
 }
 
-/// Iterates the attributes of a buffer: (type without flags, value).
-fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        let kind = u16::from_ne_bytes([buf[2], buf[3]]) & 0x3fff;
-        if len < 4 || len > buf.len() {
-            return None;
-        }
-        let value = &buf[4..len];
-        buf = buf.get(len.next_multiple_of(4)..).unwrap_or_default();
-        Some((kind, value))
-    })
-}
-
 /// (source, destination, protocol) of a tuple attribute.
 fn tuple(buf: &[u8]) -> Option<(SocketAddr, SocketAddr, u8)> {
     let (mut src, mut dst, mut proto, mut sport, mut dport) = (None, None, None, 0u16, 0u16);
@@ -131,6 +115,52 @@ fn tuple(buf: &[u8]) -> Option<(SocketAddr, SocketAddr, u8)> {
     Some((SocketAddr::new(src?, sport), SocketAddr::new(dst?, dport), proto?))
 }
 
+/// What one receive of a dump held.
+#[derive(Debug, PartialEq, Eq)]
+enum Received {
+    /// More messages follow.
+    More,
+    /// The dump ended.
+    Done,
+    /// The kernel refused, with this errno.
+    Error(i32),
+}
+
+/// Reads the messages of one receive: UDP flows go to `flows`. Never panics: a message
+/// cut short ends the buffer's reading, as the kernel never sends one.
+fn read_dump(buf: &[u8], flows: &mut Vec<UdpFlow>) -> Received {
+    let mut rest = buf;
+    while let Some(header) = rest.get(..16) {
+        let len = u32::from_ne_bytes([header[0], header[1], header[2], header[3]]) as usize;
+        let kind = u16::from_ne_bytes([header[4], header[5]]);
+        let Some(message) = rest.get(16..len).filter(|_| len >= 16) else { break };
+        if kind == libc::NLMSG_DONE as u16 {
+            return Received::Done;
+        }
+        if kind == libc::NLMSG_ERROR as u16 {
+            let code = message.get(..4).map_or(-libc::EPROTO, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
+            if code != 0 {
+                return Received::Error(-code);
+            }
+        } else if kind == (SUBSYS_CTNETLINK << 8) | MSG_CT_NEW {
+            // After the 4-byte nfgenmsg.
+            let (mut orig, mut reply) = (None, None);
+            for (k, v) in attrs(message.get(4..).unwrap_or_default()) {
+                match k {
+                    CTA_TUPLE_ORIG => orig = tuple(v),
+                    CTA_TUPLE_REPLY => reply = tuple(v),
+                    _ => {}
+                }
+            }
+            if let (Some((orig_src, orig_dst, IPPROTO_UDP)), Some((reply_src, _, _))) = (orig, reply) {
+                flows.push(UdpFlow { orig_src, orig_dst, reply_src: reply_src.ip() });
+            }
+        }
+        rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
+    }
+    Received::More
+}
+
 /// Lists the UDP conntrack entries of one family.
 fn list_udp(sock: &mnl::Socket, family: IpFamily, seq: u32) -> io::Result<Vec<UdpFlow>> {
     let dump = Message::new(MSG_CT_GET, libc::NLM_F_DUMP as u16, family, seq).finish();
@@ -139,36 +169,10 @@ fn list_udp(sock: &mnl::Socket, family: IpFamily, seq: u32) -> io::Result<Vec<Ud
     let mut buf = vec![0u8; 1 << 16];
     loop {
         let n = sock.recv_raw(&mut buf)?;
-        let mut off = 0;
-        while off + 16 <= n {
-            let len = u32::from_ne_bytes(buf[off..off + 4].try_into().unwrap()) as usize;
-            let kind = u16::from_ne_bytes([buf[off + 4], buf[off + 5]]);
-            if len < 16 || off + len > n {
-                break;
-            }
-            if kind == libc::NLMSG_DONE as u16 {
-                return Ok(flows);
-            }
-            if kind == libc::NLMSG_ERROR as u16 {
-                let code = i32::from_ne_bytes(buf[off + 16..off + 20].try_into().unwrap());
-                if code != 0 {
-                    return Err(io::Error::from_raw_os_error(-code));
-                }
-            } else if kind == (SUBSYS_CTNETLINK << 8) | MSG_CT_NEW {
-                let body = &buf[off + 20..off + len];
-                let (mut orig, mut reply) = (None, None);
-                for (k, v) in attrs(body) {
-                    match k {
-                        CTA_TUPLE_ORIG => orig = tuple(v),
-                        CTA_TUPLE_REPLY => reply = tuple(v),
-                        _ => {}
-                    }
-                }
-                if let (Some((orig_src, orig_dst, IPPROTO_UDP)), Some((reply_src, _, _))) = (orig, reply) {
-                    flows.push(UdpFlow { orig_src, orig_dst, reply_src: reply_src.ip() });
-                }
-            }
-            off += len.next_multiple_of(4);
+        match read_dump(&buf[..n], &mut flows) {
+            Received::More => {}
+            Received::Done => return Ok(flows),
+            Received::Error(errno) => return Err(io::Error::from_raw_os_error(errno)),
         }
     }
 }
@@ -201,14 +205,11 @@ fn delete(sock: &mnl::Socket, family: IpFamily, flow: &UdpFlow, seq: u32) -> io:
     sock.send(&m.finish())?;
     let mut buf = vec![0u8; 4096];
     let n = sock.recv_raw(&mut buf)?;
-    if n >= 20 && u16::from_ne_bytes([buf[4], buf[5]]) == libc::NLMSG_ERROR as u16 {
-        let code = i32::from_ne_bytes(buf[16..20].try_into().unwrap());
+    match read_dump(&buf[..n], &mut Vec::new()) {
         // ENOENT: the entry expired meanwhile; that is the goal anyway.
-        if code != 0 && code != -libc::ENOENT {
-            return Err(io::Error::from_raw_os_error(-code));
-        }
+        Received::Error(errno) if errno != libc::ENOENT => Err(io::Error::from_raw_os_error(errno)),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// Deletes every stale UDP conntrack entry in this network namespace; returns how many.
@@ -230,4 +231,79 @@ pub fn clear_stale(desired: &Desired, node_ips: &[IpAddr]) -> io::Result<usize> 
         }
     }
     Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A netlink message: header (type, flags 0, seq 1, port 0) and body, padded.
+    fn message(kind: u16, body: &[u8]) -> Vec<u8> {
+        let mut m = ((16 + body.len()) as u32).to_ne_bytes().to_vec();
+        m.extend_from_slice(&kind.to_ne_bytes());
+        m.extend_from_slice(&[0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
+        m.extend_from_slice(body);
+        m.resize(m.len().next_multiple_of(4), 0);
+        m
+    }
+
+    /// A conntrack entry as the kernel dumps it: nfgenmsg, then both tuples.
+    fn entry(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, reply: [u8; 4]) -> Vec<u8> {
+        let tuple = |kind: u16, s: [u8; 4], sp: u16, d: [u8; 4], dp: u16| {
+            let mut m = Message(Vec::new());
+            let t = m.nest(kind);
+            let ip = m.nest(CTA_TUPLE_IP);
+            m.attr(CTA_IP_V4_SRC, &s);
+            m.attr(CTA_IP_V4_DST, &d);
+            m.end(ip);
+            let p = m.nest(CTA_TUPLE_PROTO);
+            m.attr(CTA_PROTO_NUM, &[IPPROTO_UDP]);
+            m.attr(CTA_PROTO_SRC_PORT, &sp.to_be_bytes());
+            m.attr(CTA_PROTO_DST_PORT, &dp.to_be_bytes());
+            m.end(p);
+            m.end(t);
+            m.0
+        };
+        let mut body = vec![libc::AF_INET as u8, 0, 0, 0];
+        body.extend(tuple(CTA_TUPLE_ORIG, src, sport, dst, dport));
+        body.extend(tuple(CTA_TUPLE_REPLY, reply, dport, src, sport));
+        message((SUBSYS_CTNETLINK << 8) | MSG_CT_NEW, &body)
+    }
+
+    #[test]
+    fn a_dump_reads_flows_then_done() {
+        let mut buf = entry([10, 0, 0, 2], 4000, [10, 96, 0, 53], 53, [10, 244, 0, 11]);
+        buf.extend(message(libc::NLMSG_DONE as u16, &0i32.to_ne_bytes()));
+        let mut flows = Vec::new();
+        assert_eq!(read_dump(&buf, &mut flows), Received::Done);
+        assert_eq!(
+            flows,
+            [UdpFlow {
+                orig_src: "10.0.0.2:4000".parse().unwrap(),
+                orig_dst: "10.96.0.53:53".parse().unwrap(),
+                reply_src: "10.244.0.11".parse().unwrap(),
+            }]
+        );
+        let error = message(libc::NLMSG_ERROR as u16, &(-libc::EPERM).to_ne_bytes());
+        assert_eq!(read_dump(&error, &mut flows), Received::Error(libc::EPERM));
+    }
+
+    #[test]
+    fn short_and_cut_replies_do_not_panic() {
+        let whole = entry([10, 0, 0, 2], 4000, [10, 96, 0, 53], 53, [10, 244, 0, 11]);
+        // Every prefix of a real entry, and headers claiming lengths the buffer lacks.
+        for cut in 0..whole.len() {
+            let mut flows = Vec::new();
+            let _ = read_dump(&whole[..cut], &mut flows);
+            assert!(flows.len() <= 1);
+        }
+        let short_error = message(libc::NLMSG_ERROR as u16, &[]);
+        assert_eq!(read_dump(&short_error, &mut Vec::new()), Received::Error(libc::EPROTO));
+        let mut liar = message(libc::NLMSG_ERROR as u16, &0i32.to_ne_bytes());
+        liar[..4].copy_from_slice(&17u32.to_ne_bytes());
+        let _ = read_dump(&liar, &mut Vec::new());
+        let mut tiny = liar.clone();
+        tiny[..4].copy_from_slice(&3u32.to_ne_bytes());
+        assert_eq!(read_dump(&tiny, &mut Vec::new()), Received::More);
+    }
 }

@@ -12,16 +12,15 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 [[ $(id -u) == 0 ]] || { echo "testbed/node/e2e.sh needs root (kubelet, containerd)" >&2; exit 1; }
 export KPROXY_TESTBED_BIN=${KPROXY_TESTBED_BIN:-$(testbed/build.sh)}
-state=$(mktemp -d /tmp/kproxy-node.XXXXXX)
-testbed/node/images.sh "$state/images"
-export NODE_NS=kpn-$$-node CLIENT_NS=kpn-$$-client
 # The cgroups runc makes for pods, and the few host paths kubelet and containerd write
 # whatever their flags say (kubelet's /var/log/containers links and device-plugin socket,
-# the CNI library's lock): removed afterwards if they were not there before.
+# the CNI library's lock, which buildah takes too): removed afterwards if they were not there before.
 cgroups_before=$(ls -d /sys/fs/cgroup/*/k8s.io 2>/dev/null || true)
 fixed_paths=(/var/log/containers /var/log/pods /var/lib/kubelet /etc/cni)
 created=()
 for path in "${fixed_paths[@]}"; do [[ -e $path ]] || created+=("$path"); done
+state=$(mktemp -d /tmp/kproxy-node.XXXXXX)
+export NODE_NS=kpn-$$-node CLIENT_NS=kpn-$$-client
 cleanup() {
     ip netns del "$NODE_NS" 2>/dev/null || true
     ip netns del "$CLIENT_NS" 2>/dev/null || true
@@ -33,6 +32,7 @@ cleanup() {
     rm -rf "$state"
 }
 trap cleanup EXIT
+testbed/node/images.sh "$state/images"
 ip netns add "$NODE_NS"
 ip netns add "$CLIENT_NS"
 ip -n "$NODE_NS" link add uplink type veth peer name eth0 netns "$CLIENT_NS"

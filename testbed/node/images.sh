@@ -17,7 +17,9 @@ bin=${KPROXY_TESTBED_BIN:-$("$root/testbed/build.sh")}
 store=${KPROXY_NODE_CACHE:-$HOME/.cache/kproxy-node}/buildah
 b=(buildah --root "$store/root" --runroot "$store/run" --storage-driver vfs)
 work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
+# buildah takes the CNI library's lock in /etc/cni/net.d, creating it: removed after, if so.
+cni_created=; [[ -e /etc/cni ]] || cni_created=1
+trap 'rm -rf "$work"; [[ -z $cni_created ]] || rm -rf /etc/cni' EXIT
 cd "$root"
 
 cargo build -q --profile dist -p kproxy

@@ -43,22 +43,24 @@ const SET_TIMEOUT: u32 = 0x10;
 const SET_EVAL: u32 = 0x20;
 const BYTEORDER_BIG: u32 = 2;
 
-/// The attributes after a message's 4-byte `nfgenmsg`: (type without flags, value).
-pub(crate) fn attributes(body: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    let mut rest = body.get(4..).unwrap_or_default();
+/// Iterates netlink attributes (`struct nlattr`, 4-byte aligned): (type without the
+/// nested and byte-order flags, value). Stops at the first malformed attribute, never
+/// reads past the buffer. The one attribute walker of the workspace: kproxy's ctnetlink
+/// code uses it too.
+pub fn attrs(mut rest: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
-        if rest.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([rest[0], rest[1]]) as usize;
-        let kind = u16::from_ne_bytes([rest[2], rest[3]]) & 0x3fff;
-        if len < 4 || len > rest.len() {
-            return None;
-        }
-        let value = &rest[4..len];
+        let header = rest.get(..4)?;
+        let len = u16::from_ne_bytes([header[0], header[1]]) as usize;
+        let kind = u16::from_ne_bytes([header[2], header[3]]) & 0x3fff;
+        let value = rest.get(4..len.max(4)).filter(|_| len >= 4)?;
         rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
         Some((kind, value))
     })
+}
+
+/// The attributes after a message's 4-byte `nfgenmsg`: (type without flags, value).
+pub(crate) fn attributes(body: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+    attrs(body.get(4..).unwrap_or_default())
 }
 
 fn proto_family(family: IpFamily) -> u16 {
