@@ -17,9 +17,11 @@ bin=${KPROXY_TESTBED_BIN:-$("$root/testbed/build.sh")}
 store=${KPROXY_NODE_CACHE:-$HOME/.cache/kproxy-node}/buildah
 b=(buildah --root "$store/root" --runroot "$store/run" --storage-driver vfs)
 work=$(mktemp -d)
-# buildah takes the CNI library's lock in /etc/cni/net.d, creating it: removed after, if so.
-cni_created=; [[ -e /etc/cni ]] || cni_created=1
-trap 'rm -rf "$work"; [[ -z $cni_created ]] || rm -rf /etc/cni' EXIT
+# buildah takes the CNI library's lock in /etc/cni/net.d and keeps a blob cache in
+# /var/lib/containers/cache whatever its --root says: removed after, if it created them.
+created=()
+for path in /etc/cni /var/lib/containers; do [[ -e $path ]] || created+=("$path"); done
+trap 'rm -rf "$work" "${created[@]}"' EXIT
 cd "$root"
 
 cargo build -q --profile dist -p kproxy
