@@ -160,7 +160,10 @@ impl ProxyFlags {
             anyhow::ensure!(!name.is_empty(), "empty hostname-override is invalid");
             file.hostname_override = name;
         }
-        let mode = platform_defaults(&mut file, &mut warnings);
+        // kproxy's own default needs no warning: only a mode someone wrote down (a file, or
+        // --proxy-mode) that kproxy runs as nftables is worth one.
+        let written = self.config.is_some() || self.proxy_mode.is_some();
+        let mode = platform_defaults(&mut file, written.then_some(&mut warnings));
         validate::validate(&file).map_err(|errors| match &self.config {
             Some(path) => anyhow::anyhow!("invalid configuration in {}: {errors}", path.display()),
             None => anyhow::anyhow!("invalid configuration: {errors}"),
@@ -442,18 +445,20 @@ fn with_deprecated_port(addr: &str, port: i32) -> String {
 /// Upstream's `platformApplyDefaults`, with kproxy's modes: returns the mode that runs.
 /// kproxy has no iptables mode: `mode: ""` (iptables upstream, and what kubeadm writes)
 /// and `iptables` run nftables, whose Service semantics are the same, with a warning.
-fn platform_defaults(file: &mut KubeProxyConfiguration, warnings: &mut Vec<String>) -> String {
+fn platform_defaults(file: &mut KubeProxyConfiguration, warnings: Option<&mut Vec<String>>) -> String {
     // The periods and masqueradeAll come from the section of the mode as written (the
     // iptables one for ""), as upstream's conversion reads them.
     let (sync, min_sync) = file.periods();
     let masquerade_all = file.masquerade_all();
     let mode = match file.mode.as_str() {
         "" | "iptables" => {
-            warnings.push(format!(
-                "proxy mode {:?} {}: kproxy runs nftables, with the same Service semantics (see docs/kube-proxy-compatibility.md)",
-                file.mode,
-                if file.mode.is_empty() { "(iptables in kube-proxy)" } else { "is not implemented" }
-            ));
+            if let Some(warnings) = warnings {
+                warnings.push(format!(
+                    "proxy mode {:?} {}: kproxy runs nftables, with the same Service semantics (see docs/kube-proxy-compatibility.md)",
+                    file.mode,
+                    if file.mode.is_empty() { "(iptables in kube-proxy)" } else { "is not implemented" }
+                ));
+            }
             "nftables".to_string()
         }
         other => other.to_string(),

@@ -99,7 +99,9 @@ fn without_config_the_flags_fill_the_defaults() {
     assert_eq!(c.healthz_bind_address.as_deref(), Some("10.1.2.3:10256"));
     assert_eq!(c.conntrack.max_per_core, 0);
     assert_eq!(c.hostname_override.as_deref(), Some("node-b"), "--hostname_override is --hostname-override");
-    assert!(c.warnings.iter().any(|w| w.contains("\"\" (iptables in kube-proxy)")), "{:?}", c.warnings);
+    assert!(c.warnings.is_empty(), "kproxy's own default mode is no news: {:?}", c.warnings);
+    let c = flags(&["--proxy-mode=iptables"]).resolve().unwrap();
+    assert!(c.warnings.iter().any(|w| w.contains("\"iptables\" is not implemented")), "{:?}", c.warnings);
     // IPVS mode reads --ipvs-*, not --iptables-*.
     let c = flags(&["--proxy-mode=ipvs", "--iptables-sync-period=10s", "--ipvs-sync-period=20s"]).resolve().unwrap();
     assert_eq!((c.proxy_mode.as_str(), c.sync_period), ("ipvs", Duration::from_secs(20)));
