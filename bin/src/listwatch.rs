@@ -201,3 +201,7 @@ async fn next_frame(body: &mut (impl AsyncRead + Unpin)) -> Result<Option<Vec<u8
         .context("reading a watch frame")?;
     Ok(Some(frame))
 }
+
+#[cfg(test)]
+#[path = "listwatch_tests.rs"]
+mod tests;
