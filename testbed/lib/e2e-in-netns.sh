@@ -29,7 +29,7 @@ fail() {
     exit 1
 }
 pass() { echo "ok   $*"; }
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
+source testbed/lib/wait.sh
 # Whether our IPv4 table mentions TEXT. (Not `nft | grep -q`: grep -q exits at the first
 # match, nft then dies of SIGPIPE, and pipefail turns the match into a failure.)
 in_table() { nft list table ip kproxy | grep -F -- "$1" >/dev/null; }
@@ -116,17 +116,6 @@ start_kproxy() {
         --cluster-cidr 10.244.0.0/16 --healthz-bind-address 127.0.0.1:10256 \
         --metrics-bind-address 127.0.0.1:10249 -v 2 >>"$state/kproxy.log" 2>&1 &
     kproxy_pid=$!
-}
-# Waits until COMMAND succeeds, up to SECONDS; prints the milliseconds it took.
-wait_for() { # SECONDS COMMAND...
-    local deadline=$(($(now_ms) + $1 * 1000)) start
-    start=$(now_ms)
-    shift
-    until "$@"; do
-        (($(now_ms) < deadline)) || return 1
-        sleep 0.005
-    done
-    echo $(($(now_ms) - start))
 }
 healthy() { [[ $(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:10256/healthz) == 200 ]]; }
 

@@ -42,17 +42,9 @@ fail() {
     exit 1
 }
 pass() { echo "ok   $*"; }
-now_ms() { echo $(($(date +%s%N) / 1000000)); }
-wait_for() { # SECONDS COMMAND... : prints the milliseconds it took
-    local deadline=$(($(now_ms) + $1 * 1000)) start
-    start=$(now_ms)
-    shift
-    until "$@"; do
-        (($(now_ms) < deadline)) || return 1
-        sleep 0.2
-    done
-    echo $(($(now_ms) - start))
-}
+# kubectl and the kubelet are slower than nft: poll every 200 ms.
+source testbed/lib/wait.sh
+WAIT_POLL=0.2
 
 # The client's namespace stays reachable once /run is private to this node.
 touch "$state/client.netns" && mount --bind "/run/netns/$CLIENT_NS" "$state/client.netns"
