@@ -41,7 +41,7 @@ fn main() {
     let start = Instant::now();
     let stats = backend.sync_full(e.desired()).expect("cold full sync");
     let cold = start.elapsed();
-    let (cold_bytes, cold_messages) = (backend.last_transaction_bytes(), stats.operations);
+    let (cold_bytes, cold_messages) = (backend.client().last_transaction_bytes(), stats.operations);
 
     let start = Instant::now();
     backend.sync_full(e.desired()).expect("full resync");
@@ -58,7 +58,7 @@ fn main() {
         let plan = e.plan();
         backend.sync_partial(&plan.changes, e.desired()).expect("partial sync");
         endpoint_change.push(start.elapsed());
-        endpoint_change_bytes = backend.last_transaction_bytes();
+        endpoint_change_bytes = backend.client().last_transaction_bytes();
     }
     let mut service_added = Vec::new();
     for i in 0..changes {

@@ -8,7 +8,7 @@
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use nft_backend::netlink::attrs;
+use nft_client::netlink::attrs;
 use proxy_core::conntrack::{UdpFlow, UdpFrontends};
 use proxy_core::{Desired, IpFamily};
 

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, Result};
 use clap::Args;
-use nft_backend::netlink::monitor::{Monitor, Quiet};
+use nft_client::netlink::monitor::{Monitor, Quiet};
 use proxy_core::manifest::Object;
 use proxy_core::{Desired, Event, IpFamily, Plan, Syncer};
 use tracing::{info, warn};
@@ -447,7 +447,7 @@ impl Daemon {
                 warn!("sync failed, retrying in {retry:?} with a full sync: {e}");
             }
         }
-        if let Some(port) = self.syncer.backend().nft().and_then(|nft| nft.port_id()) {
+        if let Some(port) = self.syncer.backend().nft().and_then(|nft| nft.client().port_id()) {
             self.drift.own_port.store(port, Ordering::Relaxed);
         }
     }
@@ -469,7 +469,7 @@ impl Daemon {
         let desired = self.engine.desired();
         record_sync(&self.metrics, plan, desired, start.elapsed(), full);
         if let Some(nft) = self.syncer.backend().nft() {
-            self.metrics.transaction_bytes.set(nft.last_transaction_bytes() as i64);
+            self.metrics.transaction_bytes.set(nft.client().last_transaction_bytes() as i64);
         }
         self.service_health.sync(&desired.health_checks(), &service_health::addresses(self.engine.node_context()));
         info!(

@@ -198,7 +198,7 @@ fn sync(paths: &[PathBuf], flags: &ProxyFlags) -> Result<ExitCode> {
         engine.node_context().node_name,
         config.table,
         stats.operations,
-        nft.last_transaction_bytes(),
+        nft.client().last_transaction_bytes(),
         start.elapsed().as_secs_f64() * 1e3,
         stale,
         problems.len(),

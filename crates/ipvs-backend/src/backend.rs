@@ -5,8 +5,8 @@
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 
-use nft_backend::NftBackend;
-use nft_backend::ruleset::Ruleset;
+use nft_client::Client;
+use nft_client::ruleset::Ruleset;
 use proxy_core::{Backend, Changes, Desired, IpFamily, SyncStats};
 
 use crate::error::Error;
@@ -33,7 +33,7 @@ impl Default for Config {
         Config {
             scheduler: DEFAULT_SCHEDULER.into(),
             interface: DEFAULT_NAME.into(),
-            table: nft_backend::DEFAULT_TABLE.into(),
+            table: nft_client::DEFAULT_TABLE.into(),
         }
     }
 }
@@ -43,7 +43,7 @@ pub struct IpvsBackend {
     config: Config,
     ipvs: Option<Ipvs>,
     dummy: Option<Dummy>,
-    nft: NftBackend,
+    nft: Client,
     /// What the kernel holds of ours after the last sync, if it went through; `None`
     /// makes the next sync read the kernel first.
     known: Option<Known>,
@@ -67,7 +67,7 @@ struct Known {
 impl IpvsBackend {
     /// A backend; nothing touches the kernel before the first sync.
     pub fn new(config: Config) -> IpvsBackend {
-        let nft = NftBackend::new(&config.table);
+        let nft = Client::new();
         IpvsBackend { config, ipvs: None, dummy: None, nft, known: None, last_ops: Vec::new() }
     }
 
@@ -81,7 +81,7 @@ impl IpvsBackend {
     pub fn plan(&self, desired: &Desired) -> String {
         let want = render(desired, &self.config.scheduler, &BTreeSet::new());
         let tables = filter::tables(desired, &want.node_ports);
-        tables.iter().map(|(family, ruleset)| nft_backend::text::table(*family, &self.config.table, ruleset)).collect()
+        tables.iter().map(|(family, ruleset)| nft_client::text::table(*family, &self.config.table, ruleset)).collect()
     }
 
     /// Opens the IPVS and rtnetlink sockets unless open: [`Error::NoIpvs`] before anything
@@ -130,7 +130,7 @@ impl IpvsBackend {
         // a new frontend's traffic.
         let tables = filter::tables(desired, &want.node_ports);
         let refs: Vec<(IpFamily, &Ruleset)> = tables.iter().map(|(f, r)| (*f, r)).collect();
-        let mut operations = self.nft.replace_tables(&refs)?;
+        let mut operations = self.nft.replace_tables(&self.config.table, &refs)?;
 
         // Then addresses, IPVS, and stale addresses; a failure is logged and the rest
         // goes on, so that one bad object does not block every other Service.
@@ -212,7 +212,7 @@ impl Backend for IpvsBackend {
             }
             dummy.delete()?;
         }
-        self.nft.cleanup()?;
+        self.nft.delete_table(&self.config.table)?;
         Ok(())
     }
 }

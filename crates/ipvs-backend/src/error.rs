@@ -35,5 +35,5 @@ pub enum Error {
     },
     /// The nftables side failed.
     #[error("nftables: {0}")]
-    Nft(#[from] nft_backend::Error),
+    Nft(#[from] nft_client::Error),
 }

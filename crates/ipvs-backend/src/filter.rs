@@ -24,39 +24,22 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
 
-use nft_backend::ruleset::{
-    Action, AddrMatch, BaseChain, Chain, ChainType, Data, FrontendKey, Hook, Key, KeyType, Match, Rule, Ruleset, Set,
-    Verdict,
+use nft_client::names::{
+    FIREWALL_IPS, HAIRPIN_ENDPOINTS as HAIRPIN, MARK_FOR_MASQUERADE, MASQUERADE_MARK, MASQUERADING,
+    NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES, NODEPORT_IPS, REJECT_CHAIN, SERVICE_IPS, SERVICES,
+};
+use nft_client::ruleset::{
+    Action, Chain, ChainType, Data, FrontendKey, Hook, Key, KeyType, Match, Rule, Ruleset, Set, Verdict,
 };
 use proxy_core::{Desired, FamilyContext, FamilyRules, IpFamily, NoEndpoints};
 
-/// The masquerade bit in the packet mark (upstream's 0x4000).
-const MASQUERADE_MARK: u32 = 0x4000;
-
+// Upstream's names, as the nftables backend writes them too; the rest are this table's own.
 const SERVICES_CHECK: &str = "services-check";
 const SERVICE_IPS_FILTER: &str = "service-ips-filter";
-const SERVICE_IPS: &str = "service-ips";
 const SERVICE_FRONTENDS: &str = "service-frontends";
-const NODEPORT_IPS: &str = "nodeport-ips";
-const REJECT_CHAIN: &str = "reject-chain";
-const SERVICES: &str = "services";
-const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
-const MASQUERADING: &str = "masquerading";
-const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
-const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
-const FIREWALL_IPS: &str = "firewall-ips";
 const CLUSTER_IPS: &str = "cluster-ip-ports";
 const EXTERNAL: &str = "external-masquerade";
 const NODEPORTS: &str = "nodeports-masquerade";
-const HAIRPIN: &str = "hairpin-endpoints";
-
-fn base(kind: ChainType, hook: Hook, priority: i32, rules: Vec<Rule>) -> Chain {
-    Chain { base: Some(BaseChain { kind, hook, priority }), rules }
-}
-
-fn regular(rules: Vec<Rule>) -> Chain {
-    Chain { base: None, rules }
-}
 
 fn verdict(v: NoEndpoints) -> Option<Data> {
     Some(Data::Verdict(match v {
@@ -78,17 +61,17 @@ fn skeleton(ctx: &FamilyContext) -> Ruleset {
         Rule::new([Match::CtStateNew, Match::DaddrInSet(SERVICE_IPS.into())], jump(SERVICE_IPS_FILTER));
     chains.insert(
         "filter-input".into(),
-        base(ChainType::Filter, Hook::Input, -110, vec![check.clone(), filter_service_ips]),
+        Chain::base(ChainType::Filter, Hook::Input, -110, vec![check.clone(), filter_service_ips]),
     );
-    chains.insert("filter-output".into(), base(ChainType::Filter, Hook::Output, -110, vec![check]));
+    chains.insert("filter-output".into(), Chain::base(ChainType::Filter, Hook::Output, -110, vec![check]));
     let always = |chain: &str| vec![Rule::always(jump(chain))];
-    chains.insert("nat-prerouting".into(), base(ChainType::Nat, Hook::Prerouting, -100, always(SERVICES)));
-    chains.insert("nat-output".into(), base(ChainType::Nat, Hook::Output, -100, always(SERVICES)));
-    chains.insert("nat-postrouting".into(), base(ChainType::Nat, Hook::Postrouting, 100, always(MASQUERADING)));
+    chains.insert("nat-prerouting".into(), Chain::base(ChainType::Nat, Hook::Prerouting, -100, always(SERVICES)));
+    chains.insert("nat-output".into(), Chain::base(ChainType::Nat, Hook::Output, -100, always(SERVICES)));
+    chains.insert("nat-postrouting".into(), Chain::base(ChainType::Nat, Hook::Postrouting, 100, always(MASQUERADING)));
     let by_frontend = |map: &str| Action::Vmap { key: FrontendKey::DaddrProtoPort, map: map.into() };
     chains.insert(
         SERVICES_CHECK.into(),
-        regular(vec![
+        Chain::regular(vec![
             Rule::always(by_frontend(FIREWALL_IPS)),
             Rule::always(by_frontend(NO_ENDPOINT_SERVICES)),
             Rule::new(
@@ -99,7 +82,7 @@ fn skeleton(ctx: &FamilyContext) -> Ruleset {
     );
     chains.insert(
         SERVICE_IPS_FILTER.into(),
-        regular(vec![
+        Chain::regular(vec![
             Rule::new(
                 [Match::KeyInSet(FrontendKey::DaddrProtoPort, SERVICE_FRONTENDS.into())],
                 Action::Verdict(Verdict::Return),
@@ -107,13 +90,13 @@ fn skeleton(ctx: &FamilyContext) -> Ruleset {
             Rule::always(Action::Reject),
         ]),
     );
-    chains.insert(REJECT_CHAIN.into(), regular(vec![Rule::always(Action::Reject)]));
+    chains.insert(REJECT_CHAIN.into(), Chain::regular(vec![Rule::always(Action::Reject)]));
 
     let mut services = vec![Rule::new([Match::SaddrInSet(SERVICE_IPS.into())], jump(MARK_FOR_MASQUERADE))];
     let cluster_ip = Match::KeyInSet(FrontendKey::DaddrProtoPort, CLUSTER_IPS.into());
     if ctx.masquerade_all {
         services.push(Rule::new([cluster_ip], jump(MARK_FOR_MASQUERADE)));
-    } else if let Some(mut not_local) = nft_backend::render::if_not_local(&ctx.local_detector) {
+    } else if let Some(mut not_local) = Match::not_local_pod_source(&ctx.local_detector) {
         not_local.insert(0, cluster_ip);
         services.push(Rule::new(not_local, jump(MARK_FOR_MASQUERADE)));
     }
@@ -123,11 +106,11 @@ fn skeleton(ctx: &FamilyContext) -> Ruleset {
         [Match::DaddrInSet(NODEPORT_IPS.into()), Match::KeyInSet(FrontendKey::ProtoPort, NODEPORTS.into())],
         jump(MARK_FOR_MASQUERADE),
     ));
-    chains.insert(SERVICES.into(), regular(services));
-    chains.insert(MARK_FOR_MASQUERADE.into(), regular(vec![Rule::always(Action::MarkOr(MASQUERADE_MARK))]));
+    chains.insert(SERVICES.into(), Chain::regular(services));
+    chains.insert(MARK_FOR_MASQUERADE.into(), Chain::regular(vec![Rule::always(Action::MarkOr(MASQUERADE_MARK))]));
     chains.insert(
         MASQUERADING.into(),
-        regular(vec![
+        Chain::regular(vec![
             Rule::new([Match::SaddrDaddrInSet(HAIRPIN.into())], jump(MARK_FOR_MASQUERADE)),
             Rule::new([Match::MarkBitClear(MASQUERADE_MARK)], Action::Verdict(Verdict::Return)),
             Rule::always(Action::MarkXor(MASQUERADE_MARK)),
@@ -204,17 +187,11 @@ pub fn family(rules: &FamilyRules, node_ports: &BTreeSet<IpAddr>) -> Ruleset {
             add(&mut rs, HAIRPIN, Key::AddrAddr(ep.addr.ip(), ep.addr.ip()), None);
         }
         if let Some(fw) = &r.firewall {
-            let chain = format!("firewall-{}", nft_backend::names::service_port(&r.name));
+            let chain = nft_client::names::firewall(&r.name);
             for ip in &r.load_balancer_ips {
                 add(&mut rs, FIREWALL_IPS, frontend(*ip), Some(Data::Verdict(Verdict::Jump(chain.clone()))));
             }
-            let mut fw_rules: Vec<Rule> = fw
-                .allowed
-                .iter()
-                .map(|net| Rule::new([Match::Saddr(AddrMatch::In(*net))], Action::Verdict(Verdict::Return)))
-                .collect();
-            fw_rules.push(Rule::always(Action::Verdict(Verdict::Drop)));
-            firewalls.insert(chain, regular(fw_rules));
+            firewalls.insert(chain, Chain::firewall(&fw.allowed));
         }
     }
     rs.chains.extend(firewalls);

@@ -13,7 +13,7 @@ use std::net::IpAddr;
 use common::*;
 use ipvs_backend::link::Dummy;
 use ipvs_backend::{Config, IpvsBackend, filter};
-use nft_backend::NftBackend;
+use nft_client::Client;
 
 #[test]
 fn the_nftables_side_lists_back_as_planned() {
@@ -30,7 +30,7 @@ fn the_nftables_side_lists_back_as_planned() {
         let node_ports = ipvs_backend::render::render(&desired, "rr", &Default::default()).node_ports;
         let rulesets = filter::tables(&desired, &node_ports);
         let refs: Vec<_> = rulesets.iter().map(|(f, r)| (*f, r)).collect();
-        NftBackend::new("kproxy").replace_tables(&refs).expect("the kernel takes the table");
+        Client::new().replace_tables("kproxy", &refs).expect("the kernel takes the table");
         let from_netlink = sh("nft list ruleset");
         assert_eq!(normalize(&from_netlink), normalize(&from_text));
         // What the table holds for the fixture: the no-endpoint verdicts, a firewall, and
@@ -46,7 +46,7 @@ fn the_nftables_side_lists_back_as_planned() {
         }
         assert!(!from_netlink.contains("dnat"), "{from_netlink}");
         // Writing it again replaces it whole, atomically.
-        NftBackend::new("kproxy").replace_tables(&refs).expect("again");
+        Client::new().replace_tables("kproxy", &refs).expect("again");
         assert_eq!(sh("nft list ruleset"), from_netlink);
     });
 }

@@ -10,7 +10,7 @@ use common::*;
 use ipvs_backend::filter;
 use ipvs_backend::kernel::ServiceKey;
 use ipvs_backend::render::{IpvsDesired, render};
-use nft_backend::ruleset::{Data, Key, Verdict};
+use nft_client::ruleset::{Data, Key, Verdict};
 use proxy_core::{IpFamily, Protocol};
 
 const CLUSTER: &str = r#"

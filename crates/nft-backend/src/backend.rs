@@ -12,18 +12,14 @@
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
+use nft_client::ruleset::{Set, SetName};
+use nft_client::tx::{Gathered, Op, Transaction};
+use nft_client::{Client, Error, netlink};
 use proxy_core::{Backend, Changes, Desired, IpFamily, SyncStats};
 
 use crate::committed::{Claimants, Committed, owned_part};
-use crate::error::Error;
-use crate::netlink::{self, socket::Socket};
 use crate::partial::PortPlan;
 use crate::render::{self, Pick};
-use crate::ruleset::Ruleset;
-use crate::tx::{Gathered, Op, OpCounts, Transaction};
-
-/// The default table name.
-pub const DEFAULT_TABLE: &str = "kproxy";
 
 #[derive(Debug, Default)]
 struct FamilyState {
@@ -33,16 +29,8 @@ struct FamilyState {
 /// The nftables backend.
 pub struct NftBackend {
     table: String,
-    socket: Option<Socket>,
+    client: Client,
     families: [FamilyState; 2],
-    generation: Option<u32>,
-    /// Successful transactions so far (each bumps the generation by one).
-    commits: u64,
-    last_transaction_bytes: usize,
-    last_counts: OpCounts,
-    /// The handles of the rules the last transaction added with an echo request:
-    /// (index of the operation over all its transactions, handle).
-    last_handles: Vec<(usize, u64)>,
     /// Whether the next full sync must replace the tables (their contents unknown: at
     /// start, and after any failed transaction) rather than refresh them in place.
     replace_next: bool,
@@ -51,17 +39,7 @@ pub struct NftBackend {
 impl NftBackend {
     /// A backend writing to table `table` (in families `ip` and `ip6`).
     pub fn new(table: &str) -> NftBackend {
-        NftBackend {
-            table: table.to_string(),
-            socket: None,
-            families: Default::default(),
-            generation: None,
-            commits: 0,
-            last_transaction_bytes: 0,
-            last_counts: OpCounts::default(),
-            last_handles: Vec::new(),
-            replace_next: true,
-        }
+        NftBackend { table: table.to_string(), client: Client::new(), families: Default::default(), replace_next: true }
     }
 
     /// The table name.
@@ -69,142 +47,24 @@ impl NftBackend {
         &self.table
     }
 
-    /// The ruleset generation after our last successful transaction.
-    pub fn generation(&self) -> Option<u32> {
-        self.generation
-    }
-
-    /// The kernel's ruleset generation now (it counts every commit, by anyone).
-    pub fn current_generation(&mut self) -> Result<u32, Error> {
-        self.socket()?.generation().map_err(Error::Socket)
-    }
-
-    /// How many transactions this backend has committed so far.
-    pub fn commits(&self) -> u64 {
-        self.commits
-    }
-
-    /// The netlink port id our transactions come from (see
-    /// [`Monitor`](crate::netlink::monitor::Monitor)), once a socket is open.
-    pub fn port_id(&self) -> Option<u32> {
-        self.socket.as_ref().map(Socket::port_id)
-    }
-
-    /// The size in bytes of the last transaction sent.
-    pub fn last_transaction_bytes(&self) -> usize {
-        self.last_transaction_bytes
-    }
-
-    /// What the last transaction sent did, counted by kind.
-    pub fn last_counts(&self) -> OpCounts {
-        self.last_counts
+    /// The nftables client: its generation, commits, port id and last transaction.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     /// Opens the netlink socket now (instead of at the first sync) and returns its port
     /// id, so a drift monitor can tell our changes from others' from the start.
     pub fn connect(&mut self) -> Result<u32, Error> {
-        Ok(self.socket()?.port_id())
+        self.client.connect()
     }
 
-    fn socket(&mut self) -> Result<&mut Socket, Error> {
-        if self.socket.is_none() {
-            self.socket = Some(Socket::open().map_err(Error::Socket)?);
-        }
-        Ok(self.socket.as_mut().expect("just opened"))
-    }
-
-    /// Sends the transactions as one batch.
-    ///
-    /// If the kernel refuses the batch as larger than this socket may send (`EMSGSIZE`:
-    /// no `CAP_NET_ADMIN` over the initial user namespace, so the send buffer stops at
-    /// `net.core.wmem_max`), the operations are sent in order in several smaller batches
-    /// instead, with a warning: each part is atomic, the whole is not.
+    /// Commits the transactions; after a failure the kernel's contents are unknown to us,
+    /// so the next full sync replaces the tables.
     fn commit(&mut self, txs: &[Transaction]) -> Result<usize, Error> {
-        let ops: usize = txs.iter().map(|t| t.ops.len()).sum();
-        if ops == 0 {
-            return Ok(0);
-        }
-        self.last_counts = OpCounts::default();
-        self.last_handles.clear();
-        for tx in txs {
-            self.last_counts += tx.counts();
-        }
-        // After a failure the kernel's contents are unknown: the next full sync replaces.
         self.replace_next = true;
-        let result = self.commit_unchecked(txs);
+        let result = self.client.commit(txs);
         self.replace_next = result.is_err();
         result
-    }
-
-    fn commit_unchecked(&mut self, txs: &[Transaction]) -> Result<usize, Error> {
-        match self.commit_batch(txs) {
-            Err(Error::Socket(e)) if e.raw_os_error() == Some(libc::EMSGSIZE) => {
-                tracing::warn!(
-                    bytes = self.last_transaction_bytes,
-                    "transaction exceeds the socket send buffer (net.core.wmem_max); sending it in parts, \
-                     which is not atomic: run as root in the initial user namespace to avoid this"
-                );
-                let mut messages = 0;
-                for tx in txs {
-                    messages += self.commit_in_parts(tx, &tx.ops)?;
-                }
-                // Operation indices of the parts do not map back: rule handles stay unknown.
-                self.last_handles.clear();
-                Ok(messages)
-            }
-            other => other,
-        }
-    }
-
-    /// Sends `ops` of `tx` in order, halving the parts until each fits.
-    fn commit_in_parts(&mut self, tx: &Transaction, ops: &[Op]) -> Result<usize, Error> {
-        let part = Transaction { family: tx.family, table: tx.table.clone(), ops: ops.to_vec() };
-        match self.commit_batch(std::slice::from_ref(&part)) {
-            Err(Error::Socket(e)) if e.raw_os_error() == Some(libc::EMSGSIZE) && ops.len() > 1 => {
-                let (first, second) = ops.split_at(ops.len() / 2);
-                Ok(self.commit_in_parts(tx, first)? + self.commit_in_parts(tx, second)?)
-            }
-            other => other,
-        }
-    }
-
-    fn commit_batch(&mut self, txs: &[Transaction]) -> Result<usize, Error> {
-        let encoded = netlink::encode(txs);
-        self.last_transaction_bytes = encoded.bytes;
-        let outcome = self.socket()?.send(&encoded).map_err(Error::Socket)?;
-        if let Some(first) = outcome.errors.first() {
-            let failed = encoded.seqs.iter().find(|(seq, _)| *seq == first.seq).map(|(_, op)| *op);
-            let op = failed.and_then(|i| op_at(txs, i)).unwrap_or_else(|| "(unknown message)".into());
-            return Err(Error::Transaction {
-                errno: first.errno,
-                detail: first.detail.clone(),
-                op,
-                errors: outcome.errors.len(),
-            });
-        }
-        self.generation = Some(outcome.generation);
-        self.commits += 1;
-        for (seq, handle) in outcome.rule_handles {
-            if let Some((_, op)) = encoded.seqs.iter().find(|(s, _)| *s == seq) {
-                self.last_handles.push((*op, handle));
-            }
-        }
-        Ok(encoded.messages)
-    }
-
-    /// Replaces this backend's table in each given family with `ruleset`, atomically (one
-    /// batch): for other backends that keep a small table of their own (the IPVS backend's
-    /// masquerade, reject and firewall rules). Returns the netlink messages sent.
-    pub fn replace_tables(&mut self, rulesets: &[(IpFamily, &Ruleset)]) -> Result<usize, Error> {
-        let txs: Vec<Transaction> = rulesets
-            .iter()
-            .map(|(family, ruleset)| Transaction::replace(*family, &self.table, ruleset, Gathered::default()))
-            .collect();
-        let sent = self.commit(&txs)?;
-        // The table no longer holds what a full or partial sync of ours would expect.
-        self.families = Default::default();
-        self.replace_next = true;
-        Ok(sent)
     }
 
     /// Renders the full rule set of every family as nft text (`kproxy plan`).
@@ -212,7 +72,7 @@ impl NftBackend {
         let mut out = String::new();
         for rules in desired.families() {
             let ruleset = render::family(&rules.context, &rules.service_ports);
-            out.push_str(&crate::text::table(rules.context.family, &self.table, &ruleset));
+            out.push_str(&nft_client::text::table(rules.context.family, &self.table, &ruleset));
         }
         out
     }
@@ -220,7 +80,7 @@ impl NftBackend {
 
 /// Whether a set of `previous` has another definition in `next`.
 fn redefines_sets(previous: &Committed, next: &Committed) -> bool {
-    let before: HashMap<&String, &crate::ruleset::Set> = previous.owned.values().flat_map(|p| p.sets.iter()).collect();
+    let before: HashMap<&String, &Set> = previous.owned.values().flat_map(|p| p.sets.iter()).collect();
     next.owned
         .values()
         .flat_map(|p| p.sets.iter())
@@ -236,8 +96,8 @@ fn stale(previous: &Committed, next: &Committed) -> (Vec<String>, Vec<String>) {
         previous.owned.values().flat_map(|p| p.chains.keys()).filter(|c| !keep_chains.contains(c)).cloned().collect();
     let mut sets: Vec<String> =
         previous.owned.values().flat_map(|p| p.sets.keys()).filter(|s| !keep_sets.contains(s)).cloned().collect();
-    let keep_maps: HashSet<&str> = next.picks.keys().map(Pick::map).collect();
-    sets.extend(previous.picks.keys().map(Pick::map).filter(|m| !keep_maps.contains(m)).map(String::from));
+    let keep_maps: HashSet<SetName> = next.picks.keys().map(Pick::map).collect();
+    sets.extend(previous.picks.keys().map(Pick::map).filter(|m| !keep_maps.contains(m)).map(|m| m.to_string()));
     chains.sort();
     chains.dedup();
     sets.sort();
@@ -263,18 +123,6 @@ fn echoed_picks(txs: &[Transaction], handles: &[(usize, u64)]) -> Vec<(IpFamily,
         }
     }
     out
-}
-
-/// The `nft` command of the operation at a global index over several transactions.
-fn op_at(txs: &[Transaction], mut i: usize) -> Option<String> {
-    for tx in txs {
-        if i < tx.ops.len() {
-            let single = Transaction { family: tx.family, table: tx.table.clone(), ops: vec![tx.ops[i].clone()] };
-            return Some(single.to_string().lines().next().unwrap_or_default().to_string());
-        }
-        i -= tx.ops.len();
-    }
-    None
 }
 
 impl Backend for NftBackend {
@@ -327,7 +175,7 @@ impl Backend for NftBackend {
             records.push((family, committed));
         }
         let operations = self.commit(&txs)?;
-        for (family, pick, handle) in echoed_picks(&txs, &self.last_handles) {
+        for (family, pick, handle) in echoed_picks(&txs, self.client.last_handles()) {
             if let Some((_, committed)) = records.iter_mut().find(|(f, _)| *f == family)
                 && let Some(rule) = committed.picks.get_mut(&pick)
             {
@@ -365,7 +213,7 @@ impl Backend for NftBackend {
             updates.push((family, update));
         }
         let operations = self.commit(&txs)?;
-        let echoed = echoed_picks(&txs, &self.last_handles);
+        let echoed = echoed_picks(&txs, self.client.last_handles());
         for (family, mut update) in updates {
             for (_, pick, handle) in echoed.iter().filter(|(f, ..)| *f == family) {
                 if let Some(rule) = update.picks.get_mut(pick) {
@@ -396,26 +244,19 @@ impl Backend for NftBackend {
     }
 
     fn cleanup(&mut self) -> Result<(), Error> {
-        for family in IpFamily::ALL {
-            // `add` then `delete`: removes the table whether or not it exists.
-            let mut tx = Transaction::new(family, &self.table);
-            tx.push(Op::AddTable);
-            tx.push(Op::DeleteTable);
-            self.commit(&[tx])?;
-            self.families[family.index()] = FamilyState::default();
-            self.replace_next = true;
-        }
-        Ok(())
+        self.families = Default::default();
+        self.replace_next = true;
+        self.client.delete_table(&self.table)
     }
 }
 
 impl netlink::monitor::Committer for NftBackend {
     fn current_generation(&mut self) -> Result<u32, Error> {
-        NftBackend::current_generation(self)
+        self.client.current_generation()
     }
 
     fn commits(&self) -> u64 {
-        NftBackend::commits(self)
+        self.client.commits()
     }
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use proxy_core::{FamilyContext, ServicePortName, ServicePortRules};
 
 use crate::render::{self, Pick, PortObjects};
-use crate::ruleset::{Data, Key};
+use nft_client::ruleset::{Data, Key, SetName};
 
 /// Claims on shared elements: per (set, key), the service ports whose rendering holds it.
 /// The kernel holds the first claimant's data, in name order, as a full sync resolves
@@ -16,7 +16,7 @@ use crate::ruleset::{Data, Key};
 /// kept here: it is in the claimant's rendering.
 /// Hashed with foldhash (seeded per process) rather than SipHash: a full sync inserts every
 /// element, and SipHash was a seventh of its time outside the kernel in a profile.
-pub(crate) type Claims = foldhash::HashMap<(&'static str, Key), Claimants>;
+pub(crate) type Claims = foldhash::HashMap<(SetName, Key), Claimants>;
 
 /// The claimants of one element, in name order: the rules each was last rendered from
 /// (shared with [`Committed::ports`], so a claim costs a pointer). Nearly every element has

@@ -8,8 +8,8 @@ use proxy_core::{ServicePortName, ServicePortRules};
 
 use crate::committed::{Claimants, Claims, Committed, Held, PickRule, owned_part};
 use crate::render::{self, Pick, PortObjects};
-use crate::ruleset::{Data, Key};
-use crate::tx::{Op, Transaction};
+use nft_client::ruleset::{Data, Key, SetName};
+use nft_client::tx::{Op, Transaction};
 
 /// The operations of a partial sync, bucketed so they can be emitted in an order the
 /// kernel accepts: new objects before references to them, references removed before the
@@ -26,8 +26,8 @@ pub(crate) struct PortPlan<'a> {
     add_sets: Vec<Op>,
     add_chains: Vec<Op>,
     rewrite: Vec<Op>,
-    delete_elements: BTreeMap<&'static str, Vec<Key>>,
-    add_elements: BTreeMap<&'static str, Vec<(Key, Option<Data>)>>,
+    delete_elements: BTreeMap<SetName, Vec<Key>>,
+    add_elements: BTreeMap<SetName, Vec<(Key, Option<Data>)>>,
     /// Per `pick-…` rule, how many more (or fewer) service ports need it.
     picks: BTreeMap<Pick, isize>,
     flush_removed: Vec<Op>,
@@ -35,7 +35,7 @@ pub(crate) struct PortPlan<'a> {
     delete_sets: Vec<Op>,
     /// Shared elements this plan touches: what the kernel holds now, and the claims after
     /// the plan.
-    elements: HashMap<(&'static str, Key), (Held, Claimants)>,
+    elements: HashMap<(SetName, Key), (Held, Claimants)>,
 }
 
 /// What to record once a partial sync's transaction is committed.
@@ -68,7 +68,7 @@ impl<'a> PortPlan<'a> {
     }
 
     /// The data a committed service port holds for an element (it claims it).
-    fn committed_data(&mut self, name: &ServicePortName, key: &(&'static str, Key)) -> Option<Data> {
+    fn committed_data(&mut self, name: &ServicePortName, key: &(SetName, Key)) -> Option<Data> {
         let committed = self.committed;
         let objects = self.others.entry(name.clone()).or_insert_with(|| committed.render(name));
         objects.as_ref().and_then(|o| o.elements.get(key)).cloned().flatten()
@@ -152,7 +152,7 @@ impl<'a> PortPlan<'a> {
 
     /// The data the kernel will hold for an element its first claimant after the plan
     /// renders.
-    fn data_after(&mut self, name: &ServicePortName, key: &(&'static str, Key)) -> Option<Data> {
+    fn data_after(&mut self, name: &ServicePortName, key: &(SetName, Key)) -> Option<Data> {
         match self.changed.get(name) {
             Some(new) => new.as_ref().and_then(|(_, o)| o.elements.get(key)).cloned().flatten(),
             None => self.committed_data(name, key),
@@ -227,7 +227,7 @@ impl<'a> PortPlan<'a> {
             }
         }
         // Each endpoint count has its own map, there while any rule looks it up.
-        let maps = |picks: &BTreeMap<Pick, PickRule>| -> BTreeMap<&'static str, Pick> {
+        let maps = |picks: &BTreeMap<Pick, PickRule>| -> BTreeMap<SetName, Pick> {
             picks.keys().map(|p| (p.map(), *p)).collect()
         };
         let (maps_before, maps_after) = (maps(committed), maps(&picks));

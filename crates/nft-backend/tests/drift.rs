@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use nft_backend::NftBackend;
-use nft_backend::netlink::monitor::Monitor;
+use nft_client::netlink::monitor::Monitor;
 use proxy_core::Backend;
 
 #[test]
@@ -18,7 +18,7 @@ fn foreign_changes_are_detected_and_repaired() {
         let mut backend = NftBackend::new("kproxy");
         let mut monitor = Monitor::open("kproxy").expect("monitor");
         backend.sync_full(&desired).expect("sync");
-        let own = [backend.port_id().unwrap()];
+        let own = [backend.client().port_id().unwrap()];
         assert!(!monitor.wait(Duration::from_millis(300), &own).unwrap(), "our own sync counted as drift");
         let good = sh("nft list ruleset");
 

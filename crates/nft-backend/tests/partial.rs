@@ -6,8 +6,8 @@ mod common;
 
 use common::*;
 use nft_backend::NftBackend;
-use nft_backend::netlink::{self, socket::Socket};
-use nft_backend::tx::{Op, Transaction};
+use nft_client::netlink::{self, socket::Socket};
+use nft_client::tx::{Op, Transaction};
 use proxy_core::{Backend, Event, IpFamily, ObjectRef, Syncer, ingest};
 
 fn list() -> String {
@@ -171,7 +171,7 @@ fn endpoint_changes_and_new_services_write_only_elements() {
             apply_yaml(&mut engine, yaml);
             let plan = engine.plan();
             syncer.sync(&plan, engine.desired()).unwrap_or_else(|e| panic!("{name}: {e}"));
-            let counts = syncer.backend().last_counts();
+            let counts = syncer.backend().client().last_counts();
             eprintln!("{name}: {counts:?}");
             counts
         };
@@ -227,12 +227,12 @@ fn a_rejected_transaction_changes_nothing() {
         tx.push(Op::AddChain("new-chain".into(), None));
         tx.push(Op::AddElements(
             "cluster-ips".into(),
-            vec![(nft_backend::ruleset::Key::Addr("172.30.9.9".parse().unwrap()), None)],
+            vec![(nft_client::ruleset::Key::Addr("172.30.9.9".parse().unwrap()), None)],
         ));
         tx.push(Op::AddRule(
             "new-chain".into(),
-            nft_backend::ruleset::Rule::always(nft_backend::ruleset::Action::Verdict(
-                nft_backend::ruleset::Verdict::Goto("no-such-chain".into()),
+            nft_client::ruleset::Rule::always(nft_client::ruleset::Action::Verdict(
+                nft_client::ruleset::Verdict::Goto("no-such-chain".into()),
             )),
         ));
         let outcome = Socket::open().unwrap().send(&netlink::encode(std::slice::from_ref(&tx))).unwrap();

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
-use proxy_core::{IpFamily, Protocol};
+use proxy_core::{IpFamily, LocalDetector, Protocol};
 
 /// A chain's type (for base chains).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -96,6 +96,30 @@ pub enum Match {
     KeyInSet(FrontendKey, String),
     /// `ip saddr . ip daddr @set`.
     SaddrDaddrInSet(String),
+}
+
+impl Match {
+    /// Alternatives for "the source is a local pod", one rule each, as the detector
+    /// (`--detect-local-mode`) defines it; none without a detector.
+    pub fn local_pod_source(detector: &LocalDetector) -> Vec<Match> {
+        match detector {
+            LocalDetector::Cidrs(nets) => nets.iter().map(|n| Match::Saddr(AddrMatch::In(*n))).collect(),
+            LocalDetector::Bridge(name) => vec![Match::Iifname(name.clone())],
+            LocalDetector::InterfacePrefix(prefix) => vec![Match::IifnamePrefix(prefix.clone())],
+            LocalDetector::None => Vec::new(),
+        }
+    }
+
+    /// The conditions, all in one rule, for "the source is not a local pod"; `None`
+    /// without a detector.
+    pub fn not_local_pod_source(detector: &LocalDetector) -> Option<Vec<Match>> {
+        match detector {
+            LocalDetector::Cidrs(nets) => Some(nets.iter().map(|n| Match::Saddr(AddrMatch::NotIn(*n))).collect()),
+            LocalDetector::Bridge(name) => Some(vec![Match::NotIifname(name.clone())]),
+            LocalDetector::InterfacePrefix(prefix) => Some(vec![Match::NotIifnamePrefix(prefix.clone())]),
+            LocalDetector::None => None,
+        }
+    }
 }
 
 /// The packet fields a frontend is looked up by, in a set, a verdict map or an endpoint map.
@@ -187,6 +211,59 @@ pub struct Chain {
     pub base: Option<BaseChain>,
     /// The rules, in order.
     pub rules: Vec<Rule>,
+}
+
+impl Chain {
+    /// A base chain: hooked into the packet path at `hook` with `priority`.
+    pub fn base(kind: ChainType, hook: Hook, priority: i32, rules: Vec<Rule>) -> Chain {
+        Chain { base: Some(BaseChain { kind, hook, priority }), rules }
+    }
+
+    /// A regular chain, reached by `jump` or `goto`.
+    pub fn regular(rules: Vec<Rule>) -> Chain {
+        Chain { base: None, rules }
+    }
+
+    /// A source-range firewall (`loadBalancerSourceRanges`): `return` for sources in
+    /// `allowed`, drop the rest.
+    pub fn firewall<'a>(allowed: impl IntoIterator<Item = &'a IpNet>) -> Chain {
+        let mut rules: Vec<Rule> = allowed
+            .into_iter()
+            .map(|net| Rule::new([Match::Saddr(AddrMatch::In(*net))], Action::Verdict(Verdict::Return)))
+            .collect();
+        rules.push(Rule::always(Action::Verdict(Verdict::Drop)));
+        Chain::regular(rules)
+    }
+}
+
+/// The name of a set or map, made without allocating: fixed (`cluster-ips`) or a fixed
+/// prefix and a number (`cluster-endpoints-3`). Elements are keyed by the set they belong
+/// to, a hundred thousand of them at 44k Services, so the name is a small `Copy` value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct SetName {
+    prefix: &'static str,
+    number: Option<u32>,
+}
+
+impl SetName {
+    /// A fixed name.
+    pub const fn fixed(name: &'static str) -> SetName {
+        SetName { prefix: name, number: None }
+    }
+
+    /// `PREFIX-N`.
+    pub const fn numbered(prefix: &'static str, number: u32) -> SetName {
+        SetName { prefix, number: Some(number) }
+    }
+}
+
+impl std::fmt::Display for SetName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.number {
+            None => f.write_str(self.prefix),
+            Some(n) => write!(f, "{}-{n}", self.prefix),
+        }
+    }
 }
 
 /// The key type of a set or map.

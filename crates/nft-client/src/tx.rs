@@ -8,7 +8,7 @@ use std::fmt;
 
 use proxy_core::IpFamily;
 
-use crate::ruleset::{BaseChain, Chain, ChainType, Data, Key, Rule, Ruleset, Set, nft_family};
+use crate::ruleset::{BaseChain, Chain, ChainType, Data, Key, Rule, Ruleset, Set, SetName, nft_family};
 use crate::text;
 
 /// One operation.
@@ -179,20 +179,15 @@ impl Transaction {
                 self.push(Op::AddRule(name.clone(), rule.clone()));
             }
         }
-        let mut elements: BTreeMap<&str, Vec<(Key, Option<Data>)>> = BTreeMap::new();
+        let mut elements: BTreeMap<String, Vec<(Key, Option<Data>)>> = BTreeMap::new();
         for (name, set) in &skeleton.sets {
-            elements.entry(name).or_default().extend(set.elements.iter().map(|(k, v)| (*k, v.clone())));
+            elements.entry(name.clone()).or_default().extend(set.elements.iter().map(|(k, v)| (*k, v.clone())));
         }
         for (name, list) in ports.elements {
-            match elements.get_mut(name) {
-                Some(existing) => existing.extend(list),
-                None => {
-                    elements.insert(name, list);
-                }
-            }
+            elements.entry(name.to_string()).or_default().extend(list);
         }
         for (name, list) in elements.into_iter().filter(|(_, l)| !l.is_empty()) {
-            self.push(Op::AddElements(name.to_string(), list));
+            self.push(Op::AddElements(name, list));
         }
     }
 }
@@ -205,7 +200,7 @@ impl Transaction {
 pub struct Gathered {
     sets: Vec<(String, Set)>,
     chains: Vec<(String, Chain)>,
-    elements: BTreeMap<&'static str, Vec<(Key, Option<Data>)>>,
+    elements: BTreeMap<SetName, Vec<(Key, Option<Data>)>>,
 }
 
 impl Gathered {
@@ -216,7 +211,7 @@ impl Gathered {
     }
 
     /// Adds an element to a shared set or map.
-    pub fn element(&mut self, set: &'static str, key: Key, data: Option<Data>) {
+    pub fn element(&mut self, set: SetName, key: Key, data: Option<Data>) {
         self.elements.entry(set).or_default().push((key, data));
     }
 }

@@ -12,6 +12,32 @@ use data_encoding::BASE32;
 use proxy_core::ServicePortName;
 use sha2::{Digest, Sha256};
 
+/// The mark bit that asks `masquerading` to masquerade a packet (upstream's default,
+/// `--masquerade-bit` 14).
+pub const MASQUERADE_MARK: u32 = 0x4000;
+
+// Upstream's fixed chain and set names, written by both backends.
+/// The chain the NAT hooks jump to: dispatch to the Services.
+pub const SERVICES: &str = "services";
+/// The chain that masquerades marked connections.
+pub const MASQUERADING: &str = "masquerading";
+/// The chain that marks a connection for masquerade.
+pub const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
+/// The chain that rejects.
+pub const REJECT_CHAIN: &str = "reject-chain";
+/// The set of the node's addresses that take NodePort traffic.
+pub const NODEPORT_IPS: &str = "nodeport-ips";
+/// The verdict map of Service frontends (address . protocol . port).
+pub const SERVICE_IPS: &str = "service-ips";
+/// The verdict map that drops or rejects frontends without endpoints.
+pub const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
+/// The verdict map that drops or rejects NodePorts without endpoints.
+pub const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
+/// The verdict map of load-balancer frontends with `loadBalancerSourceRanges`.
+pub const FIREWALL_IPS: &str = "firewall-ips";
+/// The set of endpoint . endpoint pairs: a pod reaching itself is masqueraded.
+pub const HAIRPIN_ENDPOINTS: &str = "hairpin-endpoints";
+
 /// The longest base name kept whole.
 const MAX_BASE: usize = 240;
 
@@ -32,6 +58,11 @@ fn hash_and_truncate(name: &str) -> String {
 
 fn service_base(name: &ServicePortName) -> String {
     format!("{}/{}/{}/{}", name.service.namespace, name.service.name, name.protocol, name.port)
+}
+
+/// The name of a service port's `loadBalancerSourceRanges` chain: `firewall-HASH-…`.
+pub fn firewall(name: &ServicePortName) -> String {
+    format!("firewall-{}", service_port(name))
 }
 
 /// The base name of a service port's chains: `HASH-ns/svc/proto/port`.

@@ -1,0 +1,163 @@
+//! kproxy's data layout: the shared sets, maps and `pick-…` chains that hold every
+//! service port without affinity as elements (the [module](super) docs say why).
+
+use nft_client::ruleset::{Action, FrontendKey, Key, KeyType, Match, Rule, Set, SetName};
+use proxy_core::{Policy, Protocol};
+
+/// The chain NodePort traffic is dispatched from.
+pub(super) const NODEPORTS: &str = "nodeports";
+
+/// How one kind of frontend reaches its endpoints in the data layout: the set of frontends
+/// that enter each shared chain, the policy chains, and the endpoint maps with the chains
+/// that pick from them.
+pub(super) struct Frontends {
+    pub(super) key: FrontendKey,
+    /// Sets of frontends: straight to Cluster / Local endpoints (ClusterIPs only), and
+    /// external under Cluster / Local policy.
+    pub(super) to_cluster: Option<&'static str>,
+    pub(super) to_local: Option<&'static str>,
+    pub(super) external_cluster: &'static str,
+    pub(super) external_local: &'static str,
+    /// Chains for external traffic under Cluster / Local policy.
+    pub(super) cluster_policy: &'static str,
+    pub(super) local_policy: &'static str,
+    /// Endpoint maps (the prefix of their names) and the chains that pick from them, per
+    /// policy.
+    pub(super) cluster_endpoints: &'static str,
+    pub(super) local_endpoints: &'static str,
+    pub(super) pick_cluster: &'static str,
+    pub(super) pick_local: &'static str,
+}
+
+/// Address frontends: ClusterIPs, external IPs and load-balancer IPs.
+pub(super) const ADDRESSES: Frontends = Frontends {
+    key: FrontendKey::DaddrProtoPort,
+    to_cluster: Some("to-cluster-endpoints"),
+    to_local: Some("to-local-endpoints"),
+    external_cluster: "external-ips-cluster-policy",
+    external_local: "external-ips-local-policy",
+    cluster_policy: "external-cluster-policy",
+    local_policy: "external-local-policy",
+    cluster_endpoints: "cluster-endpoints",
+    local_endpoints: "local-endpoints",
+    pick_cluster: "pick-cluster-endpoint",
+    pick_local: "pick-local-endpoint",
+};
+
+/// NodePorts.
+pub(super) const NODEPORT_FRONTENDS: Frontends = Frontends {
+    key: FrontendKey::ProtoPort,
+    to_cluster: None,
+    to_local: None,
+    external_cluster: "nodeports-cluster-policy",
+    external_local: "nodeports-local-policy",
+    cluster_policy: "nodeport-cluster-policy",
+    local_policy: "nodeport-local-policy",
+    cluster_endpoints: "nodeport-cluster-endpoints",
+    local_endpoints: "nodeport-local-endpoints",
+    pick_cluster: "pick-nodeport-cluster-endpoint",
+    pick_local: "pick-nodeport-local-endpoint",
+};
+
+impl Frontends {
+    pub(super) fn endpoints(&self, policy: Policy) -> (&'static str, &'static str) {
+        match policy {
+            Policy::Cluster => (self.cluster_endpoints, self.pick_cluster),
+            Policy::Local => (self.local_endpoints, self.pick_local),
+        }
+    }
+
+    pub(super) fn slot_key_type(&self, endpoints: u32) -> KeyType {
+        match self.key {
+            FrontendKey::DaddrProtoPort => KeyType::AddrProtoPortSlot(endpoints),
+            FrontendKey::ProtoPort => KeyType::ProtoPortSlot(endpoints),
+        }
+    }
+}
+
+/// One rule of a `pick-…` chain: the chain, and the protocol and endpoint count it serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Pick {
+    /// The `pick-…` chain.
+    pub chain: &'static str,
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The number of endpoints.
+    pub endpoints: u32,
+}
+
+impl Pick {
+    /// The pick a rule of a `pick-…` chain serves, if it is one.
+    pub fn of(chain: &str, rule: &Rule) -> Option<Pick> {
+        let chain = [&ADDRESSES, &NODEPORT_FRONTENDS]
+            .iter()
+            .flat_map(|f| [f.pick_cluster, f.pick_local])
+            .find(|c| *c == chain)?;
+        match (rule.matches.as_slice(), &rule.action) {
+            ([Match::L4Proto(protocol)], Action::DnatMap { modulus, .. }) => {
+                Some(Pick { chain, protocol: *protocol, endpoints: *modulus })
+            }
+            _ => None,
+        }
+    }
+
+    pub(super) fn frontends(&self) -> &'static Frontends {
+        let nodeport = [NODEPORT_FRONTENDS.pick_cluster, NODEPORT_FRONTENDS.pick_local].contains(&self.chain);
+        if nodeport { &NODEPORT_FRONTENDS } else { &ADDRESSES }
+    }
+
+    /// The endpoint map the rule looks up: the one for this chain and endpoint count.
+    pub fn map(&self) -> SetName {
+        let f = self.frontends();
+        let prefix = if self.chain == f.pick_cluster { f.cluster_endpoints } else { f.local_endpoints };
+        SetName::numbered(prefix, self.endpoints)
+    }
+
+    /// The endpoint map's definition.
+    pub fn map_definition(&self) -> Set {
+        let which = if self.chain == self.frontends().pick_cluster { "Cluster-policy" } else { "node-local" };
+        let n = self.endpoints;
+        let comment = format!("{which} endpoints of frontends with {n} endpoint{}", if n == 1 { "" } else { "s" });
+        Set::endpoint_map(self.frontends().slot_key_type(self.endpoints), &comment)
+    }
+
+    /// The rule: `meta l4proto P dnat to KEY . numgen random mod N map @MAP-N`.
+    pub fn rule(&self) -> Rule {
+        Rule::new(
+            [Match::L4Proto(self.protocol)],
+            Action::DnatMap { key: self.frontends().key, modulus: self.endpoints, map: self.map().to_string() },
+        )
+    }
+}
+
+/// One frontend of a service port in the data layout.
+#[derive(Clone, Copy)]
+pub(super) enum Frontend {
+    /// A ClusterIP, external IP or load-balancer IP, with the service port.
+    Address(std::net::IpAddr, Protocol, u16),
+    /// A NodePort.
+    NodePort(Protocol, u16),
+}
+
+impl Frontend {
+    pub(super) fn kind(self) -> &'static Frontends {
+        match self {
+            Frontend::Address(..) => &ADDRESSES,
+            Frontend::NodePort(..) => &NODEPORT_FRONTENDS,
+        }
+    }
+
+    pub(super) fn key(self) -> Key {
+        match self {
+            Frontend::Address(ip, proto, port) => Key::AddrProtoPort(ip, proto, port),
+            Frontend::NodePort(proto, port) => Key::ProtoPort(proto, port),
+        }
+    }
+
+    pub(super) fn slot(self, slot: u32) -> Key {
+        match self {
+            Frontend::Address(ip, proto, port) => Key::AddrProtoPortSlot(ip, proto, port, slot),
+            Frontend::NodePort(proto, port) => Key::ProtoPortSlot(proto, port, slot),
+        }
+    }
+}

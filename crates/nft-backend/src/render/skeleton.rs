@@ -1,0 +1,224 @@
+//! The fixed part of a family's table: base chains, dispatch chains, the `pick-…` rules
+//! in use, and the shared sets and maps.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use nft_client::names::{
+    FIREWALL_IPS, HAIRPIN_ENDPOINTS, MARK_FOR_MASQUERADE, MASQUERADE_MARK, MASQUERADING, NO_ENDPOINT_NODEPORTS,
+    NO_ENDPOINT_SERVICES, NODEPORT_IPS, REJECT_CHAIN, SERVICE_IPS, SERVICES,
+};
+use nft_client::ruleset::{
+    Action, AddrMatch, Chain, ChainType, FrontendKey, Hook, Key, KeyType, Match, Rule, Ruleset, Set, Verdict,
+};
+use proxy_core::{FamilyContext, NodePortIps};
+
+use super::layout::{ADDRESSES, Frontends, NODEPORT_FRONTENDS, NODEPORTS, Pick};
+use super::{CLUSTER_IPS, SERVICE_NODEPORTS, ct_new_jump, goto, jump};
+
+const FIREWALL_CHECK: &str = "firewall-check";
+const SERVICE_ENDPOINTS_CHECK: &str = "service-endpoints-check";
+const NODEPORT_ENDPOINTS_CHECK: &str = "nodeport-endpoints-check";
+const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
+
+/// The fixed part of the table: base chains, dispatch chains, the `pick-…` rules for
+/// `picks`, and shared sets and maps.
+pub fn skeleton(ctx: &FamilyContext, picks: &BTreeSet<Pick>) -> Ruleset {
+    use ChainType::{Filter, Nat};
+    let mut chains = BTreeMap::new();
+    let mut add = |name: &str, chain: Chain| {
+        chains.insert(name.to_string(), chain);
+    };
+    add("filter-prerouting-pre-dnat", Chain::base(Filter, Hook::Prerouting, -110, vec![ct_new_jump(FIREWALL_CHECK)]));
+    add("filter-output-pre-dnat", Chain::base(Filter, Hook::Output, -110, vec![ct_new_jump(FIREWALL_CHECK)]));
+    add(
+        "filter-forward",
+        Chain::base(
+            Filter,
+            Hook::Forward,
+            0,
+            vec![ct_new_jump(SERVICE_ENDPOINTS_CHECK), ct_new_jump(CLUSTER_IPS_CHECK)],
+        ),
+    );
+    add(
+        "filter-input",
+        Chain::base(
+            Filter,
+            Hook::Input,
+            0,
+            vec![ct_new_jump(NODEPORT_ENDPOINTS_CHECK), ct_new_jump(SERVICE_ENDPOINTS_CHECK)],
+        ),
+    );
+    add(
+        "filter-output",
+        Chain::base(
+            Filter,
+            Hook::Output,
+            0,
+            vec![ct_new_jump(SERVICE_ENDPOINTS_CHECK), ct_new_jump(CLUSTER_IPS_CHECK)],
+        ),
+    );
+    add("nat-prerouting", Chain::base(Nat, Hook::Prerouting, -100, vec![jump(SERVICES)]));
+    add("nat-output", Chain::base(Nat, Hook::Output, -100, vec![jump(SERVICES)]));
+    add("nat-postrouting", Chain::base(Nat, Hook::Postrouting, 100, vec![jump(MASQUERADING)]));
+
+    let vmap = |key, map: &str| Rule::always(Action::Vmap { key, map: map.to_string() });
+    add(FIREWALL_CHECK, Chain::regular(vec![vmap(FrontendKey::DaddrProtoPort, FIREWALL_IPS)]));
+    let (nodeport_match, nodeport_check_match) = match ctx.nodeport_ips {
+        NodePortIps::All => {
+            let loopback = loopback_net(ctx);
+            (
+                vec![Match::FibDaddrLocal, Match::Daddr(AddrMatch::NotIn(loopback))],
+                vec![Match::Daddr(AddrMatch::NotIn(loopback))],
+            )
+        }
+        NodePortIps::Only(_) => {
+            (vec![Match::DaddrInSet(NODEPORT_IPS.into())], vec![Match::DaddrInSet(NODEPORT_IPS.into())])
+        }
+    };
+
+    // Dispatch. ClusterIP traffic from outside the pod network is masqueraded (upstream
+    // does this in each service chain, matching the ClusterIP); then each frontend set
+    // sends its traffic to a shared chain; service ports with chains of their own (ClientIP
+    // affinity) are found in the verdict maps.
+    let mut services = Vec::new();
+    let mark = Action::Verdict(Verdict::Jump(MARK_FOR_MASQUERADE.into()));
+    let to_cluster_ip = Match::DaddrInSet(CLUSTER_IPS.into());
+    if ctx.masquerade_all {
+        services.push(Rule::new([to_cluster_ip], mark.clone()));
+    } else if let Some(mut m) = Match::not_local_pod_source(&ctx.local_detector) {
+        m.insert(0, to_cluster_ip);
+        services.push(Rule::new(m, mark.clone()));
+    }
+    let in_set = |f: &Frontends, set: &str, chain: &str| {
+        Rule::new([Match::KeyInSet(f.key, set.into())], Action::Verdict(goto(chain)))
+    };
+    services.extend([
+        in_set(&ADDRESSES, ADDRESSES.to_cluster.expect("addresses"), ADDRESSES.pick_cluster),
+        in_set(&ADDRESSES, ADDRESSES.to_local.expect("addresses"), ADDRESSES.pick_local),
+        in_set(&ADDRESSES, ADDRESSES.external_cluster, ADDRESSES.cluster_policy),
+        in_set(&ADDRESSES, ADDRESSES.external_local, ADDRESSES.local_policy),
+        vmap(FrontendKey::DaddrProtoPort, SERVICE_IPS),
+        Rule::new(nodeport_match, Action::Verdict(goto(NODEPORTS))),
+    ]);
+    add(SERVICES, Chain::regular(services));
+    add(
+        NODEPORTS,
+        Chain::regular(vec![
+            in_set(&NODEPORT_FRONTENDS, NODEPORT_FRONTENDS.external_cluster, NODEPORT_FRONTENDS.cluster_policy),
+            in_set(&NODEPORT_FRONTENDS, NODEPORT_FRONTENDS.external_local, NODEPORT_FRONTENDS.local_policy),
+            vmap(FrontendKey::ProtoPort, SERVICE_NODEPORTS),
+        ]),
+    );
+    for f in [&ADDRESSES, &NODEPORT_FRONTENDS] {
+        // Cluster policy may cross nodes: masquerade everything.
+        add(
+            f.cluster_policy,
+            Chain::regular(vec![Rule::always(mark.clone()), Rule::always(Action::Verdict(goto(f.pick_cluster)))]),
+        );
+        add(f.local_policy, Chain::regular(local_policy_rules(ctx, f.pick_cluster, Some(f.pick_local))));
+        for chain in [f.pick_cluster, f.pick_local] {
+            let rules = picks.iter().filter(|p| p.chain == chain).map(Pick::rule).collect();
+            add(chain, Chain::regular(rules));
+        }
+    }
+
+    add(SERVICE_ENDPOINTS_CHECK, Chain::regular(vec![vmap(FrontendKey::DaddrProtoPort, NO_ENDPOINT_SERVICES)]));
+    add(
+        NODEPORT_ENDPOINTS_CHECK,
+        Chain::regular(vec![Rule::new(
+            nodeport_check_match,
+            Action::Vmap { key: FrontendKey::ProtoPort, map: NO_ENDPOINT_NODEPORTS.to_string() },
+        )]),
+    );
+    let mut cluster_ips_check = vec![Rule::new([Match::DaddrInSet(CLUSTER_IPS.into())], Action::Reject)];
+    for net in &ctx.service_cidrs {
+        cluster_ips_check.push(Rule::new([Match::Daddr(AddrMatch::In(*net))], Action::Verdict(Verdict::Drop)));
+    }
+    add(CLUSTER_IPS_CHECK, Chain::regular(cluster_ips_check));
+    add(REJECT_CHAIN, Chain::regular(vec![Rule::always(Action::Reject)]));
+    add(MARK_FOR_MASQUERADE, Chain::regular(vec![Rule::always(Action::MarkOr(MASQUERADE_MARK))]));
+    add(
+        MASQUERADING,
+        Chain::regular(vec![
+            // Hairpin: a pod that reached itself through a Service must see the reply come
+            // from elsewhere (upstream matches the endpoint's address in its endpoint chain).
+            Rule::new([Match::CtStatusDnat, Match::SaddrDaddrInSet(HAIRPIN_ENDPOINTS.into())], mark.clone()),
+            Rule::new([Match::MarkBitClear(MASQUERADE_MARK)], Action::Verdict(Verdict::Return)),
+            Rule::always(Action::MarkXor(MASQUERADE_MARK)),
+            Rule::always(Action::MasqueradeFullyRandom),
+        ]),
+    );
+
+    let mut sets = BTreeMap::new();
+    sets.insert(CLUSTER_IPS.to_string(), Set::plain(KeyType::Addr, "Active ClusterIPs"));
+    if let NodePortIps::Only(ips) = &ctx.nodeport_ips {
+        let mut set = Set::plain(KeyType::Addr, "IPs that accept NodePort traffic");
+        set.elements = ips.iter().map(|ip| (Key::Addr(*ip), None)).collect();
+        sets.insert(NODEPORT_IPS.to_string(), set);
+    }
+    let maps = [
+        (
+            SERVICE_IPS,
+            KeyType::AddrProtoPort,
+            "ClusterIP, ExternalIP and LoadBalancer IP traffic with ClientIP affinity",
+        ),
+        (SERVICE_NODEPORTS, KeyType::ProtoPort, "NodePort traffic with ClientIP affinity"),
+        (NO_ENDPOINT_SERVICES, KeyType::AddrProtoPort, "vmap to drop or reject packets to services with no endpoints"),
+        (
+            NO_ENDPOINT_NODEPORTS,
+            KeyType::ProtoPort,
+            "vmap to drop or reject packets to service nodeports with no endpoints",
+        ),
+        (FIREWALL_IPS, KeyType::AddrProtoPort, "destinations that are subject to LoadBalancerSourceRanges"),
+    ];
+    for (name, key, comment) in maps {
+        sets.insert(name.to_string(), Set::vmap(key, comment));
+    }
+    let frontend_sets = [
+        (
+            ADDRESSES.to_cluster.expect("addresses"),
+            KeyType::AddrProtoPort,
+            "ClusterIPs balanced over Cluster-policy endpoints",
+        ),
+        (
+            ADDRESSES.to_local.expect("addresses"),
+            KeyType::AddrProtoPort,
+            "ClusterIPs balanced over node-local endpoints",
+        ),
+        (ADDRESSES.external_cluster, KeyType::AddrProtoPort, "ExternalIPs and LoadBalancer IPs with Cluster policy"),
+        (ADDRESSES.external_local, KeyType::AddrProtoPort, "ExternalIPs and LoadBalancer IPs with Local policy"),
+        (NODEPORT_FRONTENDS.external_cluster, KeyType::ProtoPort, "NodePorts with Cluster policy"),
+        (NODEPORT_FRONTENDS.external_local, KeyType::ProtoPort, "NodePorts with Local policy"),
+        (HAIRPIN_ENDPOINTS, KeyType::AddrAddr, "endpoint . endpoint: a pod reaching itself is masqueraded"),
+    ];
+    for (name, key, comment) in frontend_sets {
+        sets.insert(name.to_string(), Set::plain(key, comment));
+    }
+    for pick in picks {
+        sets.insert(pick.map().to_string(), pick.map_definition());
+    }
+    Ruleset { chains, sets }
+}
+
+/// The rules of an external chain under Local policy, in upstream's order: pod traffic
+/// short-circuits to Cluster policy; the node's own traffic is masqueraded (its source is
+/// a local address) and short-circuits too; everything else goes to `local`, if given.
+pub(super) fn local_policy_rules(ctx: &FamilyContext, cluster: &str, local: Option<&str>) -> Vec<Rule> {
+    let mut rules = Vec::new();
+    for pod in Match::local_pod_source(&ctx.local_detector) {
+        rules.push(Rule::new([pod], Action::Verdict(goto(cluster))));
+    }
+    rules.push(Rule::new([Match::FibSaddrLocal], Action::Verdict(Verdict::Jump(MARK_FOR_MASQUERADE.into()))));
+    rules.push(Rule::new([Match::FibSaddrLocal], Action::Verdict(goto(cluster))));
+    if let Some(local) = local {
+        rules.push(Rule::always(Action::Verdict(goto(local))));
+    }
+    rules
+}
+
+fn loopback_net(ctx: &FamilyContext) -> ipnet::IpNet {
+    match ctx.family {
+        proxy_core::IpFamily::V4 => "127.0.0.0/8".parse().unwrap(),
+        proxy_core::IpFamily::V6 => "::1/128".parse().unwrap(),
+    }
+}
