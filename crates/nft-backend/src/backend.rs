@@ -14,7 +14,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use nft_client::ruleset::{Set, SetName};
 use nft_client::tx::{Gathered, Op, Transaction};
-use nft_client::{Client, Error, netlink};
+use nft_client::{Client, Commit, Error, netlink};
 use proxy_core::{Backend, Changes, Desired, IpFamily, SyncStats};
 
 use crate::committed::{Claimants, Committed, owned_part};
@@ -26,10 +26,11 @@ struct FamilyState {
     committed: Option<Committed>,
 }
 
-/// The nftables backend.
-pub struct NftBackend {
+/// The nftables backend. It commits to the kernel through a [`Client`], or to any other
+/// [`Commit`] (the [`Model`](nft_client::model::Model) in tests).
+pub struct NftBackend<K: Commit = Client> {
     table: String,
-    client: Client,
+    client: K,
     families: [FamilyState; 2],
     /// Whether the next full sync must replace the tables (their contents unknown: at
     /// start, and after any failed transaction) rather than refresh them in place.
@@ -37,9 +38,22 @@ pub struct NftBackend {
 }
 
 impl NftBackend {
-    /// A backend writing to table `table` (in families `ip` and `ip6`).
+    /// A backend writing to table `table` (in families `ip` and `ip6`) in the kernel.
     pub fn new(table: &str) -> NftBackend {
-        NftBackend { table: table.to_string(), client: Client::new(), families: Default::default(), replace_next: true }
+        NftBackend::with(table, Client::new())
+    }
+
+    /// Opens the netlink socket now (instead of at the first sync) and returns its port
+    /// id, so a drift monitor can tell our changes from others' from the start.
+    pub fn connect(&mut self) -> Result<u32, Error> {
+        self.client.connect()
+    }
+}
+
+impl<K: Commit> NftBackend<K> {
+    /// A backend writing to table `table` through `client`.
+    pub fn with(table: &str, client: K) -> NftBackend<K> {
+        NftBackend { table: table.to_string(), client, families: Default::default(), replace_next: true }
     }
 
     /// The table name.
@@ -47,15 +61,10 @@ impl NftBackend {
         &self.table
     }
 
-    /// The nftables client: its generation, commits, port id and last transaction.
-    pub fn client(&self) -> &Client {
+    /// Where the transactions go: the nftables client (its generation, commits, port id and
+    /// last transaction), or the model.
+    pub fn client(&self) -> &K {
         &self.client
-    }
-
-    /// Opens the netlink socket now (instead of at the first sync) and returns its port
-    /// id, so a drift monitor can tell our changes from others' from the start.
-    pub fn connect(&mut self) -> Result<u32, Error> {
-        self.client.connect()
     }
 
     /// Commits the transactions; after a failure the kernel's contents are unknown to us,
@@ -125,7 +134,7 @@ fn echoed_picks(txs: &[Transaction], handles: &[(usize, u64)]) -> Vec<(IpFamily,
     out
 }
 
-impl Backend for NftBackend {
+impl<K: Commit> Backend for NftBackend<K> {
     type Error = Error;
 
     fn sync_full(&mut self, desired: &Desired) -> Result<SyncStats, Error> {
@@ -244,9 +253,12 @@ impl Backend for NftBackend {
     }
 
     fn cleanup(&mut self) -> Result<(), Error> {
-        self.families = Default::default();
-        self.replace_next = true;
-        self.client.delete_table(&self.table)
+        for family in IpFamily::ALL {
+            self.commit(&[Transaction::delete_table(family, &self.table)])?;
+            self.families[family.index()] = FamilyState::default();
+            self.replace_next = true;
+        }
+        Ok(())
     }
 }
 

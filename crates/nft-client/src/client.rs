@@ -10,6 +10,19 @@ use crate::tx::{Gathered, Op, OpCounts, Transaction};
 /// The table name both of kproxy's backends write by default.
 pub const DEFAULT_TABLE: &str = "kproxy";
 
+/// Where transactions go: the kernel through a [`Client`], or a [`Model`](crate::model::Model)
+/// in tests.
+pub trait Commit {
+    /// Commits the transactions as one batch, all or nothing. Returns what was sent
+    /// (netlink messages for the kernel, operations for the model).
+    fn commit(&mut self, txs: &[Transaction]) -> Result<usize, Error>;
+
+    /// The rules the last batch added that are echoed back (see
+    /// [`Rule::echoed`](crate::ruleset::Rule::echoed)), with their handles: (index of the
+    /// operation over all its transactions, handle).
+    fn last_handles(&self) -> &[(usize, u64)];
+}
+
 /// A connection to nf_tables that commits [`Transaction`]s, each batch atomically, and
 /// remembers what the kernel answered (ruleset generation, rule handles).
 ///
@@ -168,13 +181,29 @@ impl Client {
     /// Removes table `table` from both families, whether or not it exists.
     pub fn delete_table(&mut self, table: &str) -> Result<(), Error> {
         for family in IpFamily::ALL {
-            // `add` then `delete`: removes the table whether or not it exists.
-            let mut tx = Transaction::new(family, table);
-            tx.push(Op::AddTable);
-            tx.push(Op::DeleteTable);
-            self.commit(&[tx])?;
+            self.commit(&[Transaction::delete_table(family, table)])?;
         }
         Ok(())
+    }
+}
+
+impl Commit for Client {
+    fn commit(&mut self, txs: &[Transaction]) -> Result<usize, Error> {
+        Client::commit(self, txs)
+    }
+
+    fn last_handles(&self) -> &[(usize, u64)] {
+        Client::last_handles(self)
+    }
+}
+
+impl Commit for crate::model::Model {
+    fn commit(&mut self, txs: &[Transaction]) -> Result<usize, Error> {
+        crate::model::Model::commit(self, txs)
+    }
+
+    fn last_handles(&self) -> &[(usize, u64)] {
+        crate::model::Model::last_handles(self)
     }
 }
 

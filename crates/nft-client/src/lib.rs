@@ -11,16 +11,18 @@
 //! | [`text`] | `Ruleset` → nft syntax (`kproxy plan`, golden tests) |
 //! | [`tx`] | a transaction: the operations of one sync, as data |
 //! | [`Client`] | one socket to nf_tables: commits transactions, remembers the generation |
+//! | [`model`] | nf_tables as data: applies transactions with the kernel's refusals, for tests |
 //! | [`netlink`] | transactions → one netlink batch, sent in one `sendmsg`; set userdata; the commit monitor |
 #![deny(missing_docs)]
 
 mod client;
 mod error;
+pub mod model;
 pub mod names;
 pub mod netlink;
 pub mod ruleset;
 pub mod text;
 pub mod tx;
 
-pub use client::{Client, DEFAULT_TABLE};
+pub use client::{Client, Commit, DEFAULT_TABLE};
 pub use error::Error;

@@ -202,6 +202,37 @@ impl Rule {
     pub fn always(action: Action) -> Rule {
         Rule { matches: Vec::new(), action }
     }
+
+    /// Whether the kernel is asked to echo this rule back with its handle when it is
+    /// added: endpoint-picking rules, so that a later partial sync can insert next to them
+    /// or delete them.
+    pub fn echoed(&self) -> bool {
+        matches!(self.action, Action::DnatMap { .. })
+    }
+
+    /// The chains this rule jumps or goes to.
+    pub fn target(&self) -> Option<&str> {
+        match &self.action {
+            Action::Verdict(Verdict::Jump(c) | Verdict::Goto(c)) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The sets and maps this rule looks up or updates.
+    pub fn sets(&self) -> impl Iterator<Item = &str> {
+        let in_matches = self.matches.iter().filter_map(|m| match m {
+            Match::DaddrInSet(s) | Match::SaddrInSet(s) | Match::KeyInSet(_, s) | Match::SaddrDaddrInSet(s) => {
+                Some(s.as_str())
+            }
+            _ => None,
+        });
+        let in_action = match &self.action {
+            Action::Vmap { map, .. } | Action::DnatMap { map, .. } => Some(map.as_str()),
+            Action::UpdateSaddr(set) => Some(set.as_str()),
+            _ => None,
+        };
+        in_matches.chain(in_action)
+    }
 }
 
 /// A chain.

@@ -113,6 +113,11 @@ impl Transaction {
     /// service port's objects: the table is created if missing, deleted, and created again
     /// with sets first, then chains, then rules and elements (which refer to both).
     /// Everything is rewritten, including ClientIP affinity state: used when the table's
+    /// Removes the table whether or not it exists: `add table`, then `delete table`.
+    pub fn delete_table(family: IpFamily, table: &str) -> Transaction {
+        Transaction { family, table: table.to_string(), ops: vec![Op::AddTable, Op::DeleteTable] }
+    }
+
     /// contents are unknown.
     pub fn replace(family: IpFamily, table: &str, skeleton: &Ruleset, ports: Gathered) -> Transaction {
         let mut tx = Transaction::new(family, table);

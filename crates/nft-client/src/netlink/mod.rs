@@ -22,7 +22,7 @@ use nftnl::nftnl_sys as sys;
 use nftnl::{Batch, FinalizedBatch, MsgType, NlMsg};
 use proxy_core::IpFamily;
 
-use crate::ruleset::{Action, BaseChain, ChainType, Data, DataType, Hook, Key, KeyType, Rule, Set, Verdict};
+use crate::ruleset::{BaseChain, ChainType, Data, DataType, Hook, Key, KeyType, Rule, Set, Verdict};
 use crate::tx::{Op, Transaction};
 
 const NLM_F_CREATE: u16 = libc::NLM_F_CREATE as u16;
@@ -257,9 +257,7 @@ unsafe impl NlMsg for Wire<'_> {
                             for e in expr::rule(self.tx.family, rule) {
                                 sys::nftnl_rule_add_expr(r, e.into_raw());
                             }
-                            // Endpoint-picking rules come back with their handles, so a
-                            // later partial sync can insert next to them or delete them.
-                            let echo = if matches!(rule.action, Action::DnatMap { .. }) { NLM_F_ECHO } else { 0 };
+                            let echo = if rule.echoed() { NLM_F_ECHO } else { 0 };
                             let place = match position {
                                 Position::Append => NLM_F_APPEND,
                                 Position::After(handle) => {
