@@ -26,7 +26,6 @@ use kube::runtime::watcher::{self, Event as Watched};
 use kube::{Api, Client, Resource, ResourceExt};
 use proxy_core::manifest::Object;
 
-use crate::lean::{LeanService, LeanSlice};
 use crate::listwatch;
 use crate::retry::Retry;
 use crate::source::Update;
@@ -84,8 +83,8 @@ pub fn spawn<T: Send + 'static>(
 /// the size of the largest variant does not matter.
 #[allow(clippy::large_enum_variant)]
 enum Tagged {
-    Service(anyhow::Result<Watched<LeanService>>),
-    Slice(anyhow::Result<Watched<LeanSlice>>),
+    Service(anyhow::Result<Watched<Service>>),
+    Slice(anyhow::Result<Watched<EndpointSlice>>),
     Node(watcher::Result<Watched<Node>>),
     Cidr(watcher::Result<Watched<ServiceCIDR>>),
 }
@@ -179,8 +178,8 @@ impl Watchers {
         let this_node = watcher::Config::default().fields(&format!("metadata.name={}", self.node_name));
         let c = &self.client;
         let mut all = futures::stream::select_all([
-            listwatch::list_watch::<LeanService>(c.clone(), PROXIED).map(Tagged::Service).boxed(),
-            listwatch::list_watch::<LeanSlice>(c.clone(), PROXIED).map(Tagged::Slice).boxed(),
+            listwatch::list_watch::<Service>(c.clone(), PROXIED).map(Tagged::Service).boxed(),
+            listwatch::list_watch::<EndpointSlice>(c.clone(), PROXIED).map(Tagged::Slice).boxed(),
             watch(Api::<Node>::all(c.clone()), this_node).map(Tagged::Node).boxed(),
             watch(Api::<ServiceCIDR>::all(c.clone()), watcher::Config::default()).map(Tagged::Cidr).boxed(),
         ]);
@@ -223,11 +222,10 @@ impl Watchers {
         out
     }
 
-    fn on_service(&mut self, ev: Watched<LeanService>, out: &mut Vec<Update>) {
+    fn on_service(&mut self, ev: Watched<Service>, out: &mut Vec<Update>) {
         match ev {
             Watched::Init => self.services.start_list("Services"),
             Watched::InitApply(svc) | Watched::Apply(svc) => {
-                let svc = Service::from(svc);
                 let id = id_of(&svc);
                 self.services.seen(id.clone());
                 let ingested = ingest::service_applied(&svc);
@@ -246,11 +244,10 @@ impl Watchers {
         }
     }
 
-    fn on_slice(&mut self, ev: Watched<LeanSlice>, out: &mut Vec<Update>) {
+    fn on_slice(&mut self, ev: Watched<EndpointSlice>, out: &mut Vec<Update>) {
         match ev {
             Watched::Init => self.slices.start_list("EndpointSlices"),
             Watched::InitApply(slice) | Watched::Apply(slice) => {
-                let slice = EndpointSlice::from(slice);
                 self.slices.seen(id_of(&slice));
                 let ingested = ingest::slice_applied(&slice);
                 for p in &ingested.problems {
@@ -351,8 +348,8 @@ mod tests {
         Watchers::new(Client::try_from(config).unwrap(), "node-a".into())
     }
 
-    fn service(name: &str, cluster_ip: &str) -> LeanService {
-        LeanService::from(Service {
+    fn service(name: &str, cluster_ip: &str) -> Service {
+        Service {
             metadata: ObjectMeta { name: Some(name.into()), namespace: Some("ns".into()), ..Default::default() },
             spec: Some(ServiceSpec {
                 cluster_ip: Some(cluster_ip.into()),
@@ -361,11 +358,11 @@ mod tests {
                 ..Default::default()
             }),
             ..Default::default()
-        })
+        }
     }
 
-    fn slice(name: &str) -> LeanSlice {
-        LeanSlice::from(EndpointSlice {
+    fn slice(name: &str) -> EndpointSlice {
+        EndpointSlice {
             metadata: ObjectMeta {
                 name: Some(name.into()),
                 namespace: Some("ns".into()),
@@ -374,7 +371,7 @@ mod tests {
             },
             address_type: "IPv4".into(),
             ..Default::default()
-        })
+        }
     }
 
     /// The events in a batch of updates, as strings, and whether `Listed` was among them.

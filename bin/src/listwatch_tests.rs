@@ -9,7 +9,7 @@ use futures::StreamExt;
 use prost::Message as _;
 
 use super::*;
-use crate::lean::LeanService;
+use k8s_openapi::api::core::v1::Service;
 
 /// A recorded list of Services (the test bed's API server, protobuf).
 const LIST: &[u8] = include_bytes!("../testdata/services.pb");
@@ -101,7 +101,7 @@ impl FakeApiServer {
 }
 
 /// The events of the stream, as short strings, until `n` have come or none comes for 5 s.
-async fn events(stream: impl Stream<Item = anyhow::Result<Watched<LeanService>>>, n: usize) -> Vec<String> {
+async fn events(stream: impl Stream<Item = anyhow::Result<Watched<Service>>>, n: usize) -> Vec<String> {
     let stream = stream.take(n);
     futures::pin_mut!(stream);
     let mut out = Vec::new();
@@ -142,7 +142,7 @@ async fn lists_watches_resumes_and_relists_after_410() {
     ]);
     let names = listed_names();
     let n = names.len();
-    let stream = list_watch::<LeanService>(fake.client(), "!service.kubernetes.io/headless");
+    let stream = list_watch::<Service>(fake.client(), "!service.kubernetes.io/headless");
     // The list (init, n, listed), the recorded watch's one event, the 410, the 500, the relist.
     let got = events(stream, 2 * n + 7).await;
     let mut expected = vec!["init".to_string()];
@@ -186,7 +186,7 @@ async fn an_error_event_other_than_410_resumes_the_watch_without_a_relist() {
         Reply::Ok(WATCH.to_vec()),
     ]);
     let n = listed_names().len();
-    let got = events(list_watch::<LeanService>(fake.client(), "x"), n + 5).await;
+    let got = events(list_watch::<Service>(fake.client(), "x"), n + 5).await;
     assert_eq!(got.len(), n + 5, "{got:#?}");
     assert!(got[n + 2].starts_with("error 500") && got[n + 3].starts_with("error 429"), "{got:#?}");
     assert_eq!(got[n + 4], "apply np");

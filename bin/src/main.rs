@@ -7,7 +7,6 @@ mod config;
 mod conntrack;
 mod daemon;
 mod dataplane;
-mod lean;
 mod listwatch;
 mod manifest_watch;
 mod manifests;

@@ -21,8 +21,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1 as meta;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use prost::Message;
 
-use crate::lean::{LeanService, LeanSlice, keep_annotations};
-
 /// What a protobuf payload failed on.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -297,15 +295,15 @@ pub trait Wire: Sized + Send + 'static {
     fn from_message(message: Self::Message) -> Self;
 }
 
-impl Wire for LeanService {
+impl Wire for core::Service {
     type Message = Service;
 
     fn meta(message: &Service) -> Option<&ObjectMeta> {
         message.metadata.as_ref()
     }
 
-    fn from_message(m: Service) -> LeanService {
-        LeanService::from(core::Service {
+    fn from_message(m: Service) -> core::Service {
+        core::Service {
             metadata: object_meta(m.metadata),
             spec: m.spec.map(service_spec),
             status: m.status.map(|s| core::ServiceStatus {
@@ -314,19 +312,19 @@ impl Wire for LeanService {
                 }),
                 conditions: None,
             }),
-        })
+        }
     }
 }
 
-impl Wire for LeanSlice {
+impl Wire for discovery::EndpointSlice {
     type Message = EndpointSlice;
 
     fn meta(message: &EndpointSlice) -> Option<&ObjectMeta> {
         message.metadata.as_ref()
     }
 
-    fn from_message(m: EndpointSlice) -> LeanSlice {
-        LeanSlice::from(discovery::EndpointSlice {
+    fn from_message(m: EndpointSlice) -> discovery::EndpointSlice {
+        discovery::EndpointSlice {
             metadata: object_meta(m.metadata),
             address_type: m.address_type.unwrap_or_default(),
             endpoints: non_empty(m.endpoints.into_iter().map(endpoint).collect()),
@@ -341,8 +339,19 @@ impl Wire for LeanSlice {
                     })
                     .collect(),
             ),
-        })
+        }
     }
+}
+
+/// The annotations kept: the one proxy-core reads. Every other annotation (a `kubectl
+/// apply`'d object carries its whole last-applied copy in one) is dropped as soon as it
+/// is decoded.
+const KEPT_ANNOTATIONS: &[&str] = &["endpoints.kubernetes.io/last-change-trigger-time"];
+
+/// Keeps only [`KEPT_ANNOTATIONS`] of a decoded annotation map.
+fn keep_annotations(mut annotations: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    annotations.retain(|k, _| KEPT_ANNOTATIONS.contains(&k.as_str()));
+    annotations
 }
 
 /// Go's encoder writes its non-pointer fields even when empty, where JSON omits them
