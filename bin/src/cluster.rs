@@ -384,7 +384,6 @@ mod tests {
                 Update::Event(Event::ServiceDeleted(id)) => events.push(format!("-svc {id}")),
                 Update::Event(Event::SliceApplied(s)) => events.push(format!("+slice {}", s.id)),
                 Update::Event(Event::SliceDeleted(id)) => events.push(format!("-slice {id}")),
-                Update::Event(other) => events.push(format!("{other:?}")),
                 Update::Context(objects) => events.push(format!("context {}", objects.len())),
                 Update::Listed => listed = true,
             }

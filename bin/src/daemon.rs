@@ -30,7 +30,7 @@ use crate::cluster;
 use crate::config::{Config, DetectLocal, ProxyFlags, parse_duration};
 use crate::dataplane::{Dataplane, DataplaneError};
 use crate::manifest_watch;
-use crate::manifests;
+use crate::node;
 use crate::serve;
 use crate::serve::health::Health;
 use crate::serve::metrics::{Metrics, family as family_label};
@@ -238,7 +238,7 @@ fn start(args: &RunArgs, s: Settings) -> Result<Daemon> {
     let mut backend = Dataplane::new(&s.config);
     let (tx, rx) = mpsc::channel();
     let drift = start_drift_detection(&mut backend, &s.config.table, &tx)?;
-    let engine = proxy_core::Engine::new(manifests::context(&s.config, &[], &mut Vec::new())?);
+    let engine = proxy_core::Engine::new(node::context_of(&s.config, &[], &mut Vec::new())?);
     info!(node = %engine.node_context().node_name, table = %s.config.table, mode = %s.config.proxy_mode, "kproxy started");
     if let Some(path) = &s.config.config_path {
         crate::config::watch::spawn(path, tx.clone(), Trigger::ConfigChanged)?;
@@ -361,7 +361,7 @@ impl Daemon {
                 Input::Changed
             }
             Trigger::Source(Update::Context(objects)) => {
-                self.health.set_node_eligible(manifests::node_eligible(&self.config, &objects));
+                self.health.set_node_eligible(node::node_eligible(&self.config, &objects));
                 self.context_objects = objects;
                 if self.pod_cidrs_arrived() {
                     self.sync_loop.input(Instant::now(), Input::Listed);
@@ -405,7 +405,7 @@ impl Daemon {
     /// (then they are listed now).
     fn pod_cidrs_arrived(&mut self) -> bool {
         let Some(PodCidrWait::Waiting { listed, .. }) = self.pod_cidrs else { return false };
-        let has = match manifests::context(&self.config, &self.context_objects, &mut Vec::new()) {
+        let has = match node::context_of(&self.config, &self.context_objects, &mut Vec::new()) {
             Ok(ctx) => matches!(ctx.local_detect, proxy_core::LocalDetectMode::NodeCidr(ref c) if !c.is_empty()),
             Err(_) => false,
         };
@@ -417,7 +417,7 @@ impl Daemon {
 
     /// Runs one sync and records its outcome.
     fn sync(&mut self, full: bool) {
-        match manifests::context(&self.config, &self.context_objects, &mut Vec::new()) {
+        match node::context_of(&self.config, &self.context_objects, &mut Vec::new()) {
             Ok(context) => self.engine.set_node_context(context),
             Err(e) => warn!("node context: {e:#}"),
         }

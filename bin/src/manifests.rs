@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use proxy_core::manifest::{self, Object};
-use proxy_core::{Engine, ingest, translate};
+use proxy_core::{Engine, ingest};
 
 use crate::config::Config;
 use crate::node;
@@ -91,61 +91,17 @@ pub fn load(paths: &[PathBuf]) -> Result<Loaded> {
     Ok(loaded)
 }
 
-/// This node's context from the configuration and the manifests' Node and ServiceCIDRs.
-pub fn context(config: &Config, objects: &[Object], problems: &mut Vec<String>) -> Result<proxy_core::NodeContext> {
-    let name = node::node_name(config);
-    let mut node_obj = None;
-    let mut service_cidrs = Vec::new();
-    for object in objects {
-        match object {
-            Object::Node(n) if n.metadata.name.as_deref() == Some(name.as_str()) => match translate::node(n) {
-                Ok(t) => {
-                    problems.extend(t.problems.iter().map(ToString::to_string));
-                    node_obj = Some(t.value);
-                }
-                Err(e) => problems.push(format!("{e:?}")),
-            },
-            Object::ServiceCidr(c) => {
-                let cidrs = c.spec.as_ref().and_then(|s| s.cidrs.as_ref()).into_iter().flatten();
-                for cidr in cidrs {
-                    match proxy_core::ip::parse_cidr_sloppy(cidr) {
-                        Some(net) => service_cidrs.push(net),
-                        None => problems.push(format!(
-                            "ServiceCIDR {}: spec.cidrs: invalid CIDR {cidr:?}",
-                            c.metadata.name.as_deref().unwrap_or("")
-                        )),
-                    }
-                }
-            }
-            _ => {}
-        }
-    }
-    node::context(config, node_obj.as_ref(), service_cidrs)
-}
-
-/// Whether this node may receive traffic: false while its Node object is being deleted
-/// or carries the cluster autoscaler's deletion taint (kube-proxy's "node eligible").
-pub fn node_eligible(config: &Config, objects: &[Object]) -> bool {
-    let name = node::node_name(config);
-    !objects.iter().any(|o| match o {
-        Object::Node(n) if n.metadata.name.as_deref() == Some(name.as_str()) => {
-            translate::node(n).is_ok_and(|t| t.value.being_deleted)
-        }
-        _ => false,
-    })
-}
-
 /// The engine holding the manifests' objects, planned once, with this node's context.
 /// Problems found while translating are appended to `problems`.
 pub fn engine(config: &Config, objects: &[Object], problems: &mut Vec<String>) -> Result<Engine> {
-    let mut engine = Engine::new(context(config, objects, problems)?);
+    let mut engine = Engine::new(node::context_of(config, objects, problems)?);
     apply(&mut engine, objects, problems);
     engine.plan();
     Ok(engine)
 }
 
 /// Feeds the Services and EndpointSlices to the engine (the Node and ServiceCIDRs shape
-/// the node context instead, see [`context`]).
+/// the node context instead, see [`node::context_of`]).
 pub fn apply(engine: &mut Engine, objects: &[Object], problems: &mut Vec<String>) {
     for object in objects {
         let ingested = match object {

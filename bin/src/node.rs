@@ -5,8 +5,9 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 
 use anyhow::Result;
+use proxy_core::manifest::Object;
 use proxy_core::model::Node;
-use proxy_core::{IpFamily, LocalDetectMode, NodeContext};
+use proxy_core::{IpFamily, LocalDetectMode, NodeContext, translate};
 
 use crate::config::{Config, DetectLocal};
 
@@ -62,9 +63,54 @@ pub fn detected_ips(node: Option<&Node>, bind_address: Option<IpAddr>) -> Vec<Ip
         .collect()
 }
 
+/// This node's context from the configuration and the Node and ServiceCIDRs among
+/// `objects` (from manifests or the API): the one place a [`NodeContext`] is made.
+pub fn context_of(config: &Config, objects: &[Object], problems: &mut Vec<String>) -> Result<NodeContext> {
+    let name = node_name(config);
+    let mut node_obj = None;
+    let mut service_cidrs = Vec::new();
+    for object in objects {
+        match object {
+            Object::Node(n) if n.metadata.name.as_deref() == Some(name.as_str()) => match translate::node(n) {
+                Ok(t) => {
+                    problems.extend(t.problems.iter().map(ToString::to_string));
+                    node_obj = Some(t.value);
+                }
+                Err(e) => problems.push(format!("{e:?}")),
+            },
+            Object::ServiceCidr(c) => {
+                let cidrs = c.spec.as_ref().and_then(|s| s.cidrs.as_ref()).into_iter().flatten();
+                for cidr in cidrs {
+                    match proxy_core::ip::parse_cidr_sloppy(cidr) {
+                        Some(net) => service_cidrs.push(net),
+                        None => problems.push(format!(
+                            "ServiceCIDR {}: spec.cidrs: invalid CIDR {cidr:?}",
+                            c.metadata.name.as_deref().unwrap_or("")
+                        )),
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    context(config, node_obj.as_ref(), service_cidrs)
+}
+
+/// Whether this node may receive traffic: false while its Node object is being deleted
+/// or carries the cluster autoscaler's deletion taint (kube-proxy's "node eligible").
+pub fn node_eligible(config: &Config, objects: &[Object]) -> bool {
+    let name = node_name(config);
+    !objects.iter().any(|o| match o {
+        Object::Node(n) if n.metadata.name.as_deref() == Some(name.as_str()) => {
+            translate::node(n).is_ok_and(|t| t.value.being_deleted)
+        }
+        _ => false,
+    })
+}
+
 /// Builds the node context from the configuration, this node's Node object (if the
 /// manifests or the API have one) and the service CIDRs.
-pub fn context(config: &Config, node: Option<&Node>, service_cidrs: Vec<ipnet::IpNet>) -> Result<NodeContext> {
+fn context(config: &Config, node: Option<&Node>, service_cidrs: Vec<ipnet::IpNet>) -> Result<NodeContext> {
     let name = node_name(config);
     let addrs = interface_addrs();
     let mut ctx = NodeContext::new(name);

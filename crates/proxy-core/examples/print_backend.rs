@@ -11,7 +11,7 @@ use std::convert::Infallible;
 use std::path::Path;
 
 use proxy_core::manifest::{self, Object};
-use proxy_core::{Backend, Change, Changes, Desired, Engine, NodeContext, SyncStats, Syncer, ingest};
+use proxy_core::{Backend, Change, Changes, Desired, Engine, NodeContext, SyncStats, Syncer, ingest, translate};
 
 /// The whole backend: print what changed.
 struct PrintBackend;
@@ -61,7 +61,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                         last_slice = Some(ingest::slice_deleted(&s));
                         ingest::slice_applied(&s)
                     }
-                    Ok(Object::Node(n)) => ingest::node_applied(&n),
+                    Ok(Object::Node(n)) => {
+                        // The node's context is the embedder's: here, from its Node object.
+                        if let Ok(node) = translate::node(&n) {
+                            let mut context = engine.node_context().clone();
+                            context.update_from_node(&node.value);
+                            engine.set_node_context(context);
+                        }
+                        continue;
+                    }
                     Ok(Object::ServiceCidr(_)) => continue,
                     Err(e) => {
                         eprintln!("{}: {e}", file.display());

@@ -81,13 +81,6 @@ impl Engine {
     /// Recomputes what changed and returns the changes against the previous plan.
     pub fn plan(&mut self) -> Plan {
         let pending = self.snapshot.take_pending();
-        if pending.node_changed
-            && let Some(node) = self.snapshot.node()
-        {
-            let mut context = self.node.clone();
-            context.update_from_node(node);
-            self.set_node_context(context);
-        }
         let mut plan = Plan {
             changes: Changes::default(),
             full: self.recompute_all,

@@ -58,8 +58,3 @@ pub fn slice_applied(slice: &discovery::EndpointSlice) -> Ingested {
 pub fn slice_deleted(slice: &discovery::EndpointSlice) -> Event {
     Event::SliceDeleted(id(&slice.metadata))
 }
-
-/// This node's Node was created or updated.
-pub fn node_applied(node: &core::Node) -> Ingested {
-    ingested(translate::node(node), Event::NodeApplied, || Event::NodeDeleted)
-}

@@ -1,6 +1,6 @@
 //! The cluster snapshot and its change tracking.
 //!
-//! A [`Snapshot`] holds the current Services, EndpointSlices and this node's Node, and
+//! A [`Snapshot`] holds the current Services and EndpointSlices, and
 //! remembers which Services changed since the last [`Snapshot::take_pending`]: the
 //! equivalent of upstream's `ServiceChangeTracker` and `EndpointsChangeTracker`. An update
 //! that leaves an object unchanged marks nothing, so a watch relist that delivers the same
@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 
-use crate::model::{EndpointSlice, Node, ObjectRef, Service};
+use crate::model::{EndpointSlice, ObjectRef, Service};
 
 /// A change to the snapshot.
 #[derive(Clone, Debug)]
@@ -25,10 +25,6 @@ pub enum Event {
     SliceApplied(EndpointSlice),
     /// An EndpointSlice was deleted (by the slice's own namespace/name).
     SliceDeleted(ObjectRef),
-    /// This node's Node object was created or updated.
-    NodeApplied(Node),
-    /// This node's Node object was deleted.
-    NodeDeleted,
 }
 
 /// The EndpointSlices of one Service, by slice name.
@@ -39,8 +35,6 @@ pub type Slices = BTreeMap<Arc<str>, Arc<EndpointSlice>>;
 pub struct Pending {
     /// Services whose spec or endpoints changed (including deleted ones).
     pub services: BTreeSet<ObjectRef>,
-    /// Whether the Node object changed.
-    pub node_changed: bool,
     /// The `last-change-trigger-time` of every EndpointSlice change, per Service.
     pub trigger_times: BTreeMap<ObjectRef, Vec<Timestamp>>,
     /// How many Service events changed something.
@@ -52,11 +46,13 @@ pub struct Pending {
 impl Pending {
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.services.is_empty() && !self.node_changed
+        self.services.is_empty()
     }
 }
 
-/// The Services, EndpointSlices and Node a proxy acts on.
+/// The Services and EndpointSlices a proxy acts on. This node's context (from its Node
+/// object, flags and ServiceCIDRs) is the embedder's to build: see
+/// [`NodeContext::update_from_node`](crate::NodeContext::update_from_node).
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// Ordered, so a full compute walks Services and their slices side by side and emits
@@ -66,7 +62,6 @@ pub struct Snapshot {
     slices: BTreeMap<ObjectRef, Slices>,
     /// Slice id → the Service it was filed under (a slice's label may change).
     slice_owner: HashMap<ObjectRef, ObjectRef>,
-    node: Option<Arc<Node>>,
     pending: Pending,
     /// One shared allocation per namespace, port name and endpoint node name. These are
     /// few (not one per object), so the set is never pruned.
@@ -101,19 +96,6 @@ impl Snapshot {
                 let Some(owner) = self.slice_owner.remove(&id) else { return false };
                 self.remove_slice(&owner, &id.name);
                 self.mark_slice(owner, None);
-            }
-            Event::NodeApplied(node) => {
-                if self.node.as_deref() == Some(&node) {
-                    return false;
-                }
-                self.node = Some(Arc::new(node));
-                self.pending.node_changed = true;
-            }
-            Event::NodeDeleted => {
-                if self.node.take().is_none() {
-                    return false;
-                }
-                self.pending.node_changed = true;
             }
         }
         true
@@ -247,11 +229,6 @@ impl Snapshot {
     pub fn slices_of(&self, service: &ObjectRef) -> impl Iterator<Item = &Arc<EndpointSlice>> {
         self.slices.get(service).into_iter().flat_map(|by_name| by_name.values())
     }
-
-    /// This node's Node object, if seen.
-    pub fn node(&self) -> Option<&Node> {
-        self.node.as_deref()
-    }
 }
 
 /// The merge behind [`Snapshot::services_with_slices`].
@@ -324,17 +301,5 @@ mod tests {
         s.apply(Event::SliceDeleted(ObjectRef::new("ns", "x")));
         assert_eq!(s.take_pending().services.len(), 1);
         assert_eq!(s.slices_of(&ObjectRef::new("ns", "b")).count(), 0);
-    }
-
-    #[test]
-    fn node_changes_are_tracked() {
-        let mut s = Snapshot::new();
-        let node = Node { name: "n".into(), ..Node::default() };
-        assert!(s.apply(Event::NodeApplied(node.clone())));
-        assert!(!s.apply(Event::NodeApplied(node)));
-        assert!(s.take_pending().node_changed);
-        assert!(s.apply(Event::NodeDeleted));
-        assert!(s.take_pending().node_changed);
-        assert!(s.node().is_none());
     }
 }

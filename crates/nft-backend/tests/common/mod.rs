@@ -71,7 +71,12 @@ pub fn engine(node: NodeContext, yaml: &str) -> Engine {
         let ingested = match object.expect("fixture parses") {
             Object::Service(s) => ingest::service_applied(&s),
             Object::EndpointSlice(s) => ingest::slice_applied(&s),
-            Object::Node(n) => ingest::node_applied(&n),
+            Object::Node(n) => {
+                let mut context = engine.node_context().clone();
+                context.update_from_node(&proxy_core::translate::node(&n).expect("fixture node").value);
+                engine.set_node_context(context);
+                continue;
+            }
             Object::ServiceCidr(_) => continue,
         };
         assert!(ingested.problems.is_empty(), "{:?}", ingested.problems);
