@@ -2,109 +2,58 @@
 //!
 //! proxy-core decides which entries are stale
 //! ([`UdpFrontends`](proxy_core::conntrack::UdpFrontends)); this module lists the UDP
-//! entries of the current network namespace and deletes those, with plain netlink
-//! messages built and parsed here.
+//! entries of the current network namespace and deletes those. The messages are
+//! `netlink-packet-netfilter`'s; the socket is libmnl's, as for nf_tables.
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 
-use nft_client::netlink::attrs;
+use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
+use netlink_packet_netfilter::conntrack::{ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple};
+use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
 use proxy_core::conntrack::{UdpFlow, UdpFrontends};
 use proxy_core::{Desired, IpFamily};
 
-const SUBSYS_CTNETLINK: u16 = 1;
-const MSG_CT_NEW: u16 = 0;
-const MSG_CT_GET: u16 = 1;
-const MSG_CT_DELETE: u16 = 2;
-const CTA_TUPLE_ORIG: u16 = 1;
-const CTA_TUPLE_REPLY: u16 = 2;
-const CTA_TUPLE_IP: u16 = 1;
-const CTA_TUPLE_PROTO: u16 = 2;
-const CTA_IP_V4_SRC: u16 = 1;
-const CTA_IP_V4_DST: u16 = 2;
-const CTA_IP_V6_SRC: u16 = 3;
-const CTA_IP_V6_DST: u16 = 4;
-const CTA_PROTO_NUM: u16 = 1;
-const CTA_PROTO_SRC_PORT: u16 = 2;
-const CTA_PROTO_DST_PORT: u16 = 3;
-const NLA_F_NESTED: u16 = 1 << 15;
-const IPPROTO_UDP: u8 = 17;
-
-fn af(family: IpFamily) -> u8 {
+fn nfproto(family: IpFamily) -> NetfilterProtoFamily {
     match family {
-        IpFamily::V4 => libc::AF_INET as u8,
-        IpFamily::V6 => libc::AF_INET6 as u8,
+        IpFamily::V4 => NetfilterProtoFamily::IPv4,
+        IpFamily::V6 => NetfilterProtoFamily::IPv6,
     }
 }
 
-/// A netlink message under construction: header, `nfgenmsg`, attributes.
-struct Message(Vec<u8>);
-
-impl Message {
-    fn new(msg: u16, flags: u16, family: IpFamily, seq: u32) -> Message {
-        let mut b = Vec::with_capacity(128);
-        b.extend_from_slice(&0u32.to_ne_bytes()); // length, set in finish()
-        b.extend_from_slice(&((SUBSYS_CTNETLINK << 8) | msg).to_ne_bytes());
-        b.extend_from_slice(&(libc::NLM_F_REQUEST as u16 | flags).to_ne_bytes());
-        b.extend_from_slice(&seq.to_ne_bytes());
-        b.extend_from_slice(&0u32.to_ne_bytes()); // port id: the kernel fills it
-        b.extend_from_slice(&[af(family), 0, 0, 0]); // nfgenmsg: family, version, res_id
-        Message(b)
-    }
-
-    fn attr(&mut self, kind: u16, value: &[u8]) {
-        let len = 4 + value.len();
-        self.0.extend_from_slice(&(len as u16).to_ne_bytes());
-        self.0.extend_from_slice(&kind.to_ne_bytes());
-        self.0.extend_from_slice(value);
-        self.0.resize(self.0.len().next_multiple_of(4), 0);
-    }
-
-    /// Opens a nested attribute; returns where its length goes.
-    fn nest(&mut self, kind: u16) -> usize {
-        let at = self.0.len();
-        self.0.extend_from_slice(&0u16.to_ne_bytes());
-        self.0.extend_from_slice(&(kind | NLA_F_NESTED).to_ne_bytes());
-        at
-    }
-
-    fn end(&mut self, at: usize) {
-        let len = (self.0.len() - at) as u16;
-        self.0[at..at + 2].copy_from_slice(&len.to_ne_bytes());
-    }
-
-    fn finish(mut self) -> Vec<u8> {
-        let len = self.0.len() as u32;
-        self.0[..4].copy_from_slice(&len.to_ne_bytes());
-        self.0
-    }
+/// One ctnetlink request, as bytes.
+fn request(family: IpFamily, flags: u16, seq: u32, message: ConntrackMessage) -> Vec<u8> {
+    let mut header = NetlinkHeader::default();
+    header.flags = NLM_F_REQUEST | flags;
+    header.sequence_number = seq;
+    let inner = NetfilterMessage::new(NetfilterHeader::new(nfproto(family), 0, 0), message);
+    let mut m = NetlinkMessage::new(header, NetlinkPayload::InnerMessage(inner));
+    m.finalize();
+    let mut buf = vec![0; m.buffer_len()];
+    m.serialize(&mut buf);
+    buf
 }
 
 /// (source, destination, protocol) of a tuple attribute.
-fn tuple(buf: &[u8]) -> Option<(SocketAddr, SocketAddr, u8)> {
+fn tuple(parts: &[Tuple]) -> Option<(SocketAddr, SocketAddr, Protocol)> {
     let (mut src, mut dst, mut proto, mut sport, mut dport) = (None, None, None, 0u16, 0u16);
-    for (kind, value) in attrs(buf) {
-        match kind {
-            CTA_TUPLE_IP => {
-                for (k, v) in attrs(value) {
-                    let ip = match v.len() {
-                        4 => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(v).ok()?)),
-                        16 => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(v).ok()?)),
-                        _ => continue,
-                    };
-                    match k {
-                        CTA_IP_V4_SRC | CTA_IP_V6_SRC => src = Some(ip),
-                        CTA_IP_V4_DST | CTA_IP_V6_DST => dst = Some(ip),
+    for part in parts {
+        match part {
+            Tuple::Ip(ips) => {
+                for ip in ips {
+                    match ip {
+                        IPTuple::SourceAddress(a) => src = Some(*a),
+                        IPTuple::DestinationAddress(a) => dst = Some(*a),
                         _ => {}
                     }
                 }
             }
-            CTA_TUPLE_PROTO => {
-                for (k, v) in attrs(value) {
-                    match (k, v) {
-                        (CTA_PROTO_NUM, [p, ..]) => proto = Some(*p),
-                        (CTA_PROTO_SRC_PORT, [a, b, ..]) => sport = u16::from_be_bytes([*a, *b]),
-                        (CTA_PROTO_DST_PORT, [a, b, ..]) => dport = u16::from_be_bytes([*a, *b]),
+            Tuple::Proto(fields) => {
+                for field in fields {
+                    match field {
+                        ProtoTuple::Protocol(p) => proto = Some(*p),
+                        ProtoTuple::SourcePort(p) => sport = *p,
+                        ProtoTuple::DestinationPort(p) => dport = *p,
                         _ => {}
                     }
                 }
@@ -113,6 +62,24 @@ fn tuple(buf: &[u8]) -> Option<(SocketAddr, SocketAddr, u8)> {
         }
     }
     Some((SocketAddr::new(src?, sport), SocketAddr::new(dst?, dport), proto?))
+}
+
+/// The UDP flow of one dumped entry, if it is one.
+fn udp_flow(attributes: &[ConntrackAttribute]) -> Option<UdpFlow> {
+    let (mut orig, mut reply) = (None, None);
+    for a in attributes {
+        match a {
+            ConntrackAttribute::CtaTupleOrig(t) => orig = tuple(t),
+            ConntrackAttribute::CtaTupleReply(t) => reply = tuple(t),
+            _ => {}
+        }
+    }
+    match (orig?, reply?) {
+        ((orig_src, orig_dst, Protocol::Udp), (reply_src, _, _)) => {
+            Some(UdpFlow { orig_src, orig_dst, reply_src: reply_src.ip() })
+        }
+        _ => None,
+    }
 }
 
 /// What one receive of a dump held.
@@ -126,45 +93,35 @@ enum Received {
     Error(i32),
 }
 
-/// Reads the messages of one receive: UDP flows go to `flows`. Never panics: a message
-/// cut short ends the buffer's reading, as the kernel never sends one.
+/// Reads the messages of one receive (decoded by `netlink-packet-netfilter`): UDP flows go
+/// to `flows`. Never panics: a message that does not decode ends the buffer's reading, as
+/// the kernel never sends one.
 fn read_dump(buf: &[u8], flows: &mut Vec<UdpFlow>) -> Received {
     let mut rest = buf;
-    while let Some(header) = rest.get(..16) {
-        let len = u32::from_ne_bytes([header[0], header[1], header[2], header[3]]) as usize;
-        let kind = u16::from_ne_bytes([header[4], header[5]]);
-        let Some(message) = rest.get(16..len).filter(|_| len >= 16) else { break };
-        if kind == libc::NLMSG_DONE as u16 {
-            return Received::Done;
-        }
-        if kind == libc::NLMSG_ERROR as u16 {
-            let code = message.get(..4).map_or(-libc::EPROTO, |c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]]));
-            if code != 0 {
-                return Received::Error(-code);
-            }
-        } else if kind == (SUBSYS_CTNETLINK << 8) | MSG_CT_NEW {
-            // After the 4-byte nfgenmsg.
-            let (mut orig, mut reply) = (None, None);
-            for (k, v) in attrs(message.get(4..).unwrap_or_default()) {
-                match k {
-                    CTA_TUPLE_ORIG => orig = tuple(v),
-                    CTA_TUPLE_REPLY => reply = tuple(v),
-                    _ => {}
+    while !rest.is_empty() {
+        let Ok(message) = NetlinkMessage::<NetfilterMessage>::deserialize(rest) else { break };
+        match message.payload {
+            NetlinkPayload::Done(_) => return Received::Done,
+            NetlinkPayload::Error(e) => {
+                if let Some(code) = e.code {
+                    return Received::Error(-code.get());
                 }
             }
-            if let (Some((orig_src, orig_dst, IPPROTO_UDP)), Some((reply_src, _, _))) = (orig, reply) {
-                flows.push(UdpFlow { orig_src, orig_dst, reply_src: reply_src.ip() });
-            }
+            NetlinkPayload::InnerMessage(NetfilterMessage {
+                inner: NetfilterMessageInner::Conntrack(ConntrackMessage::New(attributes)),
+                ..
+            }) => flows.extend(udp_flow(&attributes)),
+            _ => {}
         }
-        rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
+        let len = (message.header.length as usize).next_multiple_of(4);
+        rest = rest.get(len.max(1)..).unwrap_or_default();
     }
     Received::More
 }
 
 /// Lists the UDP conntrack entries of one family.
 fn list_udp(sock: &mnl::Socket, family: IpFamily, seq: u32) -> io::Result<Vec<UdpFlow>> {
-    let dump = Message::new(MSG_CT_GET, libc::NLM_F_DUMP as u16, family, seq).finish();
-    sock.send(&dump)?;
+    sock.send(&request(family, NLM_F_DUMP, seq, ConntrackMessage::Get(Vec::new())))?;
     let mut flows = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
     loop {
@@ -177,32 +134,20 @@ fn list_udp(sock: &mnl::Socket, family: IpFamily, seq: u32) -> io::Result<Vec<Ud
     }
 }
 
+/// The original tuple of a flow, as ctnetlink names an entry.
+fn orig_tuple(flow: &UdpFlow) -> ConntrackAttribute {
+    let ip =
+        Tuple::Ip(vec![IPTuple::SourceAddress(flow.orig_src.ip()), IPTuple::DestinationAddress(flow.orig_dst.ip())]);
+    let proto = Tuple::Proto(vec![
+        ProtoTuple::Protocol(Protocol::Udp),
+        ProtoTuple::SourcePort(flow.orig_src.port()),
+        ProtoTuple::DestinationPort(flow.orig_dst.port()),
+    ]);
+    ConntrackAttribute::CtaTupleOrig(vec![ip, proto])
+}
+
 fn delete(sock: &mnl::Socket, family: IpFamily, flow: &UdpFlow, seq: u32) -> io::Result<()> {
-    let mut m = Message::new(MSG_CT_DELETE, libc::NLM_F_ACK as u16, family, seq);
-    let orig = m.nest(CTA_TUPLE_ORIG);
-    let ip = m.nest(CTA_TUPLE_IP);
-    match (flow.orig_src.ip(), flow.orig_dst.ip()) {
-        (IpAddr::V4(s), IpAddr::V4(d)) => {
-            m.attr(CTA_IP_V4_SRC, &s.octets());
-            m.attr(CTA_IP_V4_DST, &d.octets());
-        }
-        (s, d) => {
-            let v6 = |ip: IpAddr| match ip {
-                IpAddr::V6(a) => a.octets(),
-                IpAddr::V4(a) => a.to_ipv6_mapped().octets(),
-            };
-            m.attr(CTA_IP_V6_SRC, &v6(s));
-            m.attr(CTA_IP_V6_DST, &v6(d));
-        }
-    }
-    m.end(ip);
-    let proto = m.nest(CTA_TUPLE_PROTO);
-    m.attr(CTA_PROTO_NUM, &[IPPROTO_UDP]);
-    m.attr(CTA_PROTO_SRC_PORT, &flow.orig_src.port().to_be_bytes());
-    m.attr(CTA_PROTO_DST_PORT, &flow.orig_dst.port().to_be_bytes());
-    m.end(proto);
-    m.end(orig);
-    sock.send(&m.finish())?;
+    sock.send(&request(family, NLM_F_ACK, seq, ConntrackMessage::Delete(vec![orig_tuple(flow)])))?;
     let mut buf = vec![0u8; 4096];
     let n = sock.recv_raw(&mut buf)?;
     match read_dump(&buf[..n], &mut Vec::new()) {
@@ -236,73 +181,66 @@ pub fn clear_stale(desired: &Desired, node_ips: &[IpAddr]) -> io::Result<usize> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netlink_packet_core::{DoneMessage, ErrorMessage};
 
-    /// A netlink message: header (type, flags 0, seq 1, port 0) and body, padded.
-    fn message(kind: u16, body: &[u8]) -> Vec<u8> {
-        let mut m = ((16 + body.len()) as u32).to_ne_bytes().to_vec();
-        m.extend_from_slice(&kind.to_ne_bytes());
-        m.extend_from_slice(&[0, 0, 1, 0, 0, 0, 0, 0, 0, 0]);
-        m.extend_from_slice(body);
-        m.resize(m.len().next_multiple_of(4), 0);
-        m
+    fn bytes(payload: NetlinkPayload<NetfilterMessage>) -> Vec<u8> {
+        let mut m = NetlinkMessage::new(NetlinkHeader::default(), payload);
+        m.finalize();
+        let mut buf = vec![0; m.buffer_len()];
+        m.serialize(&mut buf);
+        buf
     }
 
-    /// A conntrack entry as the kernel dumps it: nfgenmsg, then both tuples.
-    fn entry(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16, reply: [u8; 4]) -> Vec<u8> {
-        let tuple = |kind: u16, s: [u8; 4], sp: u16, d: [u8; 4], dp: u16| {
-            let mut m = Message(Vec::new());
-            let t = m.nest(kind);
-            let ip = m.nest(CTA_TUPLE_IP);
-            m.attr(CTA_IP_V4_SRC, &s);
-            m.attr(CTA_IP_V4_DST, &d);
-            m.end(ip);
-            let p = m.nest(CTA_TUPLE_PROTO);
-            m.attr(CTA_PROTO_NUM, &[IPPROTO_UDP]);
-            m.attr(CTA_PROTO_SRC_PORT, &sp.to_be_bytes());
-            m.attr(CTA_PROTO_DST_PORT, &dp.to_be_bytes());
-            m.end(p);
-            m.end(t);
-            m.0
+    /// A conntrack entry as the kernel dumps it: both tuples.
+    fn entry(orig: &UdpFlow, reply_src: IpAddr) -> Vec<u8> {
+        let reply = UdpFlow {
+            orig_src: SocketAddr::new(reply_src, orig.orig_dst.port()),
+            orig_dst: orig.orig_src,
+            reply_src: orig.orig_src.ip(),
         };
-        let mut body = vec![libc::AF_INET as u8, 0, 0, 0];
-        body.extend(tuple(CTA_TUPLE_ORIG, src, sport, dst, dport));
-        body.extend(tuple(CTA_TUPLE_REPLY, reply, dport, src, sport));
-        message((SUBSYS_CTNETLINK << 8) | MSG_CT_NEW, &body)
+        let ConntrackAttribute::CtaTupleOrig(reply) = orig_tuple(&reply) else { unreachable!() };
+        let attributes =
+            vec![orig_tuple(orig), ConntrackAttribute::CtaTupleReply(reply), ConntrackAttribute::CtaMark(7)];
+        let inner = NetfilterMessage::new(
+            NetfilterHeader::new(NetfilterProtoFamily::IPv4, 0, 0),
+            ConntrackMessage::New(attributes),
+        );
+        bytes(NetlinkPayload::InnerMessage(inner))
+    }
+
+    fn flow() -> UdpFlow {
+        UdpFlow {
+            orig_src: "10.0.0.2:4000".parse().unwrap(),
+            orig_dst: "10.96.0.53:53".parse().unwrap(),
+            reply_src: "10.244.0.11".parse().unwrap(),
+        }
     }
 
     #[test]
     fn a_dump_reads_flows_then_done() {
-        let mut buf = entry([10, 0, 0, 2], 4000, [10, 96, 0, 53], 53, [10, 244, 0, 11]);
-        buf.extend(message(libc::NLMSG_DONE as u16, &0i32.to_ne_bytes()));
+        let mut buf = entry(&flow(), flow().reply_src);
+        buf.extend(bytes(NetlinkPayload::Done(DoneMessage::default())));
         let mut flows = Vec::new();
         assert_eq!(read_dump(&buf, &mut flows), Received::Done);
-        assert_eq!(
-            flows,
-            [UdpFlow {
-                orig_src: "10.0.0.2:4000".parse().unwrap(),
-                orig_dst: "10.96.0.53:53".parse().unwrap(),
-                reply_src: "10.244.0.11".parse().unwrap(),
-            }]
-        );
-        let error = message(libc::NLMSG_ERROR as u16, &(-libc::EPERM).to_ne_bytes());
-        assert_eq!(read_dump(&error, &mut flows), Received::Error(libc::EPERM));
+        assert_eq!(flows, [flow()]);
+        let mut error = ErrorMessage::default();
+        error.code = std::num::NonZeroI32::new(-libc::EPERM);
+        assert_eq!(read_dump(&bytes(NetlinkPayload::Error(error)), &mut flows), Received::Error(libc::EPERM));
     }
 
     #[test]
     fn short_and_cut_replies_do_not_panic() {
-        let whole = entry([10, 0, 0, 2], 4000, [10, 96, 0, 53], 53, [10, 244, 0, 11]);
+        let whole = entry(&flow(), flow().reply_src);
         // Every prefix of a real entry, and headers claiming lengths the buffer lacks.
         for cut in 0..whole.len() {
             let mut flows = Vec::new();
             let _ = read_dump(&whole[..cut], &mut flows);
             assert!(flows.len() <= 1);
         }
-        let short_error = message(libc::NLMSG_ERROR as u16, &[]);
-        assert_eq!(read_dump(&short_error, &mut Vec::new()), Received::Error(libc::EPROTO));
-        let mut liar = message(libc::NLMSG_ERROR as u16, &0i32.to_ne_bytes());
-        liar[..4].copy_from_slice(&17u32.to_ne_bytes());
-        let _ = read_dump(&liar, &mut Vec::new());
-        let mut tiny = liar.clone();
+        let mut liar = whole.clone();
+        liar[..4].copy_from_slice(&4000u32.to_ne_bytes());
+        assert_eq!(read_dump(&liar, &mut Vec::new()), Received::More);
+        let mut tiny = whole;
         tiny[..4].copy_from_slice(&3u32.to_ne_bytes());
         assert_eq!(read_dump(&tiny, &mut Vec::new()), Received::More);
     }

@@ -45,9 +45,8 @@ const BYTEORDER_BIG: u32 = 2;
 
 /// Iterates netlink attributes (`struct nlattr`, 4-byte aligned): (type without the
 /// nested and byte-order flags, value). Stops at the first malformed attribute, never
-/// reads past the buffer. The one attribute walker of the workspace: kproxy's ctnetlink
-/// code uses it too.
-pub fn attrs(mut rest: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+/// reads past the buffer. (ctnetlink's messages are `netlink-packet-netfilter`'s.)
+pub(crate) fn attrs(mut rest: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
         let header = rest.get(..4)?;
         let len = u16::from_ne_bytes([header[0], header[1]]) as usize;
