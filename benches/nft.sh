@@ -35,10 +35,10 @@ run() { # BIN SERVICES ENDPOINTS -> key=value line
 row() { # LABEL LINE
   declare -A v=()
   for kv in $2; do v[${kv%%=*}]=${kv#*=}; done
-  printf '| %s | %s | %s msgs, %s KiB | %s | %s / %s | %s / %s | %s |\n' \
+  printf '| %s | %s | %s msgs, %s KiB | %s | %s / %s | %s / %s | %s / %s | %s |\n' \
     "$1" "${v[cold_full_ms]}" "${v[cold_messages]}" "$(( ${v[cold_bytes]} / 1024 ))" "${v[resync_ms]}" \
     "${v[endpoint_change_p50_ms]}" "${v[endpoint_change_p99_ms]}" "${v[service_change_p50_ms]}" \
-    "${v[service_change_p99_ms]}" "${v[peak_rss_mib]}"
+    "${v[service_change_p99_ms]}" "${v[drift_detect_p50_ms]:-–}" "${v[drift_detect_p99_ms]:-–}" "${v[peak_rss_mib]}"
 }
 ratio() { # KEY BASE NEW -> baseline ÷ this
   local b n
@@ -46,8 +46,8 @@ ratio() { # KEY BASE NEW -> baseline ÷ this
   awk -v b="$b" -v n="$n" 'BEGIN { if (n > 0) printf "%.1f×", b / n; else printf "–" }'
 }
 
-echo "| services × endpoints | cold full sync (ms) | transaction | full resync (ms) | one endpoint change p50 / p99 (ms) | one service added p50 / p99 (ms) | peak RSS (MiB) |"
-echo "|---|---|---|---|---|---|---|"
+echo "| services × endpoints | cold full sync (ms) | transaction | full resync (ms) | one endpoint change p50 / p99 (ms) | one service added p50 / p99 (ms) | drift detected p50 / p99 (ms) | peak RSS (MiB) |"
+echo "|---|---|---|---|---|---|---|---|"
 for size in "${sizes[@]}"; do
   s=${size%x*} e=${size#*x}
   echo "running $size..." >&2
@@ -59,7 +59,7 @@ for size in "${sizes[@]}"; do
   base=$(run "$base_bin" "$s" "$e")
   row "$s × $e, baseline $rev" "$base"
   row "$s × $e, this tree" "$line"
-  printf '| %s × %s, baseline ÷ this | %s | | %s | %s | %s | %s |\n' "$s" "$e" \
+  printf '| %s × %s, baseline ÷ this | %s | | %s | %s | %s | | %s |\n' "$s" "$e" \
     "$(ratio cold_full_ms "$base" "$line")" "$(ratio resync_ms "$base" "$line")" \
     "$(ratio endpoint_change_p50_ms "$base" "$line")" "$(ratio service_change_p50_ms "$base" "$line")" \
     "$(ratio peak_rss_mib "$base" "$line")"

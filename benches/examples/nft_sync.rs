@@ -4,13 +4,19 @@
 //! `nft_sync SERVICES ENDPOINTS [CHANGES]` prints one `key=value` line:
 //! cold full sync, full resync of an existing table, one-endpoint-change and
 //! one-service-added partial syncs (median and p99 over CHANGES runs), transaction sizes,
-//! and peak RSS.
+//! drift detection (a foreign commit to the table until the monitor reports it), and
+//! peak RSS.
 
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use kproxy_benches::{engine, service, slices};
 use nft_backend::NftBackend;
-use proxy_core::{Backend, Event};
+use nft_client::netlink::monitor::Monitor;
+use nft_client::ruleset::Key;
+use nft_client::tx::{Op, Transaction};
+use proxy_core::{Backend, Event, IpFamily};
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort_unstable();
@@ -28,6 +34,44 @@ fn peak_rss_mib() -> f64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Times drift detection `runs` times: another netlink socket (another program) adds or
+/// deletes an element of our table, and a [`Monitor`] on its own thread (as the daemon
+/// runs it) reports the change. Each sample runs from just before the foreign commit to
+/// the report.
+fn drift_detection(backend: &NftBackend, table: &str, runs: usize) -> Vec<Duration> {
+    let own = backend.client().port_id().expect("the backend's socket is open");
+    let (detected_tx, detected) = mpsc::channel();
+    let (round_tx, round) = mpsc::channel::<()>();
+    let table_name = table.to_string();
+    std::thread::spawn(move || {
+        // Opened on its own thread, as the daemon does (the socket stays there).
+        let mut monitor = Monitor::open(&table_name).expect("monitor");
+        let _ = detected_tx.send(Instant::now());
+        for () in round {
+            while !monitor.wait(Duration::from_secs(10), &[own]).expect("monitor") {}
+            if detected_tx.send(Instant::now()).is_err() {
+                return;
+            }
+        }
+    });
+    detected.recv().expect("monitor open");
+    let mut other = nft_client::Client::new();
+    let mut samples = Vec::new();
+    for i in 0..runs {
+        round_tx.send(()).expect("monitor thread");
+        let ip = Key::Addr(IpAddr::V4(Ipv4Addr::new(192, 0, 2, (i / 2) as u8)));
+        let op = if i % 2 == 0 {
+            Op::AddElements("cluster-ips".into(), vec![(ip, None)])
+        } else {
+            Op::DeleteElements("cluster-ips".into(), vec![ip])
+        };
+        let start = Instant::now();
+        other.commit(&[Transaction { family: IpFamily::V4, table: table.into(), ops: vec![op] }]).expect("foreign commit");
+        samples.push(detected.recv().expect("drift reported") - start);
+    }
+    samples
 }
 
 fn main() {
@@ -76,17 +120,21 @@ fn main() {
         backend.sync_partial(&plan.changes, e.desired()).expect("partial sync");
         service_added.push(start.elapsed());
     }
+    let mut drift = drift_detection(&backend, "kproxy-bench", changes.min(40));
     backend.cleanup().expect("cleanup");
     println!(
         "services={services} endpoints={endpoints} cold_full_ms={} cold_bytes={cold_bytes} cold_messages={cold_messages} \
          resync_ms={} endpoint_change_p50_ms={} endpoint_change_p99_ms={} endpoint_change_bytes={endpoint_change_bytes} \
-         service_change_p50_ms={} service_change_p99_ms={} peak_rss_mib={:.1}",
+         service_change_p50_ms={} service_change_p99_ms={} drift_detect_p50_ms={} drift_detect_p99_ms={} \
+         peak_rss_mib={:.1}",
         ms(cold),
         ms(resync),
         ms(percentile(&mut endpoint_change.clone(), 0.5)),
         ms(percentile(&mut endpoint_change, 0.99)),
         ms(percentile(&mut service_added.clone(), 0.5)),
         ms(percentile(&mut service_added, 0.99)),
+        ms(percentile(&mut drift.clone(), 0.5)),
+        ms(percentile(&mut drift, 0.99)),
         peak_rss_mib(),
     );
 }
