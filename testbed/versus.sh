@@ -14,6 +14,11 @@
 #   KPROXY_VERSUS_PROXIES="upstream kproxy"
 #   KPROXY_VERSUS_COLD_SAMPLES=3   cold starts per proxy and scenario (each on a fresh node)
 #   KPROXY_VERSUS_SAMPLES=3        samples of each change
+#   KPROXY_VERSUS_BASELINE=REV     also runs kproxy built at git revision REV ("baseline"),
+#                                  scenario by scenario in the same run, and reports it
+#                                  against this tree (baseline ÷ this) in its own section;
+#                                  with KPROXY_VERSUS_PROXIES="baseline kproxy" upstream is
+#                                  skipped and the upstream section of the docs is kept
 #
 # Results: target/versus/results.tsv; the table goes into docs/benchmarks.md and the
 # chart into docs/versus.svg (testbed/lib/versus-report.py). Progress goes to stderr.
@@ -23,6 +28,17 @@ scripts/deps.sh >/dev/null
 export KPROXY_TESTBED_BIN=${KPROXY_TESTBED_BIN:-$(testbed/build.sh)}
 cargo build -q --release -p kproxy
 export KPROXY=$PWD/target/release/kproxy
+if [[ -n ${KPROXY_VERSUS_BASELINE:-} ]]; then
+    # Built from its own worktree, into its own target directory, as benches/nft.sh does.
+    rev=$(git rev-parse --short "$KPROXY_VERSUS_BASELINE")
+    tree=target/versus-baseline/$rev
+    [[ -d $tree ]] || git worktree add -q --detach "$tree" "$rev"
+    echo "versus: building kproxy at $rev..." >&2
+    (cd "$tree" && CARGO_TARGET_DIR="$PWD/../target-$rev" cargo build -q --release -p kproxy)
+    export KPROXY_BASELINE=$PWD/target/versus-baseline/target-$rev/release/kproxy
+    export KPROXY_VERSUS_BASELINE_REV=$rev
+    export KPROXY_VERSUS_PROXIES=${KPROXY_VERSUS_PROXIES:-upstream baseline kproxy}
+fi
 scenarios=("$@")
 ((${#scenarios[@]})) || scenarios=(1000x2 10000x2 44000x1 5000x50 100x1 30000x1)
 mkdir -p target/versus
@@ -42,5 +58,7 @@ else
     sandbox=(unshare -rnm)
 fi
 "${sandbox[@]}" testbed/lib/versus-in-netns.sh "$state" "$results" "${scenarios[@]}"
-python3 testbed/lib/versus-report.py "$results" docs/benchmarks.md docs/versus.svg \
-    "testbed/versus.sh ${scenarios[*]}" "$started"
+command="testbed/versus.sh ${scenarios[*]}"
+[[ -z ${KPROXY_VERSUS_BASELINE:-} ]] ||
+    command="KPROXY_VERSUS_BASELINE=$KPROXY_VERSUS_BASELINE KPROXY_VERSUS_PROXIES=\"$KPROXY_VERSUS_PROXIES\" $command"
+python3 testbed/lib/versus-report.py "$results" docs/benchmarks.md docs/versus.svg "$command" "$started"

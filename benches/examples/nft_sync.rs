@@ -68,7 +68,9 @@ fn drift_detection(backend: &NftBackend, table: &str, runs: usize) -> Vec<Durati
             Op::DeleteElements("cluster-ips".into(), vec![ip])
         };
         let start = Instant::now();
-        other.commit(&[Transaction { family: IpFamily::V4, table: table.into(), ops: vec![op] }]).expect("foreign commit");
+        other
+            .commit(&[Transaction { family: IpFamily::V4, table: table.into(), ops: vec![op] }])
+            .expect("foreign commit");
         samples.push(detected.recv().expect("drift reported") - start);
     }
     samples

@@ -101,6 +101,8 @@ start_proxy() { # NETNS TABLE-OWNER
     if [[ $2 == upstream ]]; then
         ip netns exec "$1" kube-proxy "${flags[@]}" --proxy-mode nftables --conntrack-max-per-core 0 --v 1 \
             >>"$state/$2.log" 2>&1 &
+    elif [[ $2 == baseline ]]; then
+        ip netns exec "$1" "$KPROXY_BASELINE" run "${flags[@]}" >>"$state/$2.log" 2>&1 &
     else
         ip netns exec "$1" "$KPROXY" run "${flags[@]}" >>"$state/$2.log" 2>&1 &
     fi

@@ -4,9 +4,13 @@
     versus-report.py RESULTS.tsv BENCHMARKS.md CHART.svg COMMAND STARTED
 
 The section replaces whatever lies between the markers <!-- versus:begin --> and
-<!-- versus:end --> in BENCHMARKS.md (it is appended when they are missing).
+<!-- versus:end --> in BENCHMARKS.md (it is appended when they are missing); it is written
+only when upstream was run. With a baseline (KPROXY_VERSUS_BASELINE_REV, proxy
+"baseline"), a second section between <!-- versus-baseline:begin --> and
+<!-- versus-baseline:end --> compares this tree with kproxy at that revision.
 """
 import math
+import os
 import platform
 import sys
 
@@ -156,6 +160,50 @@ def section(rows, command, started, timeout_note):
     return "\n".join(out) + "\n"
 
 
+def baseline_section(rows, command, started, rev):
+    """kproxy at revision REV against this tree, scenario by scenario in the same run."""
+    scenarios = sorted({(n, e) for (n, e, p) in rows if p == "baseline"})
+    out = ["<!-- versus-baseline:begin -->", f"## kproxy against its baseline {rev}", "",
+           f"Measured {started} on {machine()}, one proxy at a time against the same API server, as in the "
+           f"section above; the baseline is kproxy built at {rev}. Ratios are baseline ÷ this tree "
+           "(above 1× this tree is faster or smaller). Command:", "", "```sh", command, "```", "",
+           f"| Services × endpoints | measure | kproxy {rev} | this tree | ratio |", "|---|---|---|---|---|"]
+    for n, e in scenarios:
+        b = rows.get((n, e, "baseline"), {})
+        k = rows.get((n, e, "kproxy"), {})
+
+        def cold(r):
+            if not r:
+                return "not run"
+            if r["status"] != "ok":
+                return f"timeout (> {number(r['cold_ms']) / 1000:,.0f} s)"
+            return cell(number(r["cold_ms"]) / 1000, "s", 2)
+
+        lines = [("cold start (median of cold starts)", cold(b), cold(k), ratio(b.get("cold_ms"), k.get("cold_ms"))),
+                 ("one endpoint change", below_floor(number(b.get("endpoint_ms"))),
+                  below_floor(number(k.get("endpoint_ms"))),
+                  ratio_floor(number(b.get("endpoint_ms")), number(k.get("endpoint_ms")))),
+                 ("one Service added", below_floor(number(b.get("added_ms"))), below_floor(number(k.get("added_ms"))),
+                  ratio_floor(number(b.get("added_ms")), number(k.get("added_ms")))),
+                 ("full resync (metric)", cell(b.get("resync_s"), "s", 3), cell(k.get("resync_s"), "s", 3),
+                  ratio(b.get("resync_s"), k.get("resync_s"))),
+                 ("peak RSS", cell((number(b.get("rss_kb")) or 0) / 1024 or None, "MiB"),
+                  cell((number(k.get("rss_kb")) or 0) / 1024 or None, "MiB"), ratio(b.get("rss_kb"), k.get("rss_kb"))),
+                 ("CPU", cell(b.get("cpu_s"), "s", 1), cell(k.get("cpu_s"), "s", 1), ratio(b.get("cpu_s"), k.get("cpu_s")))]
+        for i, (what, x, y, r) in enumerate(lines):
+            out.append(f"| {f'{n:,} × {e}' if i == 0 else ''} | {what} | {x} | {y} | {r} |")
+    out += ["", "<!-- versus-baseline:end -->"]
+    return "\n".join(out) + "\n"
+
+
+def replace_section(doc, text, name):
+    """Puts TEXT between the markers of section NAME in DOC (appended when missing)."""
+    begin, end = doc.find(f"<!-- {name}:begin -->"), doc.find(f"<!-- {name}:end -->")
+    if begin >= 0 and end > begin:
+        return doc[:begin] + text + doc[end + len(f"<!-- {name}:end -->") + 1:]
+    return doc.rstrip("\n") + "\n\n" + text
+
+
 def chart(rows, path):
     """Cold start against the number of Services (1–2 endpoints each), log–log."""
     series = {}
@@ -216,20 +264,22 @@ def main():
     rows = load(results)
     timeout_note = ("A timeout means the proxy had not programmed every ClusterIP when the "
                     "script gave up (`KPROXY_VERSUS_TIMEOUT`); its other measures are then not taken.")
-    text = section(rows, command, started, timeout_note)
     try:
         doc = open(markdown).read()
     except FileNotFoundError:
         doc = ""
-    begin, end = doc.find("<!-- versus:begin -->"), doc.find("<!-- versus:end -->")
-    if begin >= 0 and end > begin:
-        doc = doc[:begin] + text + doc[end + len("<!-- versus:end -->") + 1:]
-    else:
-        doc = doc.rstrip("\n") + "\n\n" + text
+    texts = []
+    if any(p == "upstream" for (_, _, p) in rows):
+        texts.append(section(rows, command, started, timeout_note))
+        doc = replace_section(doc, texts[-1], "versus")
+        chart(rows, svg)
+    rev = os.environ.get("KPROXY_VERSUS_BASELINE_REV")
+    if rev and any(p == "baseline" for (_, _, p) in rows):
+        texts.append(baseline_section(rows, command, started, rev))
+        doc = replace_section(doc, texts[-1], "versus-baseline")
     with open(markdown, "w") as f:
         f.write(doc)
-    chart(rows, svg)
-    print(text)
+    print("\n".join(texts))
 
 
 if __name__ == "__main__":

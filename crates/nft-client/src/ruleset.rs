@@ -9,6 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 
 use ipnet::IpNet;
 use proxy_core::{IpFamily, LocalDetector, Protocol};
@@ -268,29 +269,30 @@ impl Chain {
 }
 
 /// The name of a set or map, made without allocating: fixed (`cluster-ips`) or a fixed
-/// prefix and a number (`cluster-endpoints-3`). Elements are keyed by the set they belong
-/// to, a hundred thousand of them at 44k Services, so the name is a small `Copy` value.
+/// prefix and a count (`cluster-endpoints-3`). Elements are keyed by the set they belong
+/// to, hundreds of thousands of them in a big cluster, so the name is a 16-byte `Copy`
+/// value (a `&'static str` would be as big, without room for the count).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SetName {
-    prefix: &'static str,
-    number: Option<u32>,
+    prefix: &'static &'static str,
+    count: Option<NonZeroU32>,
 }
 
 impl SetName {
-    /// A fixed name.
-    pub const fn fixed(name: &'static str) -> SetName {
-        SetName { prefix: name, number: None }
+    /// A fixed name: `SetName::fixed(&NAME)` for a `const NAME: &str`.
+    pub const fn fixed(name: &'static &'static str) -> SetName {
+        SetName { prefix: name, count: None }
     }
 
-    /// `PREFIX-N`.
-    pub const fn numbered(prefix: &'static str, number: u32) -> SetName {
-        SetName { prefix, number: Some(number) }
+    /// `PREFIX-COUNT`, for a count of at least 1 (0 gives the bare prefix).
+    pub const fn numbered(prefix: &'static &'static str, count: u32) -> SetName {
+        SetName { prefix, count: NonZeroU32::new(count) }
     }
 }
 
 impl std::fmt::Display for SetName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.number {
+        match self.count {
             None => f.write_str(self.prefix),
             Some(n) => write!(f, "{}-{n}", self.prefix),
         }

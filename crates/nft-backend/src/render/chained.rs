@@ -21,7 +21,7 @@ pub(super) fn chained_port(r: &ServicePortRules, ctx: &FamilyContext, out: &mut 
     let mut masquerade_rule = None;
     if r.has_internal_endpoints() {
         out.elements.insert(
-            (SetName::fixed(SERVICE_IPS), Key::AddrProtoPort(r.cluster_ip, proto, r.port)),
+            (SetName::fixed(&SERVICE_IPS), Key::AddrProtoPort(r.cluster_ip, proto, r.port)),
             goto_data(internal_chain),
         );
         let to_cluster_ip = Match::Daddr(AddrMatch::Is(r.cluster_ip));
@@ -39,13 +39,13 @@ pub(super) fn chained_port(r: &ServicePortRules, ctx: &FamilyContext, out: &mut 
     if r.uses_external_chain() {
         for ip in r.external_ips.iter().chain(&r.load_balancer_ips) {
             out.elements.insert(
-                (SetName::fixed(SERVICE_IPS), Key::AddrProtoPort(*ip, proto, r.port)),
+                (SetName::fixed(&SERVICE_IPS), Key::AddrProtoPort(*ip, proto, r.port)),
                 goto_data(&external_chain),
             );
         }
         if let Some(np) = r.node_port {
             out.elements
-                .insert((SetName::fixed(SERVICE_NODEPORTS), Key::ProtoPort(proto, np)), goto_data(&external_chain));
+                .insert((SetName::fixed(&SERVICE_NODEPORTS), Key::ProtoPort(proto, np)), goto_data(&external_chain));
         }
         let rules = if !r.external_policy_local {
             // Cluster policy may cross nodes: masquerade everything.

@@ -60,10 +60,10 @@ pub(super) const NODEPORT_FRONTENDS: Frontends = Frontends {
 };
 
 impl Frontends {
-    pub(super) fn endpoints(&self, policy: Policy) -> (&'static str, &'static str) {
+    pub(super) fn endpoints(&'static self, policy: Policy) -> (&'static &'static str, &'static str) {
         match policy {
-            Policy::Cluster => (self.cluster_endpoints, self.pick_cluster),
-            Policy::Local => (self.local_endpoints, self.pick_local),
+            Policy::Cluster => (&self.cluster_endpoints, self.pick_cluster),
+            Policy::Local => (&self.local_endpoints, self.pick_local),
         }
     }
 
@@ -109,7 +109,7 @@ impl Pick {
     /// The endpoint map the rule looks up: the one for this chain and endpoint count.
     pub fn map(&self) -> SetName {
         let f = self.frontends();
-        let prefix = if self.chain == f.pick_cluster { f.cluster_endpoints } else { f.local_endpoints };
+        let prefix = if self.chain == f.pick_cluster { &f.cluster_endpoints } else { &f.local_endpoints };
         SetName::numbered(prefix, self.endpoints)
     }
 

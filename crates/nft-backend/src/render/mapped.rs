@@ -6,12 +6,12 @@ use nft_client::ruleset::{Data, Key, SetName};
 use proxy_core::{Policy, ServicePortRules};
 
 use super::PortObjects;
-use super::layout::{ADDRESSES, Frontend, Pick};
+use super::layout::{ADDRESSES, Frontend, Frontends, Pick};
 
 /// A service port as data: frontends in the dispatch sets, endpoints in the endpoint maps.
 pub(super) fn mapped_port(r: &ServicePortRules, out: &mut PortObjects) {
     let proto = r.name.protocol;
-    let mut add = |frontend: Frontend, set: &'static str, policies: &[Policy]| {
+    let mut add = |frontend: Frontend, set: &'static &'static str, policies: &[Policy]| {
         out.elements.insert((SetName::fixed(set), frontend.key()), None);
         for policy in policies {
             let eps = r.endpoints(*policy);
@@ -28,9 +28,10 @@ pub(super) fn mapped_port(r: &ServicePortRules, out: &mut PortObjects) {
         }
     };
     if let proxy_core::Route::Endpoints(policy) = r.internal_route() {
+        let addresses: &'static Frontends = &ADDRESSES;
         let set = match policy {
-            Policy::Cluster => ADDRESSES.to_cluster,
-            Policy::Local => ADDRESSES.to_local,
+            Policy::Cluster => addresses.to_cluster.as_ref(),
+            Policy::Local => addresses.to_local.as_ref(),
         };
         add(Frontend::Address(r.cluster_ip, proto, r.port), set.expect("addresses"), &[policy]);
     }
@@ -44,11 +45,11 @@ pub(super) fn mapped_port(r: &ServicePortRules, out: &mut PortObjects) {
         frontends.extend(r.node_port.map(|np| Frontend::NodePort(proto, np)));
         for frontend in frontends {
             let kind = frontend.kind();
-            let set = if r.external_policy_local { kind.external_local } else { kind.external_cluster };
+            let set = if r.external_policy_local { &kind.external_local } else { &kind.external_cluster };
             add(frontend, set, policies);
         }
     }
     for ep in r.reachable_endpoints() {
-        out.elements.insert((SetName::fixed(HAIRPIN_ENDPOINTS), Key::AddrAddr(ep.addr.ip(), ep.addr.ip())), None);
+        out.elements.insert((SetName::fixed(&HAIRPIN_ENDPOINTS), Key::AddrAddr(ep.addr.ip(), ep.addr.ip())), None);
     }
 }

@@ -108,7 +108,7 @@ pub(super) fn goto_data(chain: &str) -> Option<Data> {
 /// own when it has ClientIP affinity.
 pub fn service_port(r: &ServicePortRules, ctx: &FamilyContext) -> PortObjects {
     let mut out = PortObjects::default();
-    out.elements.insert((SetName::fixed(CLUSTER_IPS), Key::Addr(r.cluster_ip)), None);
+    out.elements.insert((SetName::fixed(&CLUSTER_IPS), Key::Addr(r.cluster_ip)), None);
     if r.affinity_timeout.is_some() {
         chained_port(r, ctx, &mut out);
     } else {
@@ -118,18 +118,18 @@ pub fn service_port(r: &ServicePortRules, ctx: &FamilyContext) -> PortObjects {
     if let Some(v) = &external_verdict {
         for ip in r.external_ips.iter().chain(&r.load_balancer_ips) {
             out.elements.insert(
-                (SetName::fixed(NO_ENDPOINT_SERVICES), Key::AddrProtoPort(*ip, r.name.protocol, r.port)),
+                (SetName::fixed(&NO_ENDPOINT_SERVICES), Key::AddrProtoPort(*ip, r.name.protocol, r.port)),
                 Some(v.clone()),
             );
         }
         if let Some(np) = r.node_port {
             out.elements
-                .insert((SetName::fixed(NO_ENDPOINT_NODEPORTS), Key::ProtoPort(r.name.protocol, np)), Some(v.clone()));
+                .insert((SetName::fixed(&NO_ENDPOINT_NODEPORTS), Key::ProtoPort(r.name.protocol, np)), Some(v.clone()));
         }
     }
     if let proxy_core::Route::NoEndpoints(v) = r.internal_route() {
         out.elements.insert(
-            (SetName::fixed(NO_ENDPOINT_SERVICES), Key::AddrProtoPort(r.cluster_ip, r.name.protocol, r.port)),
+            (SetName::fixed(&NO_ENDPOINT_SERVICES), Key::AddrProtoPort(r.cluster_ip, r.name.protocol, r.port)),
             no_endpoints(v),
         );
     }
@@ -137,7 +137,7 @@ pub fn service_port(r: &ServicePortRules, ctx: &FamilyContext) -> PortObjects {
         let firewall_chain = names::firewall(&r.name);
         for ip in &r.load_balancer_ips {
             let key = Key::AddrProtoPort(*ip, r.name.protocol, r.port);
-            out.elements.insert((SetName::fixed(FIREWALL_IPS), key), goto_data(&firewall_chain));
+            out.elements.insert((SetName::fixed(&FIREWALL_IPS), key), goto_data(&firewall_chain));
         }
         out.chains.insert(firewall_chain, Chain::firewall(&fw.allowed));
     }
