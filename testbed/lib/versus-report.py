@@ -90,6 +90,15 @@ def ratio_floor(up, kp):
     return f"{up / kp:,.1f}×"
 
 
+def cold(r):
+    """A cold start's cell: seconds, a timeout, or not run."""
+    if not r:
+        return "not run"
+    if r["status"] != "ok":
+        return f"timeout (> {number(r['cold_ms']) / 1000:,.0f} s)"
+    return cell(number(r["cold_ms"]) / 1000, "s", 2)
+
+
 def section(rows, command, started, timeout_note):
     scenarios = sorted({(n, e) for (n, e, _) in rows}, key=lambda s: (s[1] > 2, s[0], s[1]))
     out = ["<!-- versus:begin -->", "## Side by side with upstream kube-proxy", "",
@@ -122,13 +131,6 @@ def section(rows, command, started, timeout_note):
         up = rows.get((n, e, "upstream"), {})
         kp = rows.get((n, e, "kproxy"), {})
         label = f"{n:,} × {e}"
-
-        def cold(r):
-            if not r:
-                return "not run"
-            if r["status"] != "ok":
-                return f"timeout (> {number(r['cold_ms']) / 1000:,.0f} s)"
-            return cell(number(r["cold_ms"]) / 1000, "s", 2)
 
         lines = [("cold start", cold(up), cold(kp),
                   ratio(up.get("cold_ms"), kp.get("cold_ms")) if up.get("status") == "ok" else
@@ -171,13 +173,6 @@ def baseline_section(rows, command, started, rev):
     for n, e in scenarios:
         b = rows.get((n, e, "baseline"), {})
         k = rows.get((n, e, "kproxy"), {})
-
-        def cold(r):
-            if not r:
-                return "not run"
-            if r["status"] != "ok":
-                return f"timeout (> {number(r['cold_ms']) / 1000:,.0f} s)"
-            return cell(number(r["cold_ms"]) / 1000, "s", 2)
 
         lines = [("cold start (median of cold starts)", cold(b), cold(k), ratio(b.get("cold_ms"), k.get("cold_ms"))),
                  ("one endpoint change", below_floor(number(b.get("endpoint_ms"))),
