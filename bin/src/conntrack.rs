@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr};
 use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST, NetlinkHeader, NetlinkMessage, NetlinkPayload};
 use netlink_packet_netfilter::conntrack::{ConntrackAttribute, ConntrackMessage, IPTuple, ProtoTuple, Protocol, Tuple};
 use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterMessageInner, NetfilterProtoFamily};
-use proxy_core::conntrack::{UdpFlow, UdpFrontends};
+use proxy_core::conntrack::{GoneFrontends, UdpFlow, UdpFrontends};
 use proxy_core::{Desired, IpFamily};
 
 fn nfproto(family: IpFamily) -> NetfilterProtoFamily {
@@ -158,12 +158,14 @@ fn delete(sock: &mnl::Socket, family: IpFamily, flow: &UdpFlow, seq: u32) -> io:
 }
 
 /// Deletes every stale UDP conntrack entry in this network namespace; returns how many.
-pub fn clear_stale(desired: &Desired, node_ips: &[IpAddr]) -> io::Result<usize> {
+/// `gone` are the UDP frontends removed since the last cleanup, per family (see
+/// [`GoneFrontends`]).
+pub fn clear_stale(desired: &Desired, gone: &[GoneFrontends; 2], node_ips: &[IpAddr]) -> io::Result<usize> {
     let sock = mnl::Socket::new(mnl::Bus::Netfilter)?;
     let mut deleted = 0;
     let mut seq = 1;
     for family in IpFamily::ALL {
-        let frontends = UdpFrontends::new(desired, family);
+        let frontends = UdpFrontends::new(desired, family).with_gone(&gone[family.index()]);
         if frontends.is_empty() {
             continue;
         }

@@ -266,6 +266,7 @@ fn start(args: &RunArgs, s: Settings) -> Result<Daemon> {
         pod_cidrs: (s.config.detect_local == DetectLocal::NodeCidr)
             .then(|| PodCidrWait::Waiting { listed: false, deadline: Instant::now() + POD_CIDR_WAIT }),
         pending: (0, 0),
+        gone_udp: Default::default(),
         config: s.config,
         health,
         metrics,
@@ -307,6 +308,9 @@ struct Daemon {
     pod_cidrs: Option<PodCidrWait>,
     /// Service and endpoint changes since the last sync (`*_changes_pending`).
     pending: (i64, i64),
+    /// UDP frontends removed since the last conntrack cleanup, per family: their DNATed
+    /// flows are cleared too.
+    gone_udp: [proxy_core::conntrack::GoneFrontends; 2],
     health: Arc<Health>,
     metrics: Arc<Metrics>,
     rx: Receiver<Trigger>,
@@ -425,6 +429,9 @@ impl Daemon {
             self.syncer.request_full();
         }
         let plan = self.engine.plan();
+        for family in IpFamily::ALL {
+            self.gone_udp[family.index()].add(plan.changes.family(family));
+        }
         let full = self.syncer.needs_full() || plan.full;
         let start = Instant::now();
         self.pending = (0, 0);
@@ -480,8 +487,9 @@ impl Daemon {
             "synced"
         );
         let conntrack_start = Instant::now();
-        match crate::conntrack::clear_stale(desired, &self.engine.node_context().node_ips) {
+        match crate::conntrack::clear_stale(desired, &self.gone_udp, &self.engine.node_context().node_ips) {
             Ok(n) => {
+                self.gone_udp = Default::default();
                 for family in IpFamily::ALL {
                     let labels = family_label(family);
                     self.metrics

@@ -164,7 +164,7 @@ fn sync(paths: &[PathBuf], flags: &ProxyFlags) -> Result<ExitCode> {
     }
     // As after every sync: UDP flows pinned to endpoints that are gone would otherwise
     // keep going there.
-    let stale = match conntrack::clear_stale(desired, &engine.node_context().node_ips) {
+    let stale = match conntrack::clear_stale(desired, &Default::default(), &engine.node_context().node_ips) {
         Ok(n) => n,
         Err(e) => {
             eprintln!("warning: could not clear stale UDP conntrack entries: {e}");

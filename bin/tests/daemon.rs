@@ -1,6 +1,7 @@
 //! `kproxy run --manifests DIR` in a throwaway node: edits converge, a foreign flush is
 //! repaired within a second, a restart under continuous traffic loses nothing, and a bad
-//! configuration is refused with a clear message; the conntrack sysctls are set.
+//! configuration is refused with a clear message; the conntrack sysctls are set; UDP
+//! flows survive restarts and leave with their Service.
 
 mod common;
 
@@ -504,5 +505,62 @@ fn node_cidr_waits_for_pod_cidrs_and_a_config_change_exits() {
             std::thread::sleep(Duration::from_millis(20));
         };
         assert!(!status.success(), "exits with an error, as kube-proxy: {status:?}");
+    });
+}
+
+/// The dns Service of [`CLUSTER`].
+const DNS_SERVICE: &str = "---
+apiVersion: v1
+kind: Service
+metadata: {namespace: default, name: dns}
+spec:
+  clusterIP: 10.96.0.53
+  ports: [{name: dns, port: 53, protocol: UDP}]
+";
+
+/// The conntrack entries of UDP flows to `dst`, as the `conntrack` tool lists them.
+fn udp_entries(dst: &str) -> usize {
+    sh(&format!("conntrack -L -p udp --orig-dst {dst} 2>/dev/null")).lines().count()
+}
+
+/// Conntrack cleanups the running daemon has finished (its reconciler histogram's count).
+fn cleanups() -> u64 {
+    let Ok(_) = std::net::TcpStream::connect("127.0.0.1:10249") else { return 0 };
+    let (_, metrics) = get("127.0.0.1:10249", "/metrics");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("kubeproxy_conntrack_reconciler_sync_duration_seconds_count"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// A restart clears no conntrack entry of a live UDP flow (upstream flushes every UDP
+/// Service's entries at start, k#122740); a deleted UDP Service's DNATed flow is cleared
+/// at the next sync (upstream leaves it going to the old endpoint, k#141371).
+#[test]
+fn udp_flows_survive_restarts_and_leave_with_their_service() {
+    in_sandbox("udp_flows_survive_restarts_and_leave_with_their_service", || {
+        let node = Node::new();
+        assert!(CLUSTER.contains(DNS_SERVICE));
+        let dir = write(&node, CLUSTER);
+        let daemon = Daemon::start(&dir);
+        wait_for("first cleanup", Duration::from_secs(10), || cleanups() >= 1);
+        let flow = || udp_flow(Some("client"), "10.96.0.53:53", "10.200.0.2:40053");
+        let Reply::From { pod: first, .. } = flow() else { panic!("no answer from the UDP Service") };
+        assert_eq!(udp_entries("10.96.0.53"), 1);
+
+        drop(daemon);
+        let _daemon = Daemon::start(&dir);
+        wait_for("the new process's first cleanup", Duration::from_secs(10), || cleanups() >= 1);
+        assert_eq!(udp_entries("10.96.0.53"), 1, "a restart cleared a live flow's entry");
+        let again = flow();
+        assert!(
+            matches!(&again, Reply::From { pod, .. } if *pod == first),
+            "the flow kept its endpoint {first}: {again:?}"
+        );
+
+        write(&node, &CLUSTER.replace(DNS_SERVICE, ""));
+        wait_for("the deleted Service's flow cleared", Duration::from_secs(5), || udp_entries("10.96.0.53") == 0);
     });
 }

@@ -6,70 +6,6 @@ mod common;
 
 use common::*;
 
-const CLUSTER: &str = r#"
-apiVersion: networking.k8s.io/v1
-kind: ServiceCIDR
-metadata: {name: kubernetes}
-spec: {cidrs: [10.96.0.0/16]}
----
-apiVersion: v1
-kind: Service
-metadata: {namespace: default, name: web}
-spec:
-  clusterIP: 10.96.0.10
-  ports: [{name: http, port: 80, targetPort: 8080}]
----
-apiVersion: v1
-kind: Service
-metadata: {namespace: default, name: dns}
-spec:
-  clusterIP: 10.96.0.53
-  ports: [{name: dns, port: 53, protocol: UDP}]
----
-apiVersion: v1
-kind: Service
-metadata: {namespace: default, name: np}
-spec:
-  type: NodePort
-  clusterIP: 10.96.0.20
-  ports: [{name: http, port: 80, nodePort: 30080}]
----
-apiVersion: v1
-kind: Service
-metadata: {namespace: default, name: empty}
-spec:
-  clusterIP: 10.96.0.99
-  ports: [{name: http, port: 80}]
----
-apiVersion: v1
-kind: List
-items:
-  - apiVersion: discovery.k8s.io/v1
-    kind: EndpointSlice
-    metadata: {namespace: default, name: web-1, labels: {kubernetes.io/service-name: web}}
-    addressType: IPv4
-    ports: [{name: http, port: 8080}]
-    endpoints:
-      - {addresses: [10.244.0.11], nodeName: node-a}
-      - {addresses: [10.244.0.12], nodeName: node-a}
-  - apiVersion: discovery.k8s.io/v1
-    kind: EndpointSlice
-    metadata: {namespace: default, name: dns-1, labels: {kubernetes.io/service-name: dns}}
-    addressType: IPv4
-    ports: [{name: dns, port: 5353, protocol: UDP}]
-    endpoints:
-      - {addresses: [10.244.0.11], nodeName: node-a}
-      - {addresses: [10.244.0.12], nodeName: node-a}
-  - apiVersion: discovery.k8s.io/v1
-    kind: EndpointSlice
-    metadata: {namespace: default, name: np-1, labels: {kubernetes.io/service-name: np}}
-    addressType: IPv4
-    ports: [{name: http, port: 8080}]
-    endpoints:
-      - {addresses: [10.244.0.11], nodeName: node-a}
-      - {addresses: [10.244.0.12], nodeName: node-a}
-"#;
-
 #[test]
 fn cluster_ips_node_ports_and_verdicts() {
     in_sandbox("cluster_ips_node_ports_and_verdicts", || {
@@ -330,7 +266,7 @@ fn stale_udp_flows_are_cleared() {
     in_sandbox("stale_udp_flows_are_cleared", || {
         let node = Node::new();
         node.sync(CLUSTER, &[]);
-        let same_flow = || request(Some("client"), "10.96.0.53:53", true, Some("10.200.0.2:40053"));
+        let same_flow = || udp_flow(Some("client"), "10.96.0.53:53", "10.200.0.2:40053");
         let Reply::From { pod: first, .. } = same_flow() else { panic!("no answer") };
         // The same 5-tuple keeps its endpoint while nothing changes.
         assert!(matches!(same_flow(), Reply::From { pod, .. } if pod == first));

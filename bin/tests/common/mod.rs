@@ -227,6 +227,21 @@ pub fn request(netns: Option<&str>, target: &str, udp: bool, bind: Option<&str>)
     }
 }
 
+/// One UDP request with a fixed source (`bind`), so the same conntrack entry each time.
+/// A datagram that reaches a pod while its server's previous fork still holds the socket
+/// goes unanswered: it is asked again, same 5-tuple, after a pause (up to three times).
+pub fn udp_flow(netns: Option<&str>, target: &str, bind: &str) -> Reply {
+    let mut reply = Reply::Timeout;
+    for _ in 0..3 {
+        reply = request(netns, target, true, Some(bind));
+        if !matches!(reply, Reply::Timeout) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    reply
+}
+
 trait OutputWithInput {
     fn output_with_input(&mut self, input: &[u8]) -> std::process::Output;
 }
@@ -312,3 +327,69 @@ pub fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Du
     }
     start.elapsed()
 }
+
+/// The cluster most tests sync: web (TCP), dns (UDP), a NodePort and a Service without
+/// endpoints, all on pods 10.244.0.11 and .12.
+pub const CLUSTER: &str = r#"
+apiVersion: networking.k8s.io/v1
+kind: ServiceCIDR
+metadata: {name: kubernetes}
+spec: {cidrs: [10.96.0.0/16]}
+---
+apiVersion: v1
+kind: Service
+metadata: {namespace: default, name: web}
+spec:
+  clusterIP: 10.96.0.10
+  ports: [{name: http, port: 80, targetPort: 8080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {namespace: default, name: dns}
+spec:
+  clusterIP: 10.96.0.53
+  ports: [{name: dns, port: 53, protocol: UDP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {namespace: default, name: np}
+spec:
+  type: NodePort
+  clusterIP: 10.96.0.20
+  ports: [{name: http, port: 80, nodePort: 30080}]
+---
+apiVersion: v1
+kind: Service
+metadata: {namespace: default, name: empty}
+spec:
+  clusterIP: 10.96.0.99
+  ports: [{name: http, port: 80}]
+---
+apiVersion: v1
+kind: List
+items:
+  - apiVersion: discovery.k8s.io/v1
+    kind: EndpointSlice
+    metadata: {namespace: default, name: web-1, labels: {kubernetes.io/service-name: web}}
+    addressType: IPv4
+    ports: [{name: http, port: 8080}]
+    endpoints:
+      - {addresses: [10.244.0.11], nodeName: node-a}
+      - {addresses: [10.244.0.12], nodeName: node-a}
+  - apiVersion: discovery.k8s.io/v1
+    kind: EndpointSlice
+    metadata: {namespace: default, name: dns-1, labels: {kubernetes.io/service-name: dns}}
+    addressType: IPv4
+    ports: [{name: dns, port: 5353, protocol: UDP}]
+    endpoints:
+      - {addresses: [10.244.0.11], nodeName: node-a}
+      - {addresses: [10.244.0.12], nodeName: node-a}
+  - apiVersion: discovery.k8s.io/v1
+    kind: EndpointSlice
+    metadata: {namespace: default, name: np-1, labels: {kubernetes.io/service-name: np}}
+    addressType: IPv4
+    ports: [{name: http, port: 8080}]
+    endpoints:
+      - {addresses: [10.244.0.11], nodeName: node-a}
+      - {addresses: [10.244.0.12], nodeName: node-a}
+"#;
