@@ -167,7 +167,7 @@ def baseline_section(rows, command, started, rev):
     scenarios = sorted({(n, e) for (n, e, p) in rows if p == "baseline"})
     out = ["<!-- versus-baseline:begin -->", f"## kproxy against its baseline {rev}", "",
            f"Measured {started} on {machine()}, one proxy at a time against the same API server, as in the "
-           f"section above; the baseline is kproxy built at {rev}. Ratios are baseline ÷ this tree "
+           f"side-by-side section; the baseline is kproxy built at {rev}. Ratios are baseline ÷ this tree "
            "(above 1× this tree is faster or smaller). Command:", "", "```sh", command, "```", "",
            f"| Services × endpoints | measure | kproxy {rev} | this tree | ratio |", "|---|---|---|---|---|"]
     for n, e in scenarios:
