@@ -23,8 +23,16 @@ const CLUSTER_IPS_CHECK: &str = "cluster-ips-check";
 /// The fixed part of the table: base chains, dispatch chains, the `pick-…` rules for
 /// `picks`, and shared sets and maps.
 pub fn skeleton(ctx: &FamilyContext, picks: &BTreeSet<Pick>) -> Ruleset {
-    use ChainType::{Filter, Nat};
     let mut chains = BTreeMap::new();
+    base_chains(&mut chains);
+    dispatch_chains(ctx, picks, &mut chains);
+    check_chains(ctx, &mut chains);
+    Ruleset { chains, sets: sets(ctx, picks) }
+}
+
+/// The chains hooked into the packet path, each jumping to the regular chains below.
+fn base_chains(chains: &mut BTreeMap<String, Chain>) {
+    use ChainType::{Filter, Nat};
     let mut add = |name: &str, chain: Chain| {
         chains.insert(name.to_string(), chain);
     };
@@ -60,10 +68,12 @@ pub fn skeleton(ctx: &FamilyContext, picks: &BTreeSet<Pick>) -> Ruleset {
     add("nat-prerouting", Chain::base(Nat, Hook::Prerouting, -100, vec![jump(SERVICES)]));
     add("nat-output", Chain::base(Nat, Hook::Output, -100, vec![jump(SERVICES)]));
     add("nat-postrouting", Chain::base(Nat, Hook::Postrouting, 100, vec![jump(MASQUERADING)]));
+}
 
-    let vmap = |key, map: &str| Rule::always(Action::Vmap { key, map: map.to_string() });
-    add(FIREWALL_CHECK, Chain::regular(vec![vmap(FrontendKey::DaddrProtoPort, FIREWALL_IPS)]));
-    let (nodeport_match, nodeport_check_match) = match ctx.nodeport_ips {
+/// The NodePort matches: for the `services` dispatch (a local destination) and for the
+/// `nodeport-endpoints-check` filter.
+fn nodeport_matches(ctx: &FamilyContext) -> (Vec<Match>, Vec<Match>) {
+    match ctx.nodeport_ips {
         NodePortIps::All => {
             let loopback = loopback_net(ctx);
             (
@@ -74,14 +84,25 @@ pub fn skeleton(ctx: &FamilyContext, picks: &BTreeSet<Pick>) -> Ruleset {
         NodePortIps::Only(_) => {
             (vec![Match::DaddrInSet(NODEPORT_IPS.into())], vec![Match::DaddrInSet(NODEPORT_IPS.into())])
         }
-    };
+    }
+}
 
+fn vmap(key: FrontendKey, map: &str) -> Rule {
+    Rule::always(Action::Vmap { key, map: map.to_string() })
+}
+
+/// Dispatch: `services` and `nodeports` send each frontend to its policy or pick chain;
+/// the policy chains; the `pick-…` chains with a rule per pick in use.
+fn dispatch_chains(ctx: &FamilyContext, picks: &BTreeSet<Pick>, chains: &mut BTreeMap<String, Chain>) {
+    let mut add = |name: &str, chain: Chain| {
+        chains.insert(name.to_string(), chain);
+    };
+    let mark = Action::Verdict(Verdict::Jump(MARK_FOR_MASQUERADE.into()));
     // Dispatch. ClusterIP traffic from outside the pod network is masqueraded (upstream
     // does this in each service chain, matching the ClusterIP); then each frontend set
     // sends its traffic to a shared chain; service ports with chains of their own (ClientIP
     // affinity) are found in the verdict maps.
     let mut services = Vec::new();
-    let mark = Action::Verdict(Verdict::Jump(MARK_FOR_MASQUERADE.into()));
     let to_cluster_ip = Match::DaddrInSet(CLUSTER_IPS.into());
     if ctx.masquerade_all {
         services.push(Rule::new([to_cluster_ip], mark.clone()));
@@ -98,7 +119,7 @@ pub fn skeleton(ctx: &FamilyContext, picks: &BTreeSet<Pick>) -> Ruleset {
         in_set(&ADDRESSES, ADDRESSES.external_cluster, ADDRESSES.cluster_policy),
         in_set(&ADDRESSES, ADDRESSES.external_local, ADDRESSES.local_policy),
         vmap(FrontendKey::DaddrProtoPort, SERVICE_IPS),
-        Rule::new(nodeport_match, Action::Verdict(goto(NODEPORTS))),
+        Rule::new(nodeport_matches(ctx).0, Action::Verdict(goto(NODEPORTS))),
     ]);
     add(SERVICES, Chain::regular(services));
     add(
@@ -121,12 +142,21 @@ pub fn skeleton(ctx: &FamilyContext, picks: &BTreeSet<Pick>) -> Ruleset {
             add(chain, Chain::regular(rules));
         }
     }
+}
 
+/// Filters and verdicts: source-range firewalls, no-endpoint verdicts, the ClusterIP
+/// catch-all, reject, and masquerading.
+fn check_chains(ctx: &FamilyContext, chains: &mut BTreeMap<String, Chain>) {
+    let mut add = |name: &str, chain: Chain| {
+        chains.insert(name.to_string(), chain);
+    };
+    let mark = Action::Verdict(Verdict::Jump(MARK_FOR_MASQUERADE.into()));
+    add(FIREWALL_CHECK, Chain::regular(vec![vmap(FrontendKey::DaddrProtoPort, FIREWALL_IPS)]));
     add(SERVICE_ENDPOINTS_CHECK, Chain::regular(vec![vmap(FrontendKey::DaddrProtoPort, NO_ENDPOINT_SERVICES)]));
     add(
         NODEPORT_ENDPOINTS_CHECK,
         Chain::regular(vec![Rule::new(
-            nodeport_check_match,
+            nodeport_matches(ctx).1,
             Action::Vmap { key: FrontendKey::ProtoPort, map: NO_ENDPOINT_NODEPORTS.to_string() },
         )]),
     );
@@ -148,7 +178,10 @@ pub fn skeleton(ctx: &FamilyContext, picks: &BTreeSet<Pick>) -> Ruleset {
             Rule::always(Action::MasqueradeFullyRandom),
         ]),
     );
+}
 
+/// The shared sets and maps, and the endpoint maps of the picks in use.
+fn sets(ctx: &FamilyContext, picks: &BTreeSet<Pick>) -> BTreeMap<String, Set> {
     let mut sets = BTreeMap::new();
     sets.insert(CLUSTER_IPS.to_string(), Set::plain(KeyType::Addr, "Active ClusterIPs"));
     if let NodePortIps::Only(ips) = &ctx.nodeport_ips {
@@ -197,7 +230,7 @@ pub fn skeleton(ctx: &FamilyContext, picks: &BTreeSet<Pick>) -> Ruleset {
     for pick in picks {
         sets.insert(pick.map().to_string(), pick.map_definition());
     }
-    Ruleset { chains, sets }
+    sets
 }
 
 /// The rules of an external chain under Local policy, in upstream's order: pod traffic
