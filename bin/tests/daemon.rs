@@ -52,7 +52,7 @@ fn edits_converge_and_drift_is_repaired() {
         let _daemon = Daemon::start(&dir);
         wait_for("first sync", Duration::from_secs(10), table_exists);
         let all = ["pod1", "pod2"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(pods(&requests(12, Some("client"), "10.96.0.10:80", false)), all);
+        assert_reaches(Some("client"), "10.96.0.10:80", false, &all);
 
         // An edit: pod1 leaves. Within a couple of seconds only pod2 answers.
         write(&node, &WEB.replace("  - {addresses: [10.244.0.11], nodeName: node-a}\n", ""));
@@ -163,7 +163,7 @@ fn kube_proxys_command_line_and_sigterm() {
         wait_for("first sync", Duration::from_secs(10), table_exists);
         wait_for("healthz", Duration::from_secs(5), || get_ok("127.0.0.1:10256", "/healthz"));
         let all = ["pod1", "pod2"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(pods(&requests(12, Some("client"), "10.96.0.10:80", false)), all);
+        assert_reaches(Some("client"), "10.96.0.10:80", false, &all);
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
         let start = std::time::Instant::now();
@@ -422,7 +422,7 @@ fn kube_proxys_leftovers_go_after_the_first_commit() {
         let tables = sh("nft list tables");
         assert!(!tables.contains("kube-proxy"), "{tables}");
         let all = ["pod1", "pod2"].iter().map(|s| s.to_string()).collect();
-        assert_eq!(pods(&requests(12, Some("client"), "10.96.0.10:80", false)), all);
+        assert_reaches(Some("client"), "10.96.0.10:80", false, &all);
     });
 }
 

@@ -32,7 +32,7 @@ fn cluster_ips_node_ports_and_verdicts() {
         }
 
         // The node itself to the ClusterIP (output hook).
-        assert_eq!(pods(&requests(12, None, "10.96.0.10:80", false)), both());
+        assert_reaches(None, "10.96.0.10:80", false, &both());
 
         // UDP.
         let replies = requests(16, Some("client"), "10.96.0.53:53", true);
@@ -124,7 +124,7 @@ fn resync_converges_and_removed_endpoints_never_answer() {
     in_sandbox("resync_converges_and_removed_endpoints_never_answer", || {
         let node = Node::new();
         node.sync(CLUSTER, &[]);
-        assert_eq!(pods(&requests(12, Some("client"), "10.96.0.10:80", false)), both());
+        assert_reaches(Some("client"), "10.96.0.10:80", false, &both());
 
         let only_pod2 = CLUSTER.replacen("      - {addresses: [10.244.0.11], nodeName: node-a}\n", "", 1);
         node.sync(&only_pod2, &[]);
@@ -148,7 +148,7 @@ fn resync_converges_and_removed_endpoints_never_answer() {
         );
         let out = node.sync(&broken, &[]);
         assert!(out.contains("Service default/bad: spec.clusterIP: invalid IP address"), "{out}");
-        assert_eq!(pods(&requests(12, Some("client"), "10.96.0.10:80", false)), both());
+        assert_reaches(Some("client"), "10.96.0.10:80", false, &both());
     });
 }
 
@@ -168,8 +168,8 @@ fn large_cluster_in_a_user_namespace() {
         }
         let out = node.sync(&yaml, &[]);
         assert!(out.contains("synced 1504 service ports"), "{out}");
-        assert_eq!(pods(&requests(12, Some("client"), "10.97.5.7:80", false)), both());
-        assert_eq!(pods(&requests(12, Some("client"), "10.96.0.10:80", false)), both());
+        assert_reaches(Some("client"), "10.97.5.7:80", false, &both());
+        assert_reaches(Some("client"), "10.96.0.10:80", false, &both());
     });
 }
 

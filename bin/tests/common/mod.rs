@@ -260,6 +260,27 @@ pub fn requests(n: usize, netns: Option<&str>, target: &str, udp: bool) -> Vec<R
     (0..n).map(|_| request(netns, target, udp, None)).collect()
 }
 
+/// Asserts that requests to `target` reach exactly the pods in `expected`: it asks until
+/// each of them has answered (random load balancing over two pods leaves one out of a fixed
+/// dozen about once in 2,000 runs), up to 40 times, and every reply must come from one of
+/// them (over UDP a timeout is forgiven: a datagram that reaches a pod while its server's
+/// previous fork holds the socket goes unanswered). On failure it prints every reply.
+pub fn assert_reaches(netns: Option<&str>, target: &str, udp: bool, expected: &std::collections::BTreeSet<String>) {
+    let mut replies = Vec::new();
+    while replies.len() < 40 && pods(&replies) != *expected {
+        replies.push(request(netns, target, udp, None));
+    }
+    let strays: Vec<_> = replies
+        .iter()
+        .filter(|r| !(udp && **r == Reply::Timeout))
+        .filter(|r| !matches!(r, Reply::From { pod, .. } if expected.contains(pod)))
+        .collect();
+    assert!(
+        pods(&replies) == *expected && strays.is_empty(),
+        "{target} from {netns:?}: expected answers from {expected:?}, got {replies:?}"
+    );
+}
+
 /// The set of pods that answered.
 pub fn pods(replies: &[Reply]) -> std::collections::BTreeSet<String> {
     replies
