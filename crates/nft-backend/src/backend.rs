@@ -292,6 +292,7 @@ mod tests {
             load_balancer_ips: Vec::new(),
             firewall: None,
             affinity_timeout: None,
+            maglev: None,
             internal_policy_local: false,
             external_policy_local: false,
             has_endpoints: false,

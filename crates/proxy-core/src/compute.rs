@@ -5,10 +5,11 @@ use std::sync::Arc;
 
 use ipnet::IpNet;
 
-use crate::context::{FamilyContext, NodeContext};
+use crate::context::{FamilyContext, MaglevSettings, NodeContext};
 use crate::desired::{Desired, Firewall, ServicePortRules};
 use crate::endpoints::{Candidate, Uses, categorize};
-use crate::model::{IpFamily, IpMode, Service, ServicePort, ServicePortName, TrafficPolicy};
+use crate::maglev;
+use crate::model::{IpFamily, IpMode, LoadBalancing, Service, ServicePort, ServicePortName, TrafficPolicy};
 use crate::snapshot::{Slices, Snapshot};
 
 /// Computes the desired rules of every Service in the snapshot for this node.
@@ -94,6 +95,7 @@ fn service_ports<'a>(
             candidates.iter().filter(|c| c.endpoint.serving).map(|c| c.endpoint.ip).collect();
         serving.sort_unstable();
         serving.dedup();
+        let maglev = maglev_size(svc, &node.maglev, cat.cluster.len().max(cat.local.len()));
         out.push(ServicePortRules {
             name: ServicePortName { service: svc.id.clone(), port: port.name.clone(), protocol: port.protocol },
             cluster_ip,
@@ -103,6 +105,7 @@ fn service_ports<'a>(
             load_balancer_ips: lb_ips.clone(),
             firewall: firewall.clone(),
             affinity_timeout: svc.session_affinity,
+            maglev,
             internal_policy_local,
             external_policy_local,
             has_endpoints: cat.has_any,
@@ -114,6 +117,24 @@ fn service_ports<'a>(
         });
     }
     out[first..].sort_unstable_by(|a, b| a.name.cmp(&b.name));
+}
+
+/// The Maglev table size of a service port with `endpoints` endpoints, if it uses Maglev:
+/// by annotation or the node's default, never under ClientIP affinity (the API's field
+/// wins over kproxy's annotation). The size is the annotation's, or the size class for
+/// the larger of the port's two endpoint lists.
+fn maglev_size(svc: &Service, settings: &MaglevSettings, endpoints: usize) -> Option<u32> {
+    if svc.session_affinity.is_some() {
+        return None;
+    }
+    match svc.load_balancing {
+        LoadBalancing::Random => None,
+        LoadBalancing::NodeDefault if !settings.by_default => None,
+        LoadBalancing::Maglev { table_size: Some(size) } => Some(size),
+        LoadBalancing::Maglev { table_size: None } | LoadBalancing::NodeDefault => {
+            Some(maglev::size_for(endpoints, settings.max_table_size))
+        }
+    }
 }
 
 /// The allowed sources of a source-range firewall. When a range contains the node's

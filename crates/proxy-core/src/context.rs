@@ -75,6 +75,8 @@ pub struct FamilyContext {
     pub masquerade_all: bool,
     /// Service CIDRs of this family: traffic to unallocated IPs in them is dropped.
     pub service_cidrs: Vec<IpNet>,
+    /// The seed of the kernel's `jhash` for Maglev Services: the same on every node.
+    pub maglev_seed: u32,
 }
 
 impl FamilyContext {
@@ -116,6 +118,32 @@ pub struct NodeContext {
     pub masquerade_all: bool,
     /// The cluster's Service CIDRs, when known.
     pub service_cidrs: Vec<IpNet>,
+    /// Maglev consistent hashing: whether Services without the annotation use it, the
+    /// table size cap and the hash seed.
+    pub maglev: MaglevSettings,
+}
+
+/// The node's Maglev settings (kproxy's own flags and config fields). Every node of a
+/// cluster must have the same, or clients land on different endpoints through different
+/// nodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct MaglevSettings {
+    /// Services without the `kproxy.io/load-balancing` annotation use Maglev.
+    pub by_default: bool,
+    /// The largest table size picked by endpoint count.
+    pub max_table_size: u32,
+    /// The seed of the kernel's `jhash`.
+    pub seed: u32,
+}
+
+impl Default for MaglevSettings {
+    fn default() -> Self {
+        MaglevSettings {
+            by_default: false,
+            max_table_size: crate::maglev::DEFAULT_MAX_SIZE,
+            seed: crate::maglev::DEFAULT_SEED,
+        }
+    }
 }
 
 impl NodeContext {
@@ -129,6 +157,7 @@ impl NodeContext {
             local_detect: LocalDetectMode::None,
             masquerade_all: false,
             service_cidrs: Vec::new(),
+            maglev: MaglevSettings::default(),
         }
     }
 
@@ -180,6 +209,7 @@ impl NodeContext {
             local_detector,
             masquerade_all: self.masquerade_all,
             service_cidrs: in_family(&self.service_cidrs),
+            maglev_seed: self.maglev.seed,
         }
     }
 }

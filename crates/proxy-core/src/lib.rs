@@ -19,6 +19,7 @@
 //! | [`backend`] | the [`Backend`] trait, the [`Syncer`] recovery contract, a model backend |
 //! | [`trace`] | a packet tracer over [`Desired`] |
 //! | [`conntrack`] | which UDP conntrack entries a sync made stale |
+//! | [`maglev`] | Maglev lookup tables and the kernel's `jhash`, for stable per-client endpoints |
 //! | `manifest` | (feature `manifests`) YAML/JSON manifests → objects, for file-fed embedders |
 //!
 //! ```
@@ -55,6 +56,7 @@ pub mod engine;
 mod error;
 pub mod ingest;
 pub mod ip;
+pub mod maglev;
 #[cfg(feature = "manifests")]
 pub mod manifest;
 pub mod model;
@@ -64,7 +66,7 @@ pub mod translate;
 
 pub use backend::{Backend, ModelBackend, SyncStats, Syncer};
 pub use compute::compute;
-pub use context::{FamilyContext, LocalDetectMode, LocalDetector, NodeContext, NodePortIps};
+pub use context::{FamilyContext, LocalDetectMode, LocalDetector, MaglevSettings, NodeContext, NodePortIps};
 pub use desired::{Desired, FamilyRules, NoEndpoints, Policy, Route, ServicePortRules, Target};
 pub use diff::{Change, Changes, diff};
 pub use engine::{Engine, Plan};

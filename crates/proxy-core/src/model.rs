@@ -343,6 +343,26 @@ pub struct Service {
     pub traffic_distribution: Option<TrafficDistribution>,
     /// `spec.healthCheckNodePort`.
     pub health_check_node_port: Option<u16>,
+    /// How new connections pick an endpoint (kproxy's annotations).
+    pub load_balancing: LoadBalancing,
+}
+
+/// How new connections pick among a Service's endpoints: kproxy's
+/// `kproxy.io/load-balancing` annotation (`random` or `maglev`), with the table size of
+/// `kproxy.io/maglev-table-size`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum LoadBalancing {
+    /// No annotation: the node's configured default.
+    #[default]
+    NodeDefault,
+    /// `random`: a random endpoint per connection, as upstream.
+    Random,
+    /// `maglev`: Maglev consistent hashing of the client's address (see
+    /// [`crate::maglev`]), with this table size when the annotation gives one.
+    Maglev {
+        /// A prime table size, overriding the size class.
+        table_size: Option<u32>,
+    },
 }
 
 impl Service {
@@ -363,6 +383,7 @@ impl Service {
             internal_traffic_policy: TrafficPolicy::Cluster,
             traffic_distribution: None,
             health_check_node_port: None,
+            load_balancing: LoadBalancing::NodeDefault,
         }
     }
 

@@ -68,7 +68,8 @@ pub struct Packet {
 /// What happens to a packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// DNATed to one of these endpoints.
+    /// DNATed to one of these endpoints (exactly one under Maglev hashing: the one this
+    /// client gets).
     Endpoints(BTreeSet<SocketAddr>),
     /// Rejected (ICMP port unreachable).
     Reject,
@@ -238,7 +239,9 @@ impl Walk<'_> {
                 self.masquerade = true;
             }
         }
-        for ep in r.endpoints(policy) {
+        let eps = r.endpoints(policy);
+        let picked = r.maglev.and_then(|size| maglev_pick(eps, size, self.ctx.maglev_seed, self.packet.source.ip));
+        for ep in eps.iter().filter(|ep| picked.is_none_or(|p| p == ep.addr)) {
             // Hairpin: an endpoint reaching itself through the Service.
             if ep.addr.ip() == self.packet.source.ip {
                 self.masquerade = true;
@@ -246,4 +249,12 @@ impl Walk<'_> {
             self.endpoints.insert(ep.addr);
         }
     }
+}
+
+/// The endpoint a Maglev service port gives this client: the owner of the slot the
+/// kernel's `jhash` picks (see [`crate::maglev`]); `None` without endpoints.
+fn maglev_pick(eps: &[crate::desired::Target], size: u32, seed: u32, client: IpAddr) -> Option<SocketAddr> {
+    let addrs: Vec<SocketAddr> = eps.iter().map(|ep| ep.addr).collect();
+    let table = crate::maglev::table(&addrs, size);
+    table.get(crate::maglev::slot(client, size, seed) as usize).map(|owner| addrs[*owner as usize])
 }

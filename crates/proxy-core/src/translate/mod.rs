@@ -11,9 +11,9 @@ mod endpointslice;
 mod node;
 mod service;
 
-pub use endpointslice::endpoint_slice;
+pub use endpointslice::{ANNOTATION_TRIGGER_TIME, endpoint_slice};
 pub use node::node;
-pub use service::service;
+pub use service::{ANNOTATION_LOAD_BALANCING, ANNOTATION_MAGLEV_TABLE_SIZE, service};
 
 use crate::error::{Error, ObjectKind, Problem};
 use crate::model::ObjectRef;

@@ -12,10 +12,16 @@ use super::{
 };
 use crate::error::{Error, ObjectKind};
 use crate::ip::{parse_cidr_sloppy, parse_ip_sloppy};
+use crate::maglev;
 use crate::model::{
-    DEFAULT_AFFINITY_TIMEOUT_SECONDS, IpFamily, IpMode, LoadBalancerIngress, Service, ServicePort, ServiceType,
-    TargetPort, TrafficDistribution, TrafficPolicy,
+    DEFAULT_AFFINITY_TIMEOUT_SECONDS, IpFamily, IpMode, LoadBalancerIngress, LoadBalancing, Service, ServicePort,
+    ServiceType, TargetPort, TrafficDistribution, TrafficPolicy,
 };
+
+/// kproxy's annotation choosing how endpoints are picked: `random` or `maglev`.
+pub const ANNOTATION_LOAD_BALANCING: &str = "kproxy.io/load-balancing";
+/// kproxy's annotation fixing a Maglev table size (a prime up to the largest size class).
+pub const ANNOTATION_MAGLEV_TABLE_SIZE: &str = "kproxy.io/maglev-table-size";
 
 /// The largest ClientIP affinity timeout the API allows (one day).
 const MAX_AFFINITY_TIMEOUT_SECONDS: i32 = 86_400;
@@ -79,6 +85,7 @@ pub fn service(svc: &k8s::Service) -> Result<Translated<Service>, Rejected> {
             }
         },
     };
+    let load_balancing = load_balancing(svc, &mut problems);
 
     Ok(problems.done(Service {
         id,
@@ -93,7 +100,39 @@ pub fn service(svc: &k8s::Service) -> Result<Translated<Service>, Rejected> {
         internal_traffic_policy,
         traffic_distribution,
         health_check_node_port,
+        load_balancing,
     }))
+}
+
+/// kproxy's load-balancing annotations. A bad value is dropped with a warning and the
+/// node's default applies.
+fn load_balancing(svc: &k8s::Service, problems: &mut Problems) -> LoadBalancing {
+    let annotations = svc.metadata.annotations.as_ref();
+    let get = |key: &str| annotations.and_then(|a| a.get(key)).map(|v| v.trim());
+    let field = |key: &str| format!("metadata.annotations[{key}]");
+    let table_size = get(ANNOTATION_MAGLEV_TABLE_SIZE).and_then(|raw| {
+        let max = *maglev::SIZE_CLASSES.last().expect("classes");
+        match raw.parse::<u32>() {
+            Ok(n) if maglev::is_prime(n) && n <= max => Some(n),
+            Ok(n) => {
+                problems.drop_part(field(ANNOTATION_MAGLEV_TABLE_SIZE), Error::OutOfRange(i64::from(n)));
+                None
+            }
+            Err(_) => {
+                problems.drop_part(field(ANNOTATION_MAGLEV_TABLE_SIZE), Error::UnknownValue(raw.to_string()));
+                None
+            }
+        }
+    });
+    match get(ANNOTATION_LOAD_BALANCING) {
+        None => LoadBalancing::NodeDefault,
+        Some(v) if v.eq_ignore_ascii_case("maglev") => LoadBalancing::Maglev { table_size },
+        Some(v) if v.eq_ignore_ascii_case("random") => LoadBalancing::Random,
+        Some(other) => {
+            problems.drop_part(field(ANNOTATION_LOAD_BALANCING), Error::UnknownValue(other.to_string()));
+            LoadBalancing::NodeDefault
+        }
+    }
 }
 
 /// `spec.clusterIPs` (or the older `spec.clusterIP`), at most one per family.
