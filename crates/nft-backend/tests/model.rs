@@ -333,7 +333,12 @@ mod kernel_rules {
         let pick = |n| {
             Rule::new(
                 [Match::L4Proto(proxy_core::Protocol::Tcp)],
-                Action::DnatMap { key: nft_client::ruleset::FrontendKey::ProtoPort, modulus: n, map: "m".into() },
+                Action::DnatMap {
+                    key: nft_client::ruleset::FrontendKey::ProtoPort,
+                    slot: nft_client::ruleset::Slot::Random,
+                    modulus: n,
+                    map: "m".into(),
+                },
             )
         };
         model.commit(&[tx(vec![Op::AddRule("a".into(), pick(1)), Op::AddRule("a".into(), pick(3))])]).unwrap();

@@ -147,6 +147,19 @@ pub enum Verdict {
     Goto(String),
 }
 
+/// How an [`Action::DnatMap`] picks a frontend's slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Slot {
+    /// `numgen random mod N`: a random slot per connection.
+    Random,
+    /// `jhash ip saddr mod N seed S`: the slot of the client's address, the same on every
+    /// node with the same seed (Maglev tables).
+    SourceHash {
+        /// The `jhash` seed.
+        seed: u32,
+    },
+}
+
 /// What a rule does when its matches hold.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Action {
@@ -160,12 +173,14 @@ pub enum Action {
         map: String,
     },
     /// `dnat ip to KEY . numgen random mod N map @MAP` (needs a preceding
-    /// [`Match::L4Proto`]): picks one of a frontend's N endpoints, stored in the endpoint
-    /// map under slots 0 to N-1.
+    /// [`Match::L4Proto`]): picks one of a frontend's N slots, stored in the endpoint map
+    /// under slots 0 to N-1 (one per endpoint, or a Maglev table).
     DnatMap {
         /// The frontend part of the key.
         key: FrontendKey,
-        /// The number of endpoints.
+        /// How the slot is picked.
+        slot: Slot,
+        /// The number of slots.
         modulus: u32,
         /// The endpoint map.
         map: String,

@@ -11,7 +11,7 @@ use proxy_core::IpFamily;
 
 use crate::ruleset::{
     Action, AddrMatch, Chain, ChainType, Data, DataType, FrontendKey, Hook, Key, KeyType, Match, Rule, Ruleset, Set,
-    Verdict, nft_family,
+    Slot, Verdict, nft_family,
 };
 
 /// Renders a whole table as an nft script.
@@ -193,8 +193,12 @@ fn action(family: IpFamily, a: &Action) -> String {
     match a {
         Action::Verdict(v) => verdict(v),
         Action::Vmap { key, map } => format!("{} vmap @{map}", frontend_key(family, *key)),
-        Action::DnatMap { key, modulus, map } => {
+        Action::DnatMap { key, slot: Slot::Random, modulus, map } => {
             format!("dnat {kw} to {} . numgen random mod {modulus} map @{map}", frontend_key(family, *key))
+        }
+        Action::DnatMap { key, slot: Slot::SourceHash { seed }, modulus, map } => {
+            let key = frontend_key(family, *key);
+            format!("dnat {kw} to {key} . jhash {kw} saddr mod {modulus} seed 0x{seed:x} map @{map}")
         }
         Action::MarkOr(bit) => format!("meta mark set meta mark | 0x{bit:08x}"),
         Action::MarkXor(bit) => format!("meta mark set meta mark ^ 0x{bit:08x}"),

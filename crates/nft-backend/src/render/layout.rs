@@ -1,7 +1,7 @@
 //! kproxy's data layout: the shared sets, maps and `pick-…` chains that hold every
 //! service port without affinity as elements (the [module](super) docs say why).
 
-use nft_client::ruleset::{Action, FrontendKey, Key, KeyType, Match, Rule, Set, SetName};
+use nft_client::ruleset::{Action, FrontendKey, Key, KeyType, Match, Rule, Set, SetName, Slot};
 use proxy_core::{Policy, Protocol};
 
 /// The chain NodePort traffic is dispatched from.
@@ -25,6 +25,9 @@ pub(super) struct Frontends {
     /// policy.
     pub(super) cluster_endpoints: &'static str,
     pub(super) local_endpoints: &'static str,
+    /// Maglev tables (the prefix of their names), per policy.
+    pub(super) maglev_cluster: &'static str,
+    pub(super) maglev_local: &'static str,
     pub(super) pick_cluster: &'static str,
     pub(super) pick_local: &'static str,
 }
@@ -40,6 +43,8 @@ pub(super) const ADDRESSES: Frontends = Frontends {
     local_policy: "external-local-policy",
     cluster_endpoints: "cluster-endpoints",
     local_endpoints: "local-endpoints",
+    maglev_cluster: "maglev-cluster-endpoints",
+    maglev_local: "maglev-local-endpoints",
     pick_cluster: "pick-cluster-endpoint",
     pick_local: "pick-local-endpoint",
 };
@@ -55,15 +60,18 @@ pub(super) const NODEPORT_FRONTENDS: Frontends = Frontends {
     local_policy: "nodeport-local-policy",
     cluster_endpoints: "nodeport-cluster-endpoints",
     local_endpoints: "nodeport-local-endpoints",
+    maglev_cluster: "maglev-nodeport-cluster-endpoints",
+    maglev_local: "maglev-nodeport-local-endpoints",
     pick_cluster: "pick-nodeport-cluster-endpoint",
     pick_local: "pick-nodeport-local-endpoint",
 };
 
 impl Frontends {
-    pub(super) fn endpoints(&'static self, policy: Policy) -> (&'static &'static str, &'static str) {
+    /// The pick chain of a policy.
+    pub(super) fn pick(&'static self, policy: Policy) -> &'static str {
         match policy {
-            Policy::Cluster => (&self.cluster_endpoints, self.pick_cluster),
-            Policy::Local => (&self.local_endpoints, self.pick_local),
+            Policy::Cluster => self.pick_cluster,
+            Policy::Local => self.pick_local,
         }
     }
 
@@ -75,15 +83,18 @@ impl Frontends {
     }
 }
 
-/// One rule of a `pick-…` chain: the chain, and the protocol and endpoint count it serves.
+/// One rule of a `pick-…` chain: the chain, and the protocol and slot count it serves,
+/// with random slots (one per endpoint) or Maglev tables.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Pick {
     /// The `pick-…` chain.
     pub chain: &'static str,
     /// The protocol.
     pub protocol: Protocol,
-    /// The number of endpoints.
+    /// The number of slots: endpoints, or the Maglev table size.
     pub endpoints: u32,
+    /// How the slot is picked.
+    pub slot: Slot,
 }
 
 impl Pick {
@@ -94,8 +105,8 @@ impl Pick {
             .flat_map(|f| [f.pick_cluster, f.pick_local])
             .find(|c| *c == chain)?;
         match (rule.matches.as_slice(), &rule.action) {
-            ([Match::L4Proto(protocol)], Action::DnatMap { modulus, .. }) => {
-                Some(Pick { chain, protocol: *protocol, endpoints: *modulus })
+            ([Match::L4Proto(protocol)], Action::DnatMap { modulus, slot, .. }) => {
+                Some(Pick { chain, protocol: *protocol, endpoints: *modulus, slot: *slot })
             }
             _ => None,
         }
@@ -106,10 +117,16 @@ impl Pick {
         if nodeport { &NODEPORT_FRONTENDS } else { &ADDRESSES }
     }
 
-    /// The endpoint map the rule looks up: the one for this chain and endpoint count.
+    /// The endpoint map the rule looks up: the one for this chain, slot kind and count.
     pub fn map(&self) -> SetName {
         let f = self.frontends();
-        let prefix = if self.chain == f.pick_cluster { &f.cluster_endpoints } else { &f.local_endpoints };
+        let cluster = self.chain == f.pick_cluster;
+        let prefix = match (self.slot, cluster) {
+            (Slot::Random, true) => &f.cluster_endpoints,
+            (Slot::Random, false) => &f.local_endpoints,
+            (Slot::SourceHash { .. }, true) => &f.maglev_cluster,
+            (Slot::SourceHash { .. }, false) => &f.maglev_local,
+        };
         SetName::numbered(prefix, self.endpoints)
     }
 
@@ -117,15 +134,30 @@ impl Pick {
     pub fn map_definition(&self) -> Set {
         let which = if self.chain == self.frontends().pick_cluster { "Cluster-policy" } else { "node-local" };
         let n = self.endpoints;
-        let comment = format!("{which} endpoints of frontends with {n} endpoint{}", if n == 1 { "" } else { "s" });
+        let comment = match self.slot {
+            Slot::Random => {
+                format!("{which} endpoints of frontends with {n} endpoint{}", if n == 1 { "" } else { "s" })
+            }
+            // nft 1.0.6 crashes listing a `typeof` that ends in `jhash`: the declaration
+            // says `numgen random mod N`, which has the same 32-bit slot. The rule shows
+            // the hash and its seed; the userdata (typeof and comment) must fit in 256
+            // bytes, which leaves the comment under 60.
+            Slot::SourceHash { .. } => format!("Maglev tables of {which} endpoints (jhash saddr)"),
+        };
         Set::endpoint_map(self.frontends().slot_key_type(self.endpoints), &comment)
     }
 
-    /// The rule: `meta l4proto P dnat to KEY . numgen random mod N map @MAP-N`.
+    /// The rule: `meta l4proto P dnat to KEY . numgen random mod N map @MAP-N`, or with
+    /// `jhash ip saddr mod N seed S` for Maglev tables.
     pub fn rule(&self) -> Rule {
         Rule::new(
             [Match::L4Proto(self.protocol)],
-            Action::DnatMap { key: self.frontends().key, modulus: self.endpoints, map: self.map().to_string() },
+            Action::DnatMap {
+                key: self.frontends().key,
+                slot: self.slot,
+                modulus: self.endpoints,
+                map: self.map().to_string(),
+            },
         )
     }
 }

@@ -1,30 +1,50 @@
 //! A service port without affinity, as data: its frontends in the dispatch sets, its
-//! endpoints in the endpoint maps for its endpoint count.
+//! endpoints in the endpoint maps for its endpoint count, or in the Maglev tables of its
+//! table size.
 
 use nft_client::names::HAIRPIN_ENDPOINTS;
-use nft_client::ruleset::{Data, Key, SetName};
-use proxy_core::{Policy, ServicePortRules};
+use nft_client::ruleset::{Data, Key, SetName, Slot};
+use proxy_core::{Policy, ServicePortRules, maglev};
 
 use super::PortObjects;
 use super::layout::{ADDRESSES, Frontend, Frontends, Pick};
 
-/// A service port as data: frontends in the dispatch sets, endpoints in the endpoint maps.
-pub(super) fn mapped_port(r: &ServicePortRules, out: &mut PortObjects) {
+/// A service port as data: frontends in the dispatch sets, endpoints in the endpoint maps
+/// (slot i is endpoint i) or the Maglev tables (slot i is the endpoint that owns it; the
+/// same endpoints give the same slots, so an endpoint change touches only the slots that
+/// move). `seed` is the node's Maglev seed.
+pub(super) fn mapped_port(r: &ServicePortRules, seed: u32, out: &mut PortObjects) {
     let proto = r.name.protocol;
+    // Each policy's slots: endpoint i, or the Maglev owner of slot i.
+    let slots = |policy: Policy| -> Vec<Data> {
+        let eps = r.endpoints(policy);
+        match r.maglev {
+            None => eps.iter().map(|ep| Data::Endpoint(ep.addr)).collect(),
+            Some(size) => {
+                let addrs: Vec<_> = eps.iter().map(|ep| ep.addr).collect();
+                maglev::table(&addrs, size).into_iter().map(|i| Data::Endpoint(addrs[i as usize])).collect()
+            }
+        }
+    };
+    let slot = match r.maglev {
+        None => Slot::Random,
+        Some(_) => Slot::SourceHash { seed },
+    };
+    let tables = [Policy::Cluster, Policy::Local].map(slots);
     let mut add = |frontend: Frontend, set: &'static &'static str, policies: &[Policy]| {
         out.elements.insert((SetName::fixed(set), frontend.key()), None);
         for policy in policies {
-            let eps = r.endpoints(*policy);
-            if eps.is_empty() {
+            let table = &tables[matches!(policy, Policy::Local) as usize];
+            if table.is_empty() {
                 continue;
             }
-            let (prefix, pick) = frontend.kind().endpoints(*policy);
-            let n = eps.len() as u32;
-            let map = SetName::numbered(prefix, n);
-            for (i, ep) in eps.iter().enumerate() {
-                out.elements.insert((map, frontend.slot(i as u32)), Some(Data::Endpoint(ep.addr)));
+            let pick =
+                Pick { chain: frontend.kind().pick(*policy), protocol: proto, endpoints: table.len() as u32, slot };
+            let map = pick.map();
+            for (i, data) in table.iter().enumerate() {
+                out.elements.insert((map, frontend.slot(i as u32)), Some(data.clone()));
             }
-            out.picks.insert(Pick { chain: pick, protocol: proto, endpoints: n });
+            out.picks.insert(pick);
         }
     };
     if let proxy_core::Route::Endpoints(policy) = r.internal_route() {

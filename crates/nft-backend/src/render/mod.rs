@@ -112,7 +112,7 @@ pub fn service_port(r: &ServicePortRules, ctx: &FamilyContext) -> PortObjects {
     if r.affinity_timeout.is_some() {
         chained_port(r, ctx, &mut out);
     } else {
-        mapped_port(r, &mut out);
+        mapped_port(r, ctx.maglev_seed, &mut out);
     }
     let external_verdict = r.external_verdict().and_then(no_endpoints);
     if let Some(v) = &external_verdict {

@@ -8,14 +8,18 @@ use std::ptr::NonNull;
 use nftnl::nftnl_sys as sys;
 use proxy_core::IpFamily;
 
-use crate::ruleset::{Action, AddrMatch, FrontendKey, Match, Rule, Verdict};
+use crate::ruleset::{Action, AddrMatch, FrontendKey, Match, Rule, Slot, Verdict};
 
 // Registers (linux/netfilter/nf_tables.h): the verdict register, the 128-bit register 1,
 // and the 32-bit registers that follow it for concatenations.
 const REG_VERDICT: u32 = 0;
 const REG_1: u32 = 1;
 const REG_2: u32 = 2;
+const REG_3: u32 = 3;
 const REG32_00: u32 = 8;
+const REG32_11: u32 = 19;
+/// `NFT_HASH_JENKINS`.
+const HASH_JENKINS: u32 = 0;
 
 const PAYLOAD_NETWORK: u32 = 1;
 const PAYLOAD_TRANSPORT: u32 = 2;
@@ -307,15 +311,33 @@ fn action(family: IpFamily, a: &Action, out: &mut Vec<Expr>) {
             frontend_key(family, *key, out);
             out.push(lookup(map, Some(REG_VERDICT), false));
         }
-        Action::DnatMap { key, modulus, map } => {
+        Action::DnatMap { key, slot: how, modulus, map } => {
             let slot = frontend_key(family, *key, out);
-            out.push(
-                Expr::new(c"numgen")
-                    .u32(sys::NFTNL_EXPR_NG_DREG, slot)
-                    .u32(sys::NFTNL_EXPR_NG_MODULUS, *modulus)
-                    .u32(sys::NFTNL_EXPR_NG_TYPE, NG_RANDOM)
-                    .u32(sys::NFTNL_EXPR_NG_OFFSET, 0),
-            );
+            match how {
+                Slot::Random => out.push(
+                    Expr::new(c"numgen")
+                        .u32(sys::NFTNL_EXPR_NG_DREG, slot)
+                        .u32(sys::NFTNL_EXPR_NG_MODULUS, *modulus)
+                        .u32(sys::NFTNL_EXPR_NG_TYPE, NG_RANDOM)
+                        .u32(sys::NFTNL_EXPR_NG_OFFSET, 0),
+                ),
+                Slot::SourceHash { seed } => {
+                    // The source address goes where nft puts it: past the key's registers.
+                    let (offset, len) = addr_field(family, false);
+                    let source = if len == 4 { REG_3 } else { REG32_11 };
+                    out.push(payload(PAYLOAD_NETWORK, offset, len, source));
+                    out.push(
+                        Expr::new(c"hash")
+                            .u32(sys::NFTNL_EXPR_HASH_TYPE, HASH_JENKINS)
+                            .u32(sys::NFTNL_EXPR_HASH_SREG, source)
+                            .u32(sys::NFTNL_EXPR_HASH_DREG, slot)
+                            .u32(sys::NFTNL_EXPR_HASH_LEN, len)
+                            .u32(sys::NFTNL_EXPR_HASH_MODULUS, *modulus)
+                            .u32(sys::NFTNL_EXPR_HASH_SEED, *seed)
+                            .u32(sys::NFTNL_EXPR_HASH_OFFSET, 0),
+                    );
+                }
+            }
             out.push(lookup(map, Some(REG_1), false));
             // The map's data is the address, then the port in the next 32-bit register.
             let (_, len) = addr_field(family, true);
