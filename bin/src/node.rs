@@ -135,6 +135,7 @@ fn context(config: &Config, node: Option<&Node>, service_cidrs: Vec<ipnet::IpNet
         DetectLocal::InterfaceNamePrefix(p) => LocalDetectMode::InterfaceNamePrefix(p.clone()),
     };
     ctx.masquerade_all = config.masquerade_all;
+    ctx.maglev = config.maglev;
     ctx.service_cidrs = service_cidrs;
     if let Some(node) = node {
         ctx.update_from_node(node);

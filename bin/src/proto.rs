@@ -343,10 +343,14 @@ impl Wire for discovery::EndpointSlice {
     }
 }
 
-/// The annotations kept: the one proxy-core reads. Every other annotation (a `kubectl
+/// The annotations kept: those proxy-core reads. Every other annotation (a `kubectl
 /// apply`'d object carries its whole last-applied copy in one) is dropped as soon as it
 /// is decoded.
-const KEPT_ANNOTATIONS: &[&str] = &["endpoints.kubernetes.io/last-change-trigger-time"];
+const KEPT_ANNOTATIONS: &[&str] = &[
+    proxy_core::translate::ANNOTATION_TRIGGER_TIME,
+    proxy_core::translate::ANNOTATION_LOAD_BALANCING,
+    proxy_core::translate::ANNOTATION_MAGLEV_TABLE_SIZE,
+];
 
 /// Keeps only [`KEPT_ANNOTATIONS`] of a decoded annotation map.
 fn keep_annotations(mut annotations: BTreeMap<String, String>) -> BTreeMap<String, String> {

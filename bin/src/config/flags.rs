@@ -1,5 +1,5 @@
 //! kube-proxy v1.37's command line, flag for flag (`kube-proxy --help`), plus kproxy's
-//! own `--table`. Every flag is an `Option`, so the resolver can tell a flag given from a
+//! own `--table`, `--load-balancing` and `--maglev-*`. Every flag is an `Option`, so the resolver can tell a flag given from a
 //! default, as pflag's `Changed` does: with `--config`, upstream ignores all but the
 //! logging flags and `--hostname-override` (see [`super::resolve`]).
 //!
@@ -17,7 +17,8 @@ fn duration(s: &str) -> Result<GoDuration, String> {
     parse_go(s).map(GoDuration)
 }
 
-/// The flags of kube-proxy v1.37 (Linux), and `--table`.
+/// The flags of kube-proxy v1.37 (Linux), and kproxy's own: `--table` and the Maglev
+/// settings.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ProxyFlags {
     /// The path to the configuration file (KubeProxyConfiguration). With it, only the
@@ -195,6 +196,19 @@ pub struct ProxyFlags {
     /// kproxy: the nftables table kproxy owns (in families ip and ip6).
     #[arg(long, default_value = nft_backend::DEFAULT_TABLE)]
     pub table: String,
+    /// kproxy: how Services without the kproxy.io/load-balancing annotation pick an
+    /// endpoint for a new connection: at random (upstream's way), or by Maglev hashing of
+    /// the client address (the same endpoint through every node). Same on every node.
+    #[arg(long, value_parser = ["random", "maglev"], default_value = "random")]
+    pub load_balancing: String,
+    /// kproxy: the largest Maglev table a Service gets by its endpoint count (251, 1021,
+    /// 4093, 16381 or 65521 slots). Same on every node.
+    #[arg(long, default_value_t = proxy_core::maglev::DEFAULT_MAX_SIZE)]
+    pub maglev_max_table_size: u32,
+    /// kproxy: the seed of the kernel's jhash that picks a client's Maglev slot. Same on
+    /// every node.
+    #[arg(long, default_value_t = proxy_core::maglev::DEFAULT_SEED)]
+    pub maglev_seed: u32,
 }
 
 /// kube-proxy's flag normalisation: `--hostname_override` is `--hostname-override`.

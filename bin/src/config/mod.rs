@@ -96,6 +96,8 @@ pub struct Config {
     /// `nftables` or `ipvs`: the mode that runs.
     pub proxy_mode: String,
     pub table: String,
+    /// kproxy's Maglev settings (`--load-balancing`, `--maglev-*`).
+    pub maglev: proxy_core::MaglevSettings,
     /// The IPVS scheduler (`--ipvs-scheduler`, `ipvs.scheduler`).
     pub ipvs_scheduler: String,
     /// Set `net.ipv4.conf.all.arp_ignore=1` and `arp_announce=2` in IPVS mode
@@ -363,6 +365,21 @@ impl ProxyFlags {
         Ok(())
     }
 
+    /// kproxy's Maglev settings, from its own flags (they apply with `--config` too).
+    fn maglev(&self) -> Result<proxy_core::MaglevSettings> {
+        let classes = proxy_core::maglev::SIZE_CLASSES;
+        anyhow::ensure!(
+            classes.contains(&self.maglev_max_table_size),
+            "--maglev-max-table-size: {} is not one of {classes:?}",
+            self.maglev_max_table_size
+        );
+        Ok(proxy_core::MaglevSettings {
+            by_default: self.load_balancing == "maglev",
+            max_table_size: self.maglev_max_table_size,
+            seed: self.maglev_seed,
+        })
+    }
+
     /// The effective configuration from a defaulted, validated file.
     fn effective(&self, file: KubeProxyConfiguration, mode: String, warnings: Vec<String>) -> Result<Config> {
         let (sync, min_sync) = file.periods();
@@ -397,6 +414,7 @@ impl ProxyFlags {
             masquerade_all: file.masquerade_all(),
             detect_local,
             table: self.table.clone(),
+            maglev: self.maglev()?,
             ipvs_scheduler: Some(file.ipvs.scheduler.clone())
                 .filter(|s| !s.is_empty())
                 .unwrap_or_else(|| ipvs_backend::render::DEFAULT_SCHEDULER.into()),

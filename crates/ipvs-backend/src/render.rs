@@ -16,6 +16,10 @@ use crate::kernel::{IpvsState, RealServer, ServiceEntry, ServiceKey, VirtualServ
 
 /// The scheduler of virtual services when none is configured (upstream's default).
 pub const DEFAULT_SCHEDULER: &str = "rr";
+/// IPVS's Maglev scheduler, for Services with the `kproxy.io/load-balancing: maglev`
+/// annotation (IPVS hashes with its own table; the cross-node promise holds among IPVS
+/// nodes, not between IPVS and nftables nodes).
+pub const MAGLEV_SCHEDULER: &str = "mh";
 
 /// What IPVS and the dummy interface should hold.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -42,7 +46,11 @@ pub fn node_port_addresses(ctx: &FamilyContext, service_ips: &BTreeSet<IpAddr>) 
 
 fn entry(scheduler: &str, r: &ServicePortRules, endpoints: &[Target]) -> ServiceEntry {
     ServiceEntry {
-        service: VirtualService { scheduler: scheduler.to_string(), persistence: r.affinity_timeout },
+        // A Maglev Service gets IPVS's own Maglev scheduler, `mh`.
+        service: VirtualService {
+            scheduler: if r.maglev.is_some() { MAGLEV_SCHEDULER } else { scheduler }.to_string(),
+            persistence: r.affinity_timeout,
+        },
         servers: endpoints.iter().map(|t| (t.addr, RealServer::SERVING)).collect(),
     }
 }

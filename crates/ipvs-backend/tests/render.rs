@@ -173,3 +173,21 @@ fn node_ports_listen_on_node_addresses_but_never_on_service_ips() {
     assert_eq!(out.node_ports.iter().copied().collect::<Vec<_>>(), [ip("192.168.0.2")]);
     assert!(out.services.keys().filter(|k| k.port == 30010).all(|k| k.addr == ip("192.168.0.2")));
 }
+
+/// A Maglev Service gets IPVS's Maglev scheduler `mh`; the others keep the configured one.
+#[test]
+fn maglev_services_get_the_mh_scheduler() {
+    let yaml = CLUSTER.replace(
+        "metadata: {namespace: ns, name: cluster}",
+        "metadata: {namespace: ns, name: cluster, annotations: {kproxy.io/load-balancing: maglev}}",
+    );
+    let engine = engine(node(), &yaml);
+    let out = render(engine.desired(), "rr", &Default::default());
+    let scheduler = |addr: &str, port: u16| {
+        let key = ServiceKey { protocol: Protocol::Tcp, addr: ip(addr), port };
+        out.services[&key].service.scheduler.clone()
+    };
+    assert_eq!(scheduler("172.30.0.10", 80), "mh");
+    assert_eq!(scheduler("192.0.2.10", 80), "mh");
+    assert_eq!(scheduler("172.30.0.20", 80), "rr", "a Service without the annotation");
+}

@@ -1,0 +1,230 @@
+//! Maglev hashing with real packets: two nodes (network namespaces, each with its own
+//! `kproxy sync` of the same cluster) send 10,000 clients to the same endpoints; adding or
+//! removing an endpoint moves few of them; a fresh start plus `conntrack -F` moves none;
+//! and the kernel's choice is the one `proxy_core::maglev` predicts, bit for bit.
+//!
+//! Each client is one UDP datagram from its own source address (the IPv4 client range is
+//! a local route on `lo`, so any address in it can be bound; IPv6 binds with
+//! `IPV6_FREEBIND`, which IPv4 output routing would refuse): the DNAT decision is read back
+//! from conntrack. The
+//! endpoints need not exist; the datagrams leave by an interface that leads nowhere.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::process::Command;
+
+use common::{in_sandbox, sh};
+use proxy_core::maglev;
+
+const CLIENTS: u32 = 10_000;
+const SERVICE_V4: &str = "10.96.0.10";
+const SERVICE_V6: &str = "fd00:96::10";
+
+/// The endpoints `1..=n` of each family: 10.244.1.N and fd00:244:1::N, port 5353.
+fn endpoint(family: u8, i: u8) -> SocketAddr {
+    match family {
+        4 => SocketAddr::from(([10, 244, 1, i], 5353)),
+        _ => SocketAddr::new(IpAddr::V6(Ipv6Addr::new(0xfd00, 0x244, 1, 0, 0, 0, 0, u16::from(i))), 5353),
+    }
+}
+
+/// A dual-stack UDP Service with the Maglev annotation and endpoints `ids`, in two
+/// EndpointSlices per family, listed in the given order (a node must not care).
+fn cluster(ids: &[u8]) -> String {
+    let mut out = format!(
+        "apiVersion: v1
+kind: Service
+metadata:
+  namespace: default
+  name: dns
+  annotations: {{kproxy.io/load-balancing: maglev}}
+spec:
+  clusterIPs: [{SERVICE_V4}, \"{SERVICE_V6}\"]
+  ipFamilies: [IPv4, IPv6]
+  ports: [{{name: dns, port: 53, protocol: UDP}}]
+"
+    );
+    let halves = ids.split_at(ids.len() / 2);
+    for (family, kind) in [(4, "IPv4"), (6, "IPv6")] {
+        for (n, half) in [halves.0, halves.1].into_iter().enumerate() {
+            let endpoints: String = half
+                .iter()
+                .map(|i| format!("  - {{addresses: [\"{}\"], nodeName: node-z}}\n", endpoint(family, *i).ip()))
+                .collect();
+            out += &format!(
+                "---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{namespace: default, name: dns-v{family}-{n}, labels: {{kubernetes.io/service-name: dns}}}}
+addressType: {kind}
+ports: [{{name: dns, port: 5353, protocol: UDP}}]
+endpoints:
+{endpoints}"
+            );
+        }
+    }
+    out
+}
+
+/// A node: a network namespace whose traffic leaves by `dummy0`, one end of a veth pair
+/// whose other end drops it (no forwarding). A user namespace cannot load the dummy
+/// module, hence the veth.
+struct Node(&'static str);
+
+impl Node {
+    fn new(name: &'static str) -> Node {
+        sh(&format!(
+            "ip netns add {name} && ip -n {name} link set lo up && \
+             ip -n {name} link add dummy0 type veth peer name dummy1 && \
+             ip -n {name} link set dummy0 up && ip -n {name} link set dummy1 up && \
+             ip -n {name} addr add 10.244.1.254/24 dev dummy0 && \
+             ip -n {name} addr add fd00:244:1::fe/64 dev dummy0 nodad && \
+             ip -n {name} route add default dev dummy0 && ip -n {name} -6 route add default dev dummy0 && \
+             ip -n {name} route add local 10.50.0.0/16 dev lo"
+        ));
+        Node(name)
+    }
+
+    /// `kproxy sync` of `ids` in this node, as a fresh process.
+    fn sync(&self, ids: &[u8]) {
+        let dir = std::env::temp_dir().join(format!("kproxy-maglev-{}-{}", std::process::id(), self.0));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cluster.yaml"), cluster(ids)).unwrap();
+        let out = Command::new("ip")
+            .args(["netns", "exec", self.0, env!("CARGO_BIN_EXE_kproxy"), "sync", "--manifests"])
+            .arg(&dir)
+            .args(["--hostname-override", self.0, "--cluster-cidr", "10.244.0.0/16,fd00:244::/48"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "kproxy sync failed: {}", String::from_utf8_lossy(&out.stderr));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// Which endpoint each client gets for a new flow: conntrack is flushed, each client
+    /// sends one datagram, and conntrack says where it was DNATed.
+    fn assignment(&self, family: u8) -> BTreeMap<IpAddr, SocketAddr> {
+        sh(&format!("ip netns exec {} conntrack -F 2>/dev/null", self.0));
+        let netns = std::fs::File::open(format!("/run/netns/{}", self.0)).unwrap();
+        // setns applies to the calling thread only: a thread of its own sends.
+        std::thread::spawn(move || {
+            nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let service: IpAddr = if family == 4 { SERVICE_V4.parse().unwrap() } else { SERVICE_V6.parse().unwrap() };
+            for client in clients(family) {
+                let domain = if family == 4 { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+                let s = socket2::Socket::new(domain, socket2::Type::DGRAM, None).unwrap();
+                if family == 6 {
+                    s.set_freebind_v6(true).unwrap();
+                }
+                s.bind(&SocketAddr::new(client, 40000).into()).unwrap();
+                s.send_to(b"q", &SocketAddr::new(service, 53).into()).unwrap();
+            }
+        })
+        .join()
+        .unwrap();
+        let proto = if family == 4 { "ipv4" } else { "ipv6" };
+        let table = sh(&format!("ip netns exec {} conntrack -L -f {proto} -p udp --dport 53 2>/dev/null", self.0));
+        let mut out = BTreeMap::new();
+        for line in table.lines() {
+            let field = |key: &str, nth: usize| line.split_whitespace().filter_map(|w| w.strip_prefix(key)).nth(nth);
+            let (Some(client), Some(ep), Some(port)) = (field("src=", 0), field("src=", 1), field("sport=", 1)) else {
+                continue;
+            };
+            out.insert(client.parse().unwrap(), SocketAddr::new(ep.parse().unwrap(), port.parse().unwrap()));
+        }
+        assert_eq!(out.len(), CLIENTS as usize, "one conntrack entry per client:\n{table}");
+        out
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", self.0]).status();
+    }
+}
+
+/// The client addresses: spread over 10.50.0.0/16 and fd00:50::/64.
+fn clients(family: u8) -> Vec<IpAddr> {
+    (0..CLIENTS)
+        .map(|i| match family {
+            4 => IpAddr::V4(Ipv4Addr::from(0x0a32_0000 + i * 3 + 1)),
+            _ => IpAddr::V6(Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, (i >> 16) as u16, i as u16 * 3 + 1)),
+        })
+        .collect()
+}
+
+/// What proxy-core says each client gets with endpoints `ids`.
+fn predicted(family: u8, ids: &[u8]) -> BTreeMap<IpAddr, SocketAddr> {
+    let mut eps: Vec<SocketAddr> = ids.iter().map(|i| endpoint(family, *i)).collect();
+    eps.sort();
+    let size = maglev::size_for(eps.len(), maglev::DEFAULT_MAX_SIZE);
+    let table = maglev::table(&eps, size);
+    clients(family)
+        .into_iter()
+        .map(|c| (c, eps[table[maglev::slot(c, size, maglev::DEFAULT_SEED) as usize] as usize]))
+        .collect()
+}
+
+fn moved(a: &BTreeMap<IpAddr, SocketAddr>, b: &BTreeMap<IpAddr, SocketAddr>) -> Vec<IpAddr> {
+    a.iter().filter(|(c, ep)| b.get(c) != Some(ep)).map(|(c, _)| *c).collect()
+}
+
+fn share(n: usize) -> f64 {
+    n as f64 / f64::from(CLIENTS)
+}
+
+#[test]
+fn maglev_sends_each_client_to_the_same_endpoint_on_every_node() {
+    in_sandbox("maglev_sends_each_client_to_the_same_endpoint_on_every_node", || {
+        let ten: Vec<u8> = (1..=10).collect();
+        let reversed: Vec<u8> = ten.iter().rev().copied().collect();
+        let (a, b) = (Node::new("node-a"), Node::new("node-b"));
+        a.sync(&ten);
+        b.sync(&reversed);
+        for family in [4, 6] {
+            let (on_a, on_b) = (a.assignment(family), b.assignment(family));
+            assert!(
+                moved(&on_a, &on_b).is_empty(),
+                "IPv{family}: {} clients differ between nodes",
+                moved(&on_a, &on_b).len()
+            );
+            let want = predicted(family, &ten);
+            let wrong = moved(&on_a, &want);
+            assert!(wrong.is_empty(), "IPv{family}: the kernel and proxy-core disagree on {} clients", wrong.len());
+            // Balance: every endpoint within ±10% of its share.
+            let mut counts: BTreeMap<SocketAddr, u32> = BTreeMap::new();
+            for ep in on_a.values() {
+                *counts.entry(*ep).or_default() += 1;
+            }
+            assert_eq!(counts.len(), 10);
+            assert!(counts.values().all(|c| (900..=1100).contains(c)), "IPv{family}: {counts:?}");
+        }
+        let before = a.assignment(4);
+
+        // 10 → 11 endpoints: about 1/11 move, all of them to the new endpoint.
+        let eleven: Vec<u8> = (1..=11).collect();
+        a.sync(&eleven);
+        let grown = a.assignment(4);
+        let moved_up = moved(&before, &grown);
+        assert!(share(moved_up.len()) <= 1.0 / 11.0 + 0.02, "10→11 moved {}", moved_up.len());
+        let elsewhere = moved_up.iter().filter(|c| grown[*c] != endpoint(4, 11)).count();
+        assert!(share(elsewhere) <= 0.02, "{elsewhere} moved between the old endpoints");
+        assert_eq!(grown, predicted(4, &eleven));
+
+        // One endpoint removed: only its clients move (plus at most 2%).
+        let nine: Vec<u8> = ten.iter().copied().filter(|i| *i != 5).collect();
+        a.sync(&nine);
+        let shrunk = a.assignment(4);
+        let others = moved(&before, &shrunk).into_iter().filter(|c| before[c] != endpoint(4, 5)).count();
+        assert!(share(others) <= 0.02, "{others} clients of other endpoints moved");
+        assert!(shrunk.values().all(|ep| *ep != endpoint(4, 5)));
+
+        // A fresh start (the table gone, a new process) and a conntrack flush move nobody.
+        a.sync(&ten);
+        sh("ip netns exec node-a nft delete table ip kproxy");
+        a.sync(&ten);
+        assert!(moved(&before, &a.assignment(4)).is_empty(), "a restart moved clients");
+    });
+}
