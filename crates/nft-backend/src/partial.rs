@@ -33,9 +33,18 @@ pub(crate) struct PortPlan<'a> {
     flush_removed: Vec<Op>,
     delete_chains: Vec<Op>,
     delete_sets: Vec<Op>,
-    /// Shared elements this plan touches: what the kernel holds now, and the claims after
-    /// the plan.
-    elements: HashMap<(SetName, Key), (Held, Claimants)>,
+    /// Shared elements this plan touches: what the kernel holds now, the claims after the
+    /// plan, and the data the last changed port to claim it renders (what the kernel will
+    /// hold when that port is the first claimant, the usual case: no lookup needed then).
+    /// Hashed with foldhash, as [`Claims`]: a Maglev port touches thousands of elements.
+    elements: foldhash::HashMap<(SetName, Key), Touched>,
+}
+
+/// One element a plan touches.
+struct Touched {
+    held: Held,
+    claims: Claimants,
+    rendered: Option<(ServicePortName, Option<Data>)>,
 }
 
 /// What to record once a partial sync's transaction is committed.
@@ -63,7 +72,7 @@ impl<'a> PortPlan<'a> {
             flush_removed: Vec::new(),
             delete_chains: Vec::new(),
             delete_sets: Vec::new(),
-            elements: HashMap::new(),
+            elements: foldhash::HashMap::default(),
         }
     }
 
@@ -81,23 +90,32 @@ impl<'a> PortPlan<'a> {
         let empty = PortObjects::default();
         let new_ref = new_objects.as_ref().unwrap_or(&empty);
         self.objects(&old, new_ref);
-        for key in old.elements.keys().chain(new_ref.elements.keys()) {
+        // Both renderings are sorted by key: one merge gives each key's old and new data.
+        for (key, before, after) in merge(&old.elements, &new_ref.elements) {
             if !self.elements.contains_key(key) {
                 let claims = self.committed.claims.get(key).cloned().unwrap_or_default();
                 let held = match claims.first() {
                     None => None,
-                    Some(first) if first == name => Some(old.elements.get(key).cloned().flatten()),
+                    Some(first) if first == name => Some(before.cloned().flatten()),
                     Some(first) => {
                         let first = first.clone();
                         Some(self.committed_data(&first, key))
                     }
                 };
-                self.elements.insert(*key, (held, claims));
+                self.elements.insert(*key, Touched { held, claims, rendered: None });
             }
-            let (_, claims) = self.elements.get_mut(key).expect("just inserted");
-            match new {
-                Some(rules) if new_ref.elements.contains_key(key) => claims.insert(rules),
-                _ => claims.remove(name),
+            let touched = self.elements.get_mut(key).expect("just inserted");
+            match (new, after) {
+                (Some(rules), Some(data)) => {
+                    touched.claims.insert(rules);
+                    touched.rendered = Some((name.clone(), data.clone()));
+                }
+                _ => {
+                    touched.claims.remove(name);
+                    if touched.rendered.as_ref().is_some_and(|(n, _)| n == name) {
+                        touched.rendered = None;
+                    }
+                }
             }
         }
         self.changed.insert(name.clone(), new.cloned().zip(new_objects));
@@ -164,8 +182,11 @@ impl<'a> PortPlan<'a> {
         let committed = self.committed;
         let picks = self.emit_picks(&committed.picks);
         let mut claims = Claims::default();
-        for (key, (before, after)) in std::mem::take(&mut self.elements) {
-            let now = after.first().map(|first| self.data_after(&first.clone(), &key));
+        for (key, Touched { held: before, claims: after, rendered }) in std::mem::take(&mut self.elements) {
+            let now = after.first().map(|first| match &rendered {
+                Some((name, data)) if name == first => data.clone(),
+                _ => self.data_after(&first.clone(), &key),
+            });
             if now != before {
                 if before.is_some() {
                     self.delete_elements.entry(key.0).or_default().push(key.1);
@@ -274,4 +295,29 @@ impl<'a> PortPlan<'a> {
         }
         picks
     }
+}
+
+/// One key of two element maps, with its data in each (`None`: absent there).
+type Merged<'m> = (&'m (SetName, Key), Option<&'m Option<Data>>, Option<&'m Option<Data>>);
+
+/// The keys of two sorted element maps, each with its data on either side, in key order.
+fn merge<'m>(
+    old: &'m BTreeMap<(SetName, Key), Option<Data>>,
+    new: &'m BTreeMap<(SetName, Key), Option<Data>>,
+) -> impl Iterator<Item = Merged<'m>> {
+    let (mut old, mut new) = (old.iter().peekable(), new.iter().peekable());
+    std::iter::from_fn(move || match (old.peek(), new.peek()) {
+        (None, None) => None,
+        (Some(_), None) => old.next().map(|(k, d)| (k, Some(d), None)),
+        (None, Some(_)) => new.next().map(|(k, d)| (k, None, Some(d))),
+        (Some((a, _)), Some((b, _))) => match a.cmp(b) {
+            std::cmp::Ordering::Less => old.next().map(|(k, d)| (k, Some(d), None)),
+            std::cmp::Ordering::Greater => new.next().map(|(k, d)| (k, None, Some(d))),
+            std::cmp::Ordering::Equal => {
+                let (k, before) = old.next().expect("peeked");
+                let (_, after) = new.next().expect("peeked");
+                Some((k, Some(before), Some(after)))
+            }
+        },
+    })
 }
