@@ -4,6 +4,7 @@
 #
 #   benches/nft.sh                 # the sizes of issue 3
 #   benches/nft.sh 1000x2 5000x50  # chosen sizes
+#   benches/nft.sh 1000x10:maglev  # every Service with Maglev tables
 #   KPROXY_NFT_BASELINE=REV benches/nft.sh ...
 #                                  # also runs git revision REV's backend, size by size in
 #                                  # the same run, and prints both with their ratio
@@ -29,16 +30,17 @@ if [ -n "$baseline" ]; then
   base_bin=target/nft-baseline/target-$rev/release/examples/nft_sync
 fi
 
-run() { # BIN SERVICES ENDPOINTS -> key=value line
-  unshare $ns -- "$1" "$2" "$3" 100
+run() { # BIN SERVICES ENDPOINTS [maglev] -> key=value line
+  unshare $ns -- "$1" "$2" "$3" 100 ${4:-}
 }
 row() { # LABEL LINE
   declare -A v=()
   for kv in $2; do v[${kv%%=*}]=${kv#*=}; done
-  printf '| %s | %s | %s msgs, %s KiB | %s | %s / %s | %s / %s | %s / %s | %s |\n' \
+  printf '| %s | %s | %s msgs, %s KiB | %s | %s / %s | %s / %s | %s / %s | %s | %s | %s |\n' \
     "$1" "${v[cold_full_ms]}" "${v[cold_messages]}" "$(( ${v[cold_bytes]} / 1024 ))" "${v[resync_ms]}" \
     "${v[endpoint_change_p50_ms]}" "${v[endpoint_change_p99_ms]}" "${v[service_change_p50_ms]}" \
-    "${v[service_change_p99_ms]}" "${v[drift_detect_p50_ms]:-–}" "${v[drift_detect_p99_ms]:-–}" "${v[peak_rss_mib]}"
+    "${v[service_change_p99_ms]}" "${v[drift_detect_p50_ms]:-–}" "${v[drift_detect_p99_ms]:-–}" "${v[peak_rss_mib]}" \
+    "${v[elements]:-–}" "${v[kernel_mib]:-–}"
 }
 ratio() { # KEY BASE NEW -> baseline ÷ this
   local b n
@@ -46,20 +48,23 @@ ratio() { # KEY BASE NEW -> baseline ÷ this
   awk -v b="$b" -v n="$n" 'BEGIN { if (n > 0) printf "%.1f×", b / n; else printf "–" }'
 }
 
-echo "| services × endpoints | cold full sync (ms) | transaction | full resync (ms) | one endpoint change p50 / p99 (ms) | one service added p50 / p99 (ms) | drift detected p50 / p99 (ms) | peak RSS (MiB) |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| services × endpoints | cold full sync (ms) | transaction | full resync (ms) | one endpoint change p50 / p99 (ms) | one service added p50 / p99 (ms) | drift detected p50 / p99 (ms) | peak RSS (MiB) | elements | kernel slab (MiB) |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for size in "${sizes[@]}"; do
+  mode=; [ "${size%:maglev}" != "$size" ] && mode=maglev
+  size=${size%:maglev}
   s=${size%x*} e=${size#*x}
-  echo "running $size..." >&2
-  line=$(run "$bin" "$s" "$e")
+  label="$s × $e${mode:+, Maglev}"
+  echo "running $size $mode..." >&2
+  line=$(run "$bin" "$s" "$e" $mode)
   if [ -z "$baseline" ]; then
-    row "$s × $e" "$line"
+    row "$label" "$line"
     continue
   fi
-  base=$(run "$base_bin" "$s" "$e")
-  row "$s × $e, baseline $rev" "$base"
-  row "$s × $e, this tree" "$line"
-  printf '| %s × %s, baseline ÷ this | %s | | %s | %s | %s | | %s |\n' "$s" "$e" \
+  base=$(run "$base_bin" "$s" "$e" $mode)
+  row "$label, baseline $rev" "$base"
+  row "$label, this tree" "$line"
+  printf '| %s, baseline ÷ this | %s | | %s | %s | %s | | %s | | |\n' "$label" \
     "$(ratio cold_full_ms "$base" "$line")" "$(ratio resync_ms "$base" "$line")" \
     "$(ratio endpoint_change_p50_ms "$base" "$line")" "$(ratio service_change_p50_ms "$base" "$line")" \
     "$(ratio peak_rss_mib "$base" "$line")"

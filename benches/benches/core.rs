@@ -1,13 +1,14 @@
 //! proxy-core benches: full compute (+ diff against an empty state), and one-change
-//! incremental recompute + diff, at kube-proxy's problem sizes.
+//! incremental recompute + diff, at kube-proxy's problem sizes; Maglev table builds.
 //!
 //! `cargo bench -p kproxy-benches --bench core`
 
 use std::hint::black_box;
+use std::net::{Ipv4Addr, SocketAddr};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use kproxy_benches::{engine, node_context, service, slices, snapshot};
-use proxy_core::{Desired, Event, IpFamily, compute, diff};
+use proxy_core::{Desired, Event, IpFamily, compute, diff, maglev};
 
 const FULL: &[(usize, usize)] = &[
     (1_000, 1),
@@ -72,5 +73,33 @@ fn one_change(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, full_compute, one_change);
+/// Maglev tables: the build for 1,000 endpoints at the default cap and the largest class,
+/// and a one-endpoint change as the backend sees it (the new table, compared slot by slot
+/// with the old one to find the elements to replace).
+fn maglev_table(c: &mut Criterion) {
+    let mut group = c.benchmark_group("maglev");
+    let endpoints = |n: u32, first: u32| -> Vec<SocketAddr> {
+        let mut eps: Vec<SocketAddr> =
+            (0..n).map(|i| SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + first + i), 8080))).collect();
+        eps.sort();
+        eps
+    };
+    let (before, after) = (endpoints(1000, 0), endpoints(1000, 1));
+    for size in [maglev::DEFAULT_MAX_SIZE, 65521] {
+        group.bench_function(BenchmarkId::new("build_1000_endpoints", size), |b| {
+            b.iter(|| black_box(maglev::table(&before, size)))
+        });
+        let old = maglev::table(&before, size);
+        group.bench_function(BenchmarkId::new("one_endpoint_changed_1000", size), |b| {
+            b.iter(|| {
+                let new = maglev::table(&after, size);
+                let changed = old.iter().zip(&new).filter(|(o, n)| before[**o as usize] != after[**n as usize]).count();
+                black_box(changed)
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, full_compute, one_change, maglev_table);
 criterion_main!(benches);

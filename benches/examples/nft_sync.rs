@@ -1,7 +1,9 @@
 //! Applies synthetic clusters to the kernel through `NftBackend` and times it: the bench
 //! behind `benches/nft.sh`, which runs it in a throwaway network namespace.
 //!
-//! `nft_sync SERVICES ENDPOINTS [CHANGES]` prints one `key=value` line:
+//! `nft_sync SERVICES ENDPOINTS [CHANGES [maglev]]` prints one `key=value` line (with
+//! `maglev`, every Service picks endpoints by Maglev hashing; the line then also gives
+//! the table's elements):
 //! cold full sync, full resync of an existing table, one-endpoint-change and
 //! one-service-added partial syncs (median and p99 over CHANGES runs), transaction sizes,
 //! drift detection (a foreign commit to the table until the monitor reports it), and
@@ -11,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use kproxy_benches::{engine, service, slices};
+use kproxy_benches::{engine_on, node_context, service, slices};
 use nft_backend::NftBackend;
 use nft_client::netlink::monitor::Monitor;
 use nft_client::ruleset::Key;
@@ -34,6 +36,16 @@ fn peak_rss_mib() -> f64 {
         .find_map(|l| l.strip_prefix("VmHWM:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// `SUnreclaim` of /proc/meminfo, in KiB: where nf_tables objects live.
+fn unreclaimable_slab_kib() -> u64 {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("SUnreclaim:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// Times drift detection `runs` times: another netlink socket (another program) adds or
@@ -77,17 +89,25 @@ fn drift_detection(backend: &NftBackend, table: &str, runs: usize) -> Vec<Durati
 }
 
 fn main() {
-    let args: Vec<usize> = std::env::args().skip(1).map(|a| a.parse().expect("numbers")).collect();
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    let maglev = raw.iter().any(|a| a == "maglev");
+    let args: Vec<usize> = raw.iter().filter(|a| *a != "maglev").map(|a| a.parse().expect("numbers")).collect();
     let (services, endpoints) = (args[0], args[1]);
     let changes = args.get(2).copied().unwrap_or(100);
-    let mut e = engine(services, endpoints);
+    let mut node = node_context();
+    node.maglev.by_default = maglev;
+    let mut e = engine_on(node, services, endpoints);
     let mut backend = NftBackend::new("kproxy-bench");
 
+    // The kernel memory the cold sync adds (unreclaimable slab, machine-wide: run it on an
+    // idle machine).
+    let slab_before = unreclaimable_slab_kib();
     // Cold: the table does not exist yet. Time includes render, encode, send and commit.
     let start = Instant::now();
     let stats = backend.sync_full(e.desired()).expect("cold full sync");
     let cold = start.elapsed();
     let (cold_bytes, cold_messages) = (backend.client().last_transaction_bytes(), stats.operations);
+    let kernel_mib = unreclaimable_slab_kib().saturating_sub(slab_before) as f64 / 1024.0;
 
     let start = Instant::now();
     backend.sync_full(e.desired()).expect("full resync");
@@ -124,11 +144,21 @@ fn main() {
     }
     let mut drift = drift_detection(&backend, "kproxy-bench", changes.min(40));
     backend.cleanup().expect("cleanup");
+    // Measured last, so that its own rendering does not count in the peak.
+    let peak_rss = peak_rss_mib();
+    let elements: usize = IpFamily::ALL
+        .iter()
+        .map(|f| {
+            let rules = e.desired().family(*f);
+            let ruleset = nft_backend::render::family(&rules.context, &rules.service_ports);
+            ruleset.sets.values().map(|s| s.elements.len()).sum::<usize>()
+        })
+        .sum();
     println!(
         "services={services} endpoints={endpoints} cold_full_ms={} cold_bytes={cold_bytes} cold_messages={cold_messages} \
          resync_ms={} endpoint_change_p50_ms={} endpoint_change_p99_ms={} endpoint_change_bytes={endpoint_change_bytes} \
          service_change_p50_ms={} service_change_p99_ms={} drift_detect_p50_ms={} drift_detect_p99_ms={} \
-         peak_rss_mib={:.1}",
+         peak_rss_mib={:.1} elements={elements} kernel_mib={kernel_mib:.1}",
         ms(cold),
         ms(resync),
         ms(percentile(&mut endpoint_change.clone(), 0.5)),
@@ -137,6 +167,6 @@ fn main() {
         ms(percentile(&mut service_added, 0.99)),
         ms(percentile(&mut drift.clone(), 0.5)),
         ms(percentile(&mut drift, 0.99)),
-        peak_rss_mib(),
+        peak_rss,
     );
 }

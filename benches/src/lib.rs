@@ -92,7 +92,12 @@ pub fn snapshot(services: usize, endpoints: usize) -> Snapshot {
 
 /// An engine holding the same cluster, after its first (full) plan.
 pub fn engine(services: usize, endpoints: usize) -> Engine {
-    let mut engine = Engine::new(node_context());
+    engine_on(node_context(), services, endpoints)
+}
+
+/// The same cluster on a node of one's own (say, with Maglev on by default).
+pub fn engine_on(node: NodeContext, services: usize, endpoints: usize) -> Engine {
+    let mut engine = Engine::new(node);
     for i in 0..services {
         engine.apply(Event::ServiceApplied(service(i)));
         for slice in slices(i, endpoints, 0) {

@@ -1,7 +1,8 @@
 //! Maglev hashing with real packets: two nodes (network namespaces, each with its own
 //! `kproxy sync` of the same cluster) send 10,000 clients to the same endpoints; adding or
 //! removing an endpoint moves few of them; a fresh start plus `conntrack -F` moves none;
-//! and the kernel's choice is the one `proxy_core::maglev` predicts, bit for bit.
+//! and the kernel's choice is the one `proxy_core::maglev` predicts, bit for bit, and the
+//! one `kproxy trace` names.
 //!
 //! Each client is one UDP datagram from its own source address (the IPv4 client range is
 //! a local route on `lo`, so any address in it can be bound; IPv6 binds with
@@ -202,6 +203,22 @@ fn maglev_sends_each_client_to_the_same_endpoint_on_every_node() {
             assert!(counts.values().all(|c| (900..=1100).contains(c)), "IPv{family}: {counts:?}");
         }
         let before = a.assignment(4);
+
+        // `kproxy trace` names the endpoint the kernel chose, client by client.
+        let dir = std::env::temp_dir().join(format!("kproxy-maglev-trace-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("cluster.yaml"), cluster(&ten)).unwrap();
+        for client in clients(4).into_iter().step_by(500) {
+            let out = Command::new(env!("CARGO_BIN_EXE_kproxy"))
+                .args(["trace", "--hostname-override", "node-a", "--manifests"])
+                .arg(&dir)
+                .args(["--from", &format!("external:{client}"), "--to", &format!("{SERVICE_V4}:53/udp")])
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(text.contains(&format!("endpoints: {}\n", before[&client])), "{client}: {text}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
 
         // 10 → 11 endpoints: about 1/11 move, all of them to the new endpoint.
         let eleven: Vec<u8> = (1..=11).collect();

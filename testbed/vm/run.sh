@@ -5,7 +5,8 @@
 # kernel.rs), ignored on the host; and, for old-kernel coverage (chain deletion before
 # 6.2, k#122604), the nftables backend's kernel tests and packet tests
 # (crates/nft-backend/tests/{partial,drift,listing}.rs, bin/tests/packets.rs), and the
-# nf_tables model's errno-by-errno check against this older kernel (tests/model.rs). Software emulation (TCG): no /dev/kvm needed, nothing on the host changes.
+# nf_tables model's errno-by-errno check against this older kernel (tests/model.rs), and
+# the Maglev packet test (bin/tests/maglev.rs: Debian's kernel hashes as proxy-core does). Software emulation (TCG): no /dev/kvm needed, nothing on the host changes.
 #
 #   testbed/vm/run.sh [TEST-FILTER]     exit status 0 when every test passed
 #
@@ -19,7 +20,7 @@ cache=$("$here/build.sh")
 
 echo "vm: building the test binaries"
 cd "$repo"
-tests=(--test ipvs --test packets --test kernel --test partial --test drift --test listing --test model)
+tests=(--test ipvs --test packets --test maglev --test kernel --test partial --test drift --test listing --test model)
 mapfile -t exes < <(cargo test --all-features --no-run --message-format=json -p kproxy -p ipvs-backend -p nft-backend \
   "${tests[@]}" 2>/dev/null |
   jq -r 'select(.reason == "compiler-artifact" and .executable != null and .target.kind == ["test"]) | .executable')
@@ -50,7 +51,7 @@ cd /tmp
 rc=0
 /test/kernel --include-ignored --test-threads=1 $filter || rc=1
 /test/ipvs --ignored --test-threads=1 $filter || rc=1
-for t in partial drift listing model packets; do
+for t in partial drift listing model packets maglev; do
   /test/\$t --test-threads=1 $filter || rc=1
 done
 exit \$rc
