@@ -140,6 +140,24 @@ mod tests {
         assert_eq!(hex(&set_bytes(IpFamily::V4, &set)), "000402000000070668656c6c6f00");
     }
 
+    /// The kernel refuses set userdata over 256 bytes (`NFT_USERDATA_MAXLEN`, ERANGE): the
+    /// longest comments the backend writes must fit with the `typeof` of an endpoint map.
+    #[test]
+    fn endpoint_map_userdata_fits_the_kernel_limit() {
+        let comments = [
+            "Cluster-policy endpoints of frontends with 100000 endpoints",
+            "Maglev tables of Cluster-policy endpoints (jhash saddr)",
+        ];
+        for family in [IpFamily::V4, IpFamily::V6] {
+            for key in [KeyType::AddrProtoPortSlot(100_000), KeyType::ProtoPortSlot(100_000)] {
+                for comment in comments {
+                    let len = set_bytes(family, &Set::endpoint_map(key, comment)).len();
+                    assert!(len <= 256, "{family:?} {key:?} {comment:?}: {len} bytes");
+                }
+            }
+        }
+    }
+
     fn set_bytes(family: IpFamily, s: &Set) -> Vec<u8> {
         let byteorder = if s.key == KeyType::Addr { 2 } else { 0 };
         set(family, s, byteorder)
