@@ -326,6 +326,42 @@ mod kernel_rules {
         });
     }
 
+    /// kproxy deletes a stale chain in the transaction that drops its last reference (a
+    /// `goto` element, or a `jump` rule); upstream flushes such chains and deletes them a
+    /// second later (k#122604). Both kernels the tests run on (the host's and, in the VM,
+    /// Debian's 6.1) accept it, as the model does.
+    #[test]
+    fn a_chain_goes_in_the_transaction_that_drops_its_last_reference() {
+        in_netns("kernel_rules::a_chain_goes_in_the_transaction_that_drops_its_last_reference", || {
+            let addr = Key::Addr("10.0.0.1".parse().unwrap());
+            let goto_b = Some(Data::Verdict(Verdict::Goto("b".into())));
+            let jump_b = Rule::always(Action::Verdict(Verdict::Jump("b".into())));
+            let cases = [
+                (
+                    "a goto element",
+                    vec![Op::AddElements("m".into(), vec![(addr, goto_b)])],
+                    vec![Op::DeleteElements("m".into(), vec![addr]), Op::DeleteChain("b".into())],
+                ),
+                (
+                    "a jump rule",
+                    vec![Op::AddRule("a".into(), jump_b)],
+                    vec![Op::FlushChain("a".into()), Op::DeleteChain("b".into())],
+                ),
+            ];
+            let mut kernel = Client::new();
+            for (what, reference, drop) in cases {
+                let mut model = Model::new();
+                model.commit(&[tx([base(), reference.clone()].concat())]).unwrap();
+                kernel
+                    .commit(&[Transaction::delete_table(IpFamily::V4, "t"), tx([base(), reference].concat())])
+                    .unwrap();
+                assert_eq!(errno(model.commit(&[tx(drop.clone())])), None, "model: {what}");
+                assert_eq!(errno(kernel.commit(&[tx(drop)])), None, "kernel: {what}");
+                assert!(!sh("nft list table ip t").contains("chain b"), "{what}: chain b is gone");
+            }
+        });
+    }
+
     #[test]
     fn rules_are_placed_by_handle_and_echoed_rules_report_theirs() {
         let mut model = Model::new();
