@@ -350,6 +350,7 @@ const KEPT_ANNOTATIONS: &[&str] = &[
     proxy_core::translate::ANNOTATION_TRIGGER_TIME,
     proxy_core::translate::ANNOTATION_LOAD_BALANCING,
     proxy_core::translate::ANNOTATION_MAGLEV_TABLE_SIZE,
+    proxy_core::translate::ANNOTATION_MAGLEV_HASH,
 ];
 
 /// Keeps only [`KEPT_ANNOTATIONS`] of a decoded annotation map.

@@ -1,5 +1,6 @@
 //! Maglev hashing with real packets: two nodes (network namespaces, each with its own
-//! `kproxy sync` of the same cluster) send 10,000 clients to the same endpoints; adding or
+//! `kproxy sync` of the same cluster) send 10,000 clients to the same endpoints, and the
+//! 2,000 connections of one client, hashed by connection, too; adding or
 //! removing an endpoint moves few of them; a fresh start plus `conntrack -F` moves none;
 //! and the kernel's choice is the one `proxy_core::maglev` predicts, bit for bit, and the
 //! one `kproxy trace` names.
@@ -22,6 +23,11 @@ use proxy_core::maglev;
 const CLIENTS: u32 = 10_000;
 const SERVICE_V4: &str = "10.96.0.10";
 const SERVICE_V6: &str = "fd00:96::10";
+/// The same endpoints behind a Service that hashes the connection (address and port).
+const CONNECTION_V4: &str = "10.96.0.11";
+const CONNECTION_V6: &str = "fd00:96::11";
+/// The connections of one client to it.
+const FLOWS: u16 = 2000;
 
 /// The endpoints `1..=n` of each family: 10.244.1.N and fd00:244:1::N, port 5353.
 fn endpoint(family: u8, i: u8) -> SocketAddr {
@@ -34,36 +40,42 @@ fn endpoint(family: u8, i: u8) -> SocketAddr {
 /// A dual-stack UDP Service with the Maglev annotation and endpoints `ids`, in two
 /// EndpointSlices per family, listed in the given order (a node must not care).
 fn cluster(ids: &[u8]) -> String {
-    let mut out = format!(
-        "apiVersion: v1
+    let mut out = String::new();
+    for (name, v4, v6, hash) in
+        [("dns", SERVICE_V4, SERVICE_V6, "source"), ("conn", CONNECTION_V4, CONNECTION_V6, "connection")]
+    {
+        out += &format!(
+            "---
+apiVersion: v1
 kind: Service
 metadata:
   namespace: default
-  name: dns
-  annotations: {{kproxy.io/load-balancing: maglev}}
+  name: {name}
+  annotations: {{kproxy.io/load-balancing: maglev, kproxy.io/maglev-hash: {hash}}}
 spec:
-  clusterIPs: [{SERVICE_V4}, \"{SERVICE_V6}\"]
+  clusterIPs: [{v4}, \"{v6}\"]
   ipFamilies: [IPv4, IPv6]
   ports: [{{name: dns, port: 53, protocol: UDP}}]
 "
-    );
-    let halves = ids.split_at(ids.len() / 2);
-    for (family, kind) in [(4, "IPv4"), (6, "IPv6")] {
-        for (n, half) in [halves.0, halves.1].into_iter().enumerate() {
-            let endpoints: String = half
-                .iter()
-                .map(|i| format!("  - {{addresses: [\"{}\"], nodeName: node-z}}\n", endpoint(family, *i).ip()))
-                .collect();
-            out += &format!(
-                "---
+        );
+        let halves = ids.split_at(ids.len() / 2);
+        for (family, kind) in [(4, "IPv4"), (6, "IPv6")] {
+            for (n, half) in [halves.0, halves.1].into_iter().enumerate() {
+                let endpoints: String = half
+                    .iter()
+                    .map(|i| format!("  - {{addresses: [\"{}\"], nodeName: node-z}}\n", endpoint(family, *i).ip()))
+                    .collect();
+                out += &format!(
+                    "---
 apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
-metadata: {{namespace: default, name: dns-v{family}-{n}, labels: {{kubernetes.io/service-name: dns}}}}
+metadata: {{namespace: default, name: {name}-v{family}-{n}, labels: {{kubernetes.io/service-name: {name}}}}}
 addressType: {kind}
 ports: [{{name: dns, port: 5353, protocol: UDP}}]
 endpoints:
 {endpoints}"
-            );
+                );
+            }
         }
     }
     out
@@ -104,39 +116,54 @@ impl Node {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
-    /// Which endpoint each client gets for a new flow: conntrack is flushed, each client
-    /// sends one datagram, and conntrack says where it was DNATed.
+    /// Which endpoint each client gets for a new flow to the source-hashing Service.
     fn assignment(&self, family: u8) -> BTreeMap<IpAddr, SocketAddr> {
+        let service = if family == 4 { SERVICE_V4 } else { SERVICE_V6 };
+        let senders = clients(family).into_iter().map(|c| SocketAddr::new(c, 40000)).collect();
+        self.dnat(service.parse().unwrap(), senders).into_iter().map(|(c, ep)| (c.ip(), ep)).collect()
+    }
+
+    /// Which endpoint each flow gets: conntrack is flushed, each sender (address and
+    /// source port) sends one datagram to `service`, and conntrack says where it went.
+    fn dnat(&self, service: IpAddr, senders: Vec<SocketAddr>) -> BTreeMap<SocketAddr, SocketAddr> {
         sh(&format!("ip netns exec {} conntrack -F 2>/dev/null", self.0));
         let netns = std::fs::File::open(format!("/run/netns/{}", self.0)).unwrap();
+        let count = senders.len();
         // setns applies to the calling thread only: a thread of its own sends.
         std::thread::spawn(move || {
             nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            let service: IpAddr = if family == 4 { SERVICE_V4.parse().unwrap() } else { SERVICE_V6.parse().unwrap() };
-            for client in clients(family) {
-                let domain = if family == 4 { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
+            for sender in senders {
+                let domain = if sender.is_ipv4() { socket2::Domain::IPV4 } else { socket2::Domain::IPV6 };
                 let s = socket2::Socket::new(domain, socket2::Type::DGRAM, None).unwrap();
-                if family == 6 {
+                if sender.is_ipv6() {
                     s.set_freebind_v6(true).unwrap();
                 }
-                s.bind(&SocketAddr::new(client, 40000).into()).unwrap();
+                s.bind(&sender.into()).unwrap();
                 s.send_to(b"q", &SocketAddr::new(service, 53).into()).unwrap();
             }
         })
         .join()
         .unwrap();
-        let proto = if family == 4 { "ipv4" } else { "ipv6" };
-        let table = sh(&format!("ip netns exec {} conntrack -L -f {proto} -p udp --dport 53 2>/dev/null", self.0));
+        let table = sh(&format!("ip netns exec {} conntrack -L -p udp --orig-dst {service} 2>/dev/null", self.0));
         let mut out = BTreeMap::new();
         for line in table.lines() {
             let field = |key: &str, nth: usize| line.split_whitespace().filter_map(|w| w.strip_prefix(key)).nth(nth);
-            let (Some(client), Some(ep), Some(port)) = (field("src=", 0), field("src=", 1), field("sport=", 1)) else {
-                continue;
-            };
-            out.insert(client.parse().unwrap(), SocketAddr::new(ep.parse().unwrap(), port.parse().unwrap()));
+            let fields = (field("src=", 0), field("sport=", 0), field("src=", 1), field("sport=", 1));
+            let (Some(client), Some(sport), Some(ep), Some(port)) = fields else { continue };
+            let sender = SocketAddr::new(client.parse().unwrap(), sport.parse().unwrap());
+            out.insert(sender, SocketAddr::new(ep.parse().unwrap(), port.parse().unwrap()));
         }
-        assert_eq!(out.len(), CLIENTS as usize, "one conntrack entry per client:\n{table}");
+        assert_eq!(out.len(), count, "one conntrack entry per flow:\n{table}");
         out
+    }
+
+    /// Which endpoint each of one client's connections gets on the connection-hashing
+    /// Service, by source port.
+    fn connections(&self, family: u8) -> BTreeMap<u16, SocketAddr> {
+        let (service, client) = if family == 4 { (CONNECTION_V4, "10.50.0.1") } else { (CONNECTION_V6, "fd00:50::1") };
+        let client: IpAddr = client.parse().unwrap();
+        let senders = (0..FLOWS).map(|i| SocketAddr::new(client, 20000 + i)).collect();
+        self.dnat(service.parse().unwrap(), senders).into_iter().map(|(s, ep)| (s.port(), ep)).collect()
     }
 }
 
@@ -202,6 +229,23 @@ fn maglev_sends_each_client_to_the_same_endpoint_on_every_node() {
             assert_eq!(counts.len(), 10);
             assert!(counts.values().all(|c| (900..=1100).contains(c)), "IPv{family}: {counts:?}");
         }
+        // The connection hash: one client's connections spread over the endpoints, each
+        // the same on both nodes and where proxy-core puts it.
+        for family in [4, 6] {
+            let (on_a, on_b) = (a.connections(family), b.connections(family));
+            assert_eq!(on_a, on_b, "IPv{family}: connections differ between nodes");
+            let mut eps: Vec<SocketAddr> = ten.iter().map(|i| endpoint(family, *i)).collect();
+            eps.sort();
+            let table = maglev::table(&eps, 4093);
+            let client: IpAddr = if family == 4 { "10.50.0.1".parse().unwrap() } else { "fd00:50::1".parse().unwrap() };
+            for (port, ep) in &on_a {
+                let slot = maglev::connection_slot(client, *port, 4093, maglev::DEFAULT_SEED);
+                assert_eq!(*ep, eps[table[slot as usize] as usize], "IPv{family} port {port}");
+            }
+            let used: std::collections::BTreeSet<_> = on_a.values().collect();
+            assert_eq!(used.len(), 10, "IPv{family}: one client's connections reach every endpoint");
+        }
+
         let before = a.assignment(4);
 
         // `kproxy trace` names the endpoint the kernel chose, client by client.

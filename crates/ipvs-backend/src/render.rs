@@ -18,7 +18,9 @@ use crate::kernel::{IpvsState, RealServer, ServiceEntry, ServiceKey, VirtualServ
 pub const DEFAULT_SCHEDULER: &str = "rr";
 /// IPVS's Maglev scheduler, for Services with the `kproxy.io/load-balancing: maglev`
 /// annotation (IPVS hashes with its own table; the cross-node promise holds among IPVS
-/// nodes, not between IPVS and nftables nodes).
+/// nodes, not between IPVS and nftables nodes). `mh` hashes the source address; kproxy
+/// sets none of its flags, so `kproxy.io/maglev-hash: connection` is not applied in IPVS
+/// mode.
 pub const MAGLEV_SCHEDULER: &str = "mh";
 
 /// What IPVS and the dummy interface should hold.

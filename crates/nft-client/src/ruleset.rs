@@ -152,11 +152,14 @@ pub enum Verdict {
 pub enum Slot {
     /// `numgen random mod N`: a random slot per connection.
     Random,
-    /// `jhash ip saddr mod N seed S`: the slot of the client's address, the same on every
+    /// `jhash ip saddr mod N seed S` (or `jhash ip saddr . th sport …` with the source
+    /// port): the slot of the client's address, or of the connection, the same on every
     /// node with the same seed (Maglev tables).
     SourceHash {
         /// The `jhash` seed.
         seed: u32,
+        /// Whether the source port is hashed too.
+        with_port: bool,
     },
 }
 

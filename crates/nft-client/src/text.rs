@@ -196,9 +196,10 @@ fn action(family: IpFamily, a: &Action) -> String {
         Action::DnatMap { key, slot: Slot::Random, modulus, map } => {
             format!("dnat {kw} to {} . numgen random mod {modulus} map @{map}", frontend_key(family, *key))
         }
-        Action::DnatMap { key, slot: Slot::SourceHash { seed }, modulus, map } => {
+        Action::DnatMap { key, slot: Slot::SourceHash { seed, with_port }, modulus, map } => {
             let key = frontend_key(family, *key);
-            format!("dnat {kw} to {key} . jhash {kw} saddr mod {modulus} seed 0x{seed:x} map @{map}")
+            let port = if *with_port { " . th sport" } else { "" };
+            format!("dnat {kw} to {key} . jhash {kw} saddr{port} mod {modulus} seed 0x{seed:x} map @{map}")
         }
         Action::MarkOr(bit) => format!("meta mark set meta mark | 0x{bit:08x}"),
         Action::MarkXor(bit) => format!("meta mark set meta mark ^ 0x{bit:08x}"),

@@ -95,7 +95,7 @@ fn service_ports<'a>(
             candidates.iter().filter(|c| c.endpoint.serving).map(|c| c.endpoint.ip).collect();
         serving.sort_unstable();
         serving.dedup();
-        let maglev = maglev_size(svc, &node.maglev, cat.cluster.len().max(cat.local.len()));
+        let maglev = maglev_table(svc, &node.maglev, cat.cluster.len().max(cat.local.len()));
         out.push(ServicePortRules {
             name: ServicePortName { service: svc.id.clone(), port: port.name.clone(), protocol: port.protocol },
             cluster_ip,
@@ -119,22 +119,22 @@ fn service_ports<'a>(
     out[first..].sort_unstable_by(|a, b| a.name.cmp(&b.name));
 }
 
-/// The Maglev table size of a service port with `endpoints` endpoints, if it uses Maglev:
+/// The Maglev table of a service port with `endpoints` endpoints, if it uses Maglev:
 /// by annotation or the node's default, never under ClientIP affinity (the API's field
 /// wins over kproxy's annotation). The size is the annotation's, or the size class for
 /// the larger of the port's two endpoint lists.
-fn maglev_size(svc: &Service, settings: &MaglevSettings, endpoints: usize) -> Option<u32> {
+fn maglev_table(svc: &Service, settings: &MaglevSettings, endpoints: usize) -> Option<maglev::Table> {
     if svc.session_affinity.is_some() {
         return None;
     }
-    match svc.load_balancing {
-        LoadBalancing::Random => None,
-        LoadBalancing::NodeDefault if !settings.by_default => None,
-        LoadBalancing::Maglev { table_size: Some(size) } => Some(size),
-        LoadBalancing::Maglev { table_size: None } | LoadBalancing::NodeDefault => {
-            Some(maglev::size_for(endpoints, settings.max_table_size))
-        }
-    }
+    let (size, hash) = match svc.load_balancing {
+        LoadBalancing::Random => return None,
+        LoadBalancing::NodeDefault if !settings.by_default => return None,
+        LoadBalancing::NodeDefault => (None, maglev::Hash::Source),
+        LoadBalancing::Maglev { table_size, hash } => (table_size, hash),
+    };
+    let size = size.map_or_else(|| maglev::size_for(endpoints, settings.max_table_size), |s| s.get());
+    Some(maglev::Table { size, hash })
 }
 
 /// The allowed sources of a source-range firewall. When a range contains the node's

@@ -82,10 +82,10 @@ pub struct ServicePortRules {
     pub firewall: Option<Firewall>,
     /// ClientIP affinity timeout in seconds.
     pub affinity_timeout: Option<u32>,
-    /// The Maglev table size when new connections pick their endpoint by Maglev hashing
-    /// of the client's address ([`crate::maglev`]); `None` picks at random. Never set
-    /// together with [`Self::affinity_timeout`]: `sessionAffinity: ClientIP` wins.
-    pub maglev: Option<u32>,
+    /// The Maglev table when new connections pick their endpoint by Maglev hashing of the
+    /// client ([`crate::maglev`]); `None` picks at random. Never set together with
+    /// [`Self::affinity_timeout`]: `sessionAffinity: ClientIP` wins.
+    pub maglev: Option<crate::maglev::Table>,
     /// `internalTrafficPolicy: Local`.
     pub internal_policy_local: bool,
     /// `externalTrafficPolicy: Local` on an externally accessible Service.

@@ -117,6 +117,29 @@ fn endpoint_name(ep: &SocketAddr) -> Vec<u8> {
     name
 }
 
+/// What the kernel hashes to pick a slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum Hash {
+    /// The client's address (`jhash ip saddr`): every connection of a client lands on one
+    /// endpoint.
+    #[default]
+    Source,
+    /// The client's address and source port (`jhash ip saddr . th sport`; the destination
+    /// and protocol are the frontend's, fixed within its table): each connection on its
+    /// own, the same on every node, so a connection that a load balancer moves to another
+    /// node keeps its endpoint.
+    Connection,
+}
+
+/// A service port's Maglev table: its size and what picks a slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Table {
+    /// The number of slots, a prime.
+    pub size: u32,
+    /// What the kernel hashes.
+    pub hash: Hash,
+}
+
 /// The slot the kernel picks for a client: `jhash ip saddr mod size seed seed`, that is
 /// the kernel's `reciprocal_scale(jhash(saddr, len, seed), size)` over the address bytes.
 pub fn slot(client: IpAddr, size: u32, seed: u32) -> u32 {
@@ -125,6 +148,19 @@ pub fn slot(client: IpAddr, size: u32, seed: u32) -> u32 {
         IpAddr::V6(ip) => jhash(&ip.octets(), seed),
     };
     ((u64::from(hash) * u64::from(size)) >> 32) as u32
+}
+
+/// The slot the kernel picks for one connection: `jhash ip saddr . th sport mod size seed
+/// seed`. The kernel hashes the registers the concatenation fills: the address, then the
+/// port in network order padded with zeros to 32 bits.
+pub fn connection_slot(client: IpAddr, source_port: u16, size: u32, seed: u32) -> u32 {
+    let mut key = match client {
+        IpAddr::V4(ip) => ip.octets().to_vec(),
+        IpAddr::V6(ip) => ip.octets().to_vec(),
+    };
+    key.extend_from_slice(&source_port.to_be_bytes());
+    key.extend_from_slice(&[0, 0]);
+    ((u64::from(jhash(&key, seed)) * u64::from(size)) >> 32) as u32
 }
 
 /// Linux's `jhash()` (Bob Jenkins' lookup3, `include/linux/jhash.h`), bit for bit, for a

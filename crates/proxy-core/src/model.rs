@@ -349,7 +349,7 @@ pub struct Service {
 
 /// How new connections pick among a Service's endpoints: kproxy's
 /// `kproxy.io/load-balancing` annotation (`random` or `maglev`), with the table size of
-/// `kproxy.io/maglev-table-size`.
+/// `kproxy.io/maglev-table-size` and the hash of `kproxy.io/maglev-hash`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum LoadBalancing {
     /// No annotation: the node's configured default.
@@ -360,8 +360,12 @@ pub enum LoadBalancing {
     /// `maglev`: Maglev consistent hashing of the client's address (see
     /// [`crate::maglev`]), with this table size when the annotation gives one.
     Maglev {
-        /// A prime table size, overriding the size class.
-        table_size: Option<u32>,
+        /// A prime table size, overriding the size class (`NonZeroU32` keeps a Service as
+        /// small as before the hash was added).
+        table_size: Option<std::num::NonZeroU32>,
+        /// What picks the slot (`kproxy.io/maglev-hash`: `source`, the default, or
+        /// `connection`).
+        hash: crate::maglev::Hash,
     },
 }
 

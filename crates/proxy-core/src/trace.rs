@@ -68,8 +68,8 @@ pub struct Packet {
 /// What happens to a packet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Verdict {
-    /// DNATed to one of these endpoints (exactly one under Maglev hashing: the one this
-    /// client gets).
+    /// DNATed to one of these endpoints (exactly one under Maglev hashing of the source
+    /// address: the one this client gets).
     Endpoints(BTreeSet<SocketAddr>),
     /// Rejected (ICMP port unreachable).
     Reject,
@@ -240,7 +240,12 @@ impl Walk<'_> {
             }
         }
         let eps = r.endpoints(policy);
-        let picked = r.maglev.and_then(|size| maglev_pick(eps, size, self.ctx.maglev_seed, self.packet.source.ip));
+        // Hashing the connection needs its source port, which a traced packet does not
+        // have: every endpoint is possible then.
+        let picked = r
+            .maglev
+            .filter(|t| t.hash == crate::maglev::Hash::Source)
+            .and_then(|t| maglev_pick(eps, t.size, self.ctx.maglev_seed, self.packet.source.ip));
         for ep in eps.iter().filter(|ep| picked.is_none_or(|p| p == ep.addr)) {
             // Hairpin: an endpoint reaching itself through the Service.
             if ep.addr.ip() == self.packet.source.ip {

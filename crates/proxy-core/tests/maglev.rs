@@ -8,7 +8,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use common::{Cluster, ep, port, service, slice, upstream_node};
 use k8s_openapi::api::core::v1 as core;
-use proxy_core::maglev::{self, SIZE_CLASSES, jhash, size_for, slot, table};
+use proxy_core::maglev::{self, Hash, SIZE_CLASSES, jhash, size_for, slot, table};
 use proxy_core::model::LoadBalancing;
 use proxy_core::trace::{Packet, Source, Verdict, trace};
 use proxy_core::{IpFamily, Protocol, ingest, translate};
@@ -196,18 +196,28 @@ fn the_annotation_is_read_and_a_bad_value_is_a_warning() {
         (t.value.load_balancing, t.problems.iter().map(|p| p.to_string()).collect::<Vec<_>>())
     };
     assert_eq!(lb(&[]), (LoadBalancing::NodeDefault, vec![]));
-    assert_eq!(lb(&[("kproxy.io/load-balancing", "maglev")]), (LoadBalancing::Maglev { table_size: None }, vec![]));
+    assert_eq!(
+        lb(&[("kproxy.io/load-balancing", "maglev")]),
+        (LoadBalancing::Maglev { table_size: None, hash: Hash::Source }, vec![])
+    );
     assert_eq!(lb(&[("kproxy.io/load-balancing", "Random")]), (LoadBalancing::Random, vec![]));
     assert_eq!(
         lb(&[("kproxy.io/load-balancing", "maglev"), ("kproxy.io/maglev-table-size", "1009")]),
-        (LoadBalancing::Maglev { table_size: Some(1009) }, vec![])
+        (LoadBalancing::Maglev { table_size: std::num::NonZeroU32::new(1009), hash: Hash::Source }, vec![])
     );
+    assert_eq!(
+        lb(&[("kproxy.io/load-balancing", "maglev"), ("kproxy.io/maglev-hash", "connection")]),
+        (LoadBalancing::Maglev { table_size: None, hash: Hash::Connection }, vec![])
+    );
+    let (got, problems) = lb(&[("kproxy.io/load-balancing", "maglev"), ("kproxy.io/maglev-hash", "5-tuple")]);
+    assert_eq!(got, LoadBalancing::Maglev { table_size: None, hash: Hash::Source });
+    assert_eq!(problems.len(), 1, "{problems:?}");
     let (got, problems) = lb(&[("kproxy.io/load-balancing", "hash")]);
     assert_eq!(got, LoadBalancing::NodeDefault);
     assert_eq!(problems, ["Service ns/web: metadata.annotations[kproxy.io/load-balancing]: unknown value \"hash\""]);
     for bad in ["1000", "0", "65537", "big"] {
         let (got, problems) = lb(&[("kproxy.io/load-balancing", "maglev"), ("kproxy.io/maglev-table-size", bad)]);
-        assert_eq!(got, LoadBalancing::Maglev { table_size: None }, "{bad}");
+        assert_eq!(got, LoadBalancing::Maglev { table_size: None, hash: Hash::Source }, "{bad}");
         assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
     }
 }
@@ -225,7 +235,7 @@ fn cluster(annotations: &[(&str, &str)], affinity: bool, maglev_by_default: bool
 
 fn table_size(c: &mut Cluster) -> Option<u32> {
     let desired = c.sync();
-    desired.family(IpFamily::V4).service_ports.values().next().unwrap().maglev
+    desired.family(IpFamily::V4).service_ports.values().next().unwrap().maglev.map(|t| t.size)
 }
 
 #[test]
@@ -269,5 +279,32 @@ fn a_maglev_service_reaches_the_engine_through_ingest() {
     let i = ingest::service_applied(&annotated(&[("kproxy.io/load-balancing", "maglev")], false));
     assert!(i.problems.is_empty());
     let proxy_core::Event::ServiceApplied(svc) = i.event else { panic!("not an apply") };
-    assert_eq!(svc.load_balancing, LoadBalancing::Maglev { table_size: None });
+    assert_eq!(svc.load_balancing, LoadBalancing::Maglev { table_size: None, hash: Hash::Source });
+}
+
+/// The connection hash reads the address, then the source port padded to 32 bits, as the
+/// kernel's registers hold them; the source port changes the slot.
+#[test]
+fn connection_slots_hash_the_padded_source_port() {
+    let client: IpAddr = "10.1.2.3".parse().unwrap();
+    let key = [10, 1, 2, 3, 0x9c, 0x40, 0, 0]; // port 40000
+    assert_eq!(maglev::connection_slot(client, 40000, 4093, 7), ((u64::from(jhash(&key, 7)) * 4093) >> 32) as u32);
+    let slots: std::collections::BTreeSet<u32> =
+        (40000..40100).map(|port| maglev::connection_slot(client, port, 4093, 7)).collect();
+    assert!(slots.len() > 90, "ports spread over slots: {}", slots.len());
+}
+
+#[test]
+fn the_tracer_cannot_name_one_endpoint_for_a_connection_hash() {
+    let mut c =
+        cluster(&[("kproxy.io/load-balancing", "maglev"), ("kproxy.io/maglev-hash", "connection")], false, false);
+    let desired = c.sync().clone();
+    let packet = Packet {
+        source: Source::external("203.0.113.7".parse().unwrap()),
+        protocol: Protocol::Tcp,
+        destination: "172.30.0.41".parse().unwrap(),
+        port: 80,
+    };
+    let Verdict::Endpoints(eps) = trace(&desired, &packet).verdict else { panic!("no endpoints") };
+    assert_eq!(eps.len(), 10, "without a source port, every endpoint is possible");
 }

@@ -25,9 +25,13 @@ pub(super) struct Frontends {
     /// policy.
     pub(super) cluster_endpoints: &'static str,
     pub(super) local_endpoints: &'static str,
-    /// Maglev tables (the prefix of their names), per policy.
+    /// Maglev tables (the prefix of their names), per policy, hashing the source address
+    /// or the connection (each in maps of its own: a frontend is found by the first rule
+    /// whose map holds it).
     pub(super) maglev_cluster: &'static str,
     pub(super) maglev_local: &'static str,
+    pub(super) maglev_cluster_connection: &'static str,
+    pub(super) maglev_local_connection: &'static str,
     pub(super) pick_cluster: &'static str,
     pub(super) pick_local: &'static str,
 }
@@ -45,6 +49,8 @@ pub(super) const ADDRESSES: Frontends = Frontends {
     local_endpoints: "local-endpoints",
     maglev_cluster: "maglev-cluster-endpoints",
     maglev_local: "maglev-local-endpoints",
+    maglev_cluster_connection: "maglev-conn-cluster-endpoints",
+    maglev_local_connection: "maglev-conn-local-endpoints",
     pick_cluster: "pick-cluster-endpoint",
     pick_local: "pick-local-endpoint",
 };
@@ -62,6 +68,8 @@ pub(super) const NODEPORT_FRONTENDS: Frontends = Frontends {
     local_endpoints: "nodeport-local-endpoints",
     maglev_cluster: "maglev-nodeport-cluster-endpoints",
     maglev_local: "maglev-nodeport-local-endpoints",
+    maglev_cluster_connection: "maglev-conn-nodeport-cluster-endpoints",
+    maglev_local_connection: "maglev-conn-nodeport-local-endpoints",
     pick_cluster: "pick-nodeport-cluster-endpoint",
     pick_local: "pick-nodeport-local-endpoint",
 };
@@ -124,8 +132,10 @@ impl Pick {
         let prefix = match (self.slot, cluster) {
             (Slot::Random, true) => &f.cluster_endpoints,
             (Slot::Random, false) => &f.local_endpoints,
-            (Slot::SourceHash { .. }, true) => &f.maglev_cluster,
-            (Slot::SourceHash { .. }, false) => &f.maglev_local,
+            (Slot::SourceHash { with_port: false, .. }, true) => &f.maglev_cluster,
+            (Slot::SourceHash { with_port: false, .. }, false) => &f.maglev_local,
+            (Slot::SourceHash { with_port: true, .. }, true) => &f.maglev_cluster_connection,
+            (Slot::SourceHash { with_port: true, .. }, false) => &f.maglev_local_connection,
         };
         SetName::numbered(prefix, self.endpoints)
     }
@@ -142,7 +152,8 @@ impl Pick {
             // says `numgen random mod N`, which has the same 32-bit slot. The rule shows
             // the hash and its seed; the userdata (typeof and comment) must fit in 256
             // bytes, which leaves the comment under 60.
-            Slot::SourceHash { .. } => format!("Maglev tables of {which} endpoints (jhash saddr)"),
+            Slot::SourceHash { with_port: false, .. } => format!("Maglev tables of {which} endpoints (jhash saddr)"),
+            Slot::SourceHash { with_port: true, .. } => format!("Maglev tables of {which} endpoints (saddr . sport)"),
         };
         Set::endpoint_map(self.frontends().slot_key_type(self.endpoints), &comment)
     }

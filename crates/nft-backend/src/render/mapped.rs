@@ -20,15 +20,15 @@ pub(super) fn mapped_port(r: &ServicePortRules, seed: u32, out: &mut PortObjects
         let eps = r.endpoints(policy);
         match r.maglev {
             None => eps.iter().map(|ep| Data::Endpoint(ep.addr)).collect(),
-            Some(size) => {
+            Some(t) => {
                 let addrs: Vec<_> = eps.iter().map(|ep| ep.addr).collect();
-                maglev::table(&addrs, size).into_iter().map(|i| Data::Endpoint(addrs[i as usize])).collect()
+                maglev::table(&addrs, t.size).into_iter().map(|i| Data::Endpoint(addrs[i as usize])).collect()
             }
         }
     };
     let slot = match r.maglev {
         None => Slot::Random,
-        Some(_) => Slot::SourceHash { seed },
+        Some(t) => Slot::SourceHash { seed, with_port: t.hash == maglev::Hash::Connection },
     };
     let tables = [Policy::Cluster, Policy::Local].map(slots);
     let mut add = |frontend: Frontend, set: &'static &'static str, policies: &[Policy]| {

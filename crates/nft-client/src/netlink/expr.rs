@@ -17,7 +17,9 @@ const REG_1: u32 = 1;
 const REG_2: u32 = 2;
 const REG_3: u32 = 3;
 const REG32_00: u32 = 8;
+const REG32_09: u32 = 17;
 const REG32_11: u32 = 19;
+const REG32_15: u32 = 23;
 /// `NFT_HASH_JENKINS`.
 const HASH_JENKINS: u32 = 0;
 
@@ -321,11 +323,18 @@ fn action(family: IpFamily, a: &Action, out: &mut Vec<Expr>) {
                         .u32(sys::NFTNL_EXPR_NG_TYPE, NG_RANDOM)
                         .u32(sys::NFTNL_EXPR_NG_OFFSET, 0),
                 ),
-                Slot::SourceHash { seed } => {
-                    // The source address goes where nft puts it: past the key's registers.
+                Slot::SourceHash { seed, with_port } => {
+                    // The source (and its port) go where nft puts them: past the key's
+                    // registers, the port in the 32-bit register after the address.
                     let (offset, len) = addr_field(family, false);
-                    let source = if len == 4 { REG_3 } else { REG32_11 };
+                    let (source, after) = if len == 4 { (REG_3, REG32_09) } else { (REG32_11, REG32_15) };
                     out.push(payload(PAYLOAD_NETWORK, offset, len, source));
+                    let len = if *with_port {
+                        out.push(payload(PAYLOAD_TRANSPORT, 0, 2, after));
+                        len + 4
+                    } else {
+                        len
+                    };
                     out.push(
                         Expr::new(c"hash")
                             .u32(sys::NFTNL_EXPR_HASH_TYPE, HASH_JENKINS)

@@ -13,7 +13,7 @@ mod service;
 
 pub use endpointslice::{ANNOTATION_TRIGGER_TIME, endpoint_slice};
 pub use node::node;
-pub use service::{ANNOTATION_LOAD_BALANCING, ANNOTATION_MAGLEV_TABLE_SIZE, service};
+pub use service::{ANNOTATION_LOAD_BALANCING, ANNOTATION_MAGLEV_HASH, ANNOTATION_MAGLEV_TABLE_SIZE, service};
 
 use crate::error::{Error, ObjectKind, Problem};
 use crate::model::ObjectRef;

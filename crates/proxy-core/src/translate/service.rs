@@ -22,6 +22,9 @@ use crate::model::{
 pub const ANNOTATION_LOAD_BALANCING: &str = "kproxy.io/load-balancing";
 /// kproxy's annotation fixing a Maglev table size (a prime up to the largest size class).
 pub const ANNOTATION_MAGLEV_TABLE_SIZE: &str = "kproxy.io/maglev-table-size";
+/// kproxy's annotation choosing what a Maglev Service hashes: `source` (the client's
+/// address, the default) or `connection` (its address and source port).
+pub const ANNOTATION_MAGLEV_HASH: &str = "kproxy.io/maglev-hash";
 
 /// The largest ClientIP affinity timeout the API allows (one day).
 const MAX_AFFINITY_TIMEOUT_SECONDS: i32 = 86_400;
@@ -113,7 +116,7 @@ fn load_balancing(svc: &k8s::Service, problems: &mut Problems) -> LoadBalancing 
     let table_size = get(ANNOTATION_MAGLEV_TABLE_SIZE).and_then(|raw| {
         let max = *maglev::SIZE_CLASSES.last().expect("classes");
         match raw.parse::<u32>() {
-            Ok(n) if maglev::is_prime(n) && n <= max => Some(n),
+            Ok(n) if maglev::is_prime(n) && n <= max => std::num::NonZeroU32::new(n),
             Ok(n) => {
                 problems.drop_part(field(ANNOTATION_MAGLEV_TABLE_SIZE), Error::OutOfRange(i64::from(n)));
                 None
@@ -124,9 +127,18 @@ fn load_balancing(svc: &k8s::Service, problems: &mut Problems) -> LoadBalancing 
             }
         }
     });
+    let hash = match get(ANNOTATION_MAGLEV_HASH) {
+        None => maglev::Hash::Source,
+        Some(v) if v.eq_ignore_ascii_case("source") => maglev::Hash::Source,
+        Some(v) if v.eq_ignore_ascii_case("connection") => maglev::Hash::Connection,
+        Some(other) => {
+            problems.drop_part(field(ANNOTATION_MAGLEV_HASH), Error::UnknownValue(other.to_string()));
+            maglev::Hash::Source
+        }
+    };
     match get(ANNOTATION_LOAD_BALANCING) {
         None => LoadBalancing::NodeDefault,
-        Some(v) if v.eq_ignore_ascii_case("maglev") => LoadBalancing::Maglev { table_size },
+        Some(v) if v.eq_ignore_ascii_case("maglev") => LoadBalancing::Maglev { table_size, hash },
         Some(v) if v.eq_ignore_ascii_case("random") => LoadBalancing::Random,
         Some(other) => {
             problems.drop_part(field(ANNOTATION_LOAD_BALANCING), Error::UnknownValue(other.to_string()));
