@@ -9,6 +9,7 @@
 //! other flag given beside `--config` (upstream ignores them silently).
 
 pub mod duration;
+mod feature_gates;
 pub mod flags;
 pub mod v1alpha1;
 mod validate;
@@ -162,6 +163,10 @@ impl ProxyFlags {
             anyhow::ensure!(!name.is_empty(), "empty hostname-override is invalid");
             file.hostname_override = name;
         }
+        feature_gates::check(&file.feature_gates, &mut warnings).map_err(|e| match &self.config {
+            Some(path) => e.context(format!("invalid featureGates in {}", path.display())),
+            None => e.context("invalid --feature-gates"),
+        })?;
         // kproxy's own default needs no warning: only a mode someone wrote down (a file, or
         // --proxy-mode) that kproxy runs as nftables is worth one.
         let written = self.config.is_some() || self.proxy_mode.is_some();
