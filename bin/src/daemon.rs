@@ -451,7 +451,11 @@ impl Daemon {
         match result {
             Ok(stats) => self.after_sync(&plan, full, start, stats),
             Err(e) => {
-                for family in IpFamily::ALL {
+                // With nftables each family commits alone: only the one that failed counts.
+                let nft = self.syncer.backend().nft();
+                let failed: Vec<IpFamily> =
+                    IpFamily::ALL.into_iter().filter(|f| nft.is_none_or(|nft| nft.failed(*f))).collect();
+                for family in failed {
                     self.metrics.sync_failures.get_or_create(&family_label(family)).inc();
                     observe_duration(&self.metrics, family, full, start.elapsed());
                 }

@@ -564,3 +564,59 @@ fn udp_flows_survive_restarts_and_leave_with_their_service() {
         wait_for("the deleted Service's flow cleared", Duration::from_secs(5), || udp_entries("10.96.0.53") == 0);
     });
 }
+
+/// One family failing does not take the other down (a real fault: another process owns
+/// `table ip6 kproxy`, so every write to it is refused with EPERM). IPv4 Services are
+/// programmed and follow edits; the failures are counted for IPv6 only; once the owner
+/// lets go, the next retry writes the ip6 table.
+#[test]
+fn an_ip6_table_that_cannot_be_written_leaves_ipv4_working() {
+    in_sandbox("an_ip6_table_that_cannot_be_written_leaves_ipv4_working", || {
+        let node = Node::new();
+        // An `nft -i` session creates the table with the owner flag and holds it while its
+        // stdin stays open.
+        let mut owner = Command::new("nft")
+            .arg("-i")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        let mut stdin = owner.stdin.take().unwrap();
+        stdin.write_all(b"add table ip6 kproxy { flags owner; }\n").unwrap();
+        stdin.flush().unwrap();
+        wait_for("the owned table", Duration::from_secs(5), || sh("nft list tables").contains("ip6 kproxy"));
+
+        let dir = write(&node, WEB);
+        let _daemon = Daemon::start(&dir);
+        wait_for("the ip table", Duration::from_secs(10), table_exists);
+        assert_reaches(Some("client"), "10.96.0.10:80", false, &both());
+        let failures = |family: &str| {
+            let (_, metrics) = get("127.0.0.1:10249", "/metrics");
+            let series = format!("kubeproxy_sync_proxy_rules_nftables_sync_failures_total{{ip_family=\"{family}\"}} ");
+            metrics.lines().find_map(|l| l.strip_prefix(&series)).and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        wait_for("an IPv6 failure counted", Duration::from_secs(10), || failures("IPv6").is_some_and(|n| n >= 1.0));
+        assert_eq!(failures("IPv4"), Some(0.0), "IPv4 never failed");
+
+        // IPv4 keeps following edits while IPv6 fails: pod2 leaves the Service.
+        std::fs::write(dir.join("cluster.yaml"), WEB.replace("  - {addresses: [10.244.0.12], nodeName: node-a}\n", ""))
+            .unwrap();
+        let pod1: std::collections::BTreeSet<String> = ["pod1".to_string()].into();
+        wait_for("the edit applied", Duration::from_secs(10), || {
+            pods(&requests(6, Some("client"), "10.96.0.10:80", false)) == pod1
+        });
+        assert!(!sh("nft list table ip6 kproxy").contains("chain"), "the owned table is untouched");
+
+        // The owner lets go: the next retry (backoff of a few seconds) writes the ip6 table.
+        drop(stdin);
+        let _ = owner.wait();
+        wait_for("the ip6 table written", Duration::from_secs(40), || {
+            Command::new("nft")
+                .args(["list", "table", "ip6", "kproxy"])
+                .output()
+                .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("chain services"))
+        });
+        assert_eq!(failures("IPv4"), Some(0.0));
+    });
+}

@@ -1,7 +1,10 @@
 //! [`NftBackend`]: proxy-core's [`Backend`] over nftables.
 //!
 //! A full sync replaces each family's table atomically: `add table`, `delete table`,
-//! then everything, in one batch with both families. A partial sync touches only the
+//! then everything, in one batch per family. Each family commits on its own, as
+//! upstream's per-family proxiers do: a family whose table cannot be written (a kernel
+//! without IPv6, a fault) fails alone, and the other family's rules still go in. A
+//! partial sync touches only the
 //! changed service ports. It diffs their rendered objects against those of an in-memory
 //! record of what was committed, so it never lists the kernel. The record keeps the rules
 //! each port was rendered from (shared with the caller's desired state) and renders them
@@ -15,15 +18,30 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use nft_client::ruleset::{Set, SetName};
 use nft_client::tx::{Gathered, Op, Transaction};
 use nft_client::{Client, Commit, Error, netlink};
-use proxy_core::{Backend, Changes, Desired, IpFamily, SyncStats};
+use proxy_core::diff::FamilyChanges;
+use proxy_core::{Backend, Changes, Desired, FamilyRules, IpFamily, SyncStats};
 
 use crate::committed::{Claimants, Committed, owned_part};
 use crate::partial::PortPlan;
 use crate::render::{self, Pick};
 
-#[derive(Debug, Default)]
+/// A `pick-…` rule the kernel echoed back with its handle: (family, pick, handle).
+type Echoed = (IpFamily, Pick, u64);
+
+#[derive(Debug)]
 struct FamilyState {
     committed: Option<Committed>,
+    /// Whether the next full sync must replace the table (its contents unknown: at start,
+    /// and after a failed transaction) rather than refresh it in place.
+    replace_next: bool,
+    /// Whether the family's last transaction failed.
+    failed: bool,
+}
+
+impl Default for FamilyState {
+    fn default() -> Self {
+        FamilyState { committed: None, replace_next: true, failed: false }
+    }
 }
 
 /// The nftables backend. It commits to the kernel through a [`Client`], or to any other
@@ -32,9 +50,6 @@ pub struct NftBackend<K: Commit = Client> {
     table: String,
     client: K,
     families: [FamilyState; 2],
-    /// Whether the next full sync must replace the tables (their contents unknown: at
-    /// start, and after any failed transaction) rather than refresh them in place.
-    replace_next: bool,
 }
 
 impl NftBackend {
@@ -53,7 +68,7 @@ impl NftBackend {
 impl<K: Commit> NftBackend<K> {
     /// A backend writing to table `table` through `client`.
     pub fn with(table: &str, client: K) -> NftBackend<K> {
-        NftBackend { table: table.to_string(), client, families: Default::default(), replace_next: true }
+        NftBackend { table: table.to_string(), client, families: Default::default() }
     }
 
     /// The table name.
@@ -67,13 +82,27 @@ impl<K: Commit> NftBackend<K> {
         &self.client
     }
 
-    /// Commits the transactions; after a failure the kernel's contents are unknown to us,
-    /// so the next full sync replaces the tables.
-    fn commit(&mut self, txs: &[Transaction]) -> Result<usize, Error> {
-        self.replace_next = true;
-        let result = self.client.commit(txs);
-        self.replace_next = result.is_err();
-        result
+    /// Whether `family`'s last transaction failed: after a failed sync, which family it was
+    /// (the other's commit stands).
+    pub fn failed(&self, family: IpFamily) -> bool {
+        self.families[family.index()].failed
+    }
+
+    /// The client, to change: a test injects faults into the model through it.
+    pub fn client_mut(&mut self) -> &mut K {
+        &mut self.client
+    }
+
+    /// Commits one family's transaction; after a failure the kernel's contents are
+    /// unknown to us, so the family's next full sync replaces its table.
+    fn commit(&mut self, tx: Transaction) -> Result<(usize, Vec<Echoed>), Error> {
+        let family = tx.family;
+        self.families[family.index()].replace_next = true;
+        let txs = [tx];
+        let result = self.client.commit(&txs);
+        self.families[family.index()].replace_next = result.is_err();
+        self.families[family.index()].failed = result.is_err();
+        result.map(|operations| (operations, echoed_picks(&txs, self.client.last_handles())))
     }
 
     /// Renders the full rule set of every family as nft text (`kproxy plan`).
@@ -115,7 +144,7 @@ fn stale(previous: &Committed, next: &Committed) -> (Vec<String>, Vec<String>) {
 }
 
 /// The `pick-…` rules the last transaction added, with the handles the kernel gave them.
-fn echoed_picks(txs: &[Transaction], handles: &[(usize, u64)]) -> Vec<(IpFamily, Pick, u64)> {
+fn echoed_picks(txs: &[Transaction], handles: &[(usize, u64)]) -> Vec<Echoed> {
     let mut out = Vec::new();
     for (index, handle) in handles {
         let mut i = *index;
@@ -138,127 +167,157 @@ impl<K: Commit> Backend for NftBackend<K> {
     type Error = Error;
 
     fn sync_full(&mut self, desired: &Desired) -> Result<SyncStats, Error> {
-        let mut txs = Vec::new();
-        let mut records = Vec::new();
+        let mut outcome = Outcome::default();
         for rules in desired.families() {
-            let family = rules.context.family;
-            let mut committed = Committed::new(rules.context.clone());
-            let mut gathered = Gathered::default();
-            // In name order: the first claimant of an element is the one the kernel holds,
-            // as in `PortPlan`.
-            for r in rules.service_ports.values() {
-                let objects = render::service_port(r, &rules.context);
-                for pick in &objects.picks {
-                    committed.picks.entry(*pick).or_default().users += 1;
-                }
-                if let Some(owned) = owned_part(&objects) {
-                    committed.owned.insert(r.name.clone(), owned);
-                }
-                gathered.own(objects.chains, objects.sets);
-                for ((set, key), data) in objects.elements {
-                    match committed.claims.entry((set, key)) {
-                        Entry::Vacant(v) => {
-                            v.insert(Claimants::One(r.clone()));
-                            gathered.element(set, key, data);
-                        }
-                        Entry::Occupied(mut o) => o.get_mut().insert(r),
-                    }
-                }
-                committed.ports.insert(r.name.clone(), r.clone());
-            }
-            let picks: BTreeSet<Pick> = committed.picks.keys().copied().collect();
-            let skeleton = render::skeleton(&rules.context, &picks);
-            // A set redefined in place would be refused, so a redefinition (an affinity
-            // timeout change arriving with a full sync) means a replace.
-            // The previous record is only needed for the names of stale objects: let it go
-            // before the transaction is built (peak memory). If the commit fails, the next
-            // full sync replaces anyway.
-            let previous = self.families[family.index()].committed.take();
-            let stale = previous
-                .filter(|previous| !self.replace_next && !redefines_sets(previous, &committed))
-                .map(|previous| stale(&previous, &committed));
-            txs.push(match stale {
-                None => Transaction::replace(family, &self.table, &skeleton, gathered),
-                Some((chains, sets)) => Transaction::refresh(family, &self.table, &skeleton, gathered, &chains, &sets),
-            });
-            records.push((family, committed));
+            let result = self.full_family(rules);
+            outcome.add(result);
         }
-        let operations = self.commit(&txs)?;
-        for (family, pick, handle) in echoed_picks(&txs, self.client.last_handles()) {
-            if let Some((_, committed)) = records.iter_mut().find(|(f, _)| *f == family)
-                && let Some(rule) = committed.picks.get_mut(&pick)
-            {
-                rule.handle = Some(handle);
-            }
-        }
-        for (family, committed) in records {
-            self.families[family.index()].committed = Some(committed);
-        }
-        Ok(SyncStats { full: true, operations })
+        outcome.stats(true)
     }
 
     fn sync_partial(&mut self, changes: &Changes, desired: &Desired) -> Result<SyncStats, Error> {
-        if IpFamily::ALL
-            .iter()
-            .any(|f| changes.family(*f).context.is_some() || self.families[f.index()].committed.is_none())
-        {
-            return self.sync_full(desired);
-        }
-        let mut txs = Vec::new();
-        let mut updates = Vec::new();
+        let mut outcome = Outcome::default();
+        let mut full = false;
         for family in IpFamily::ALL {
             let fc = changes.family(family);
-            if fc.service_ports.is_empty() {
-                continue;
-            }
-            let committed = self.families[family.index()].committed.as_ref().expect("checked above");
-            let mut plan = PortPlan::new(committed);
-            for (name, change) in &fc.service_ports {
-                plan.port(name, change.new_rules());
-            }
-            let mut tx = Transaction::new(family, &self.table);
-            let update = plan.emit(&mut tx);
-            txs.push(tx);
-            updates.push((family, update));
-        }
-        let operations = self.commit(&txs)?;
-        let echoed = echoed_picks(&txs, self.client.last_handles());
-        for (family, mut update) in updates {
-            for (_, pick, handle) in echoed.iter().filter(|(f, ..)| *f == family) {
-                if let Some(rule) = update.picks.get_mut(pick) {
-                    rule.handle = Some(*handle);
-                }
-            }
-            let committed = self.families[family.index()].committed.as_mut().expect("checked above");
-            committed.picks = update.picks;
-            for (key, claimants) in update.claims {
-                if claimants.is_empty() {
-                    committed.claims.remove(&key);
-                } else {
-                    committed.claims.insert(key, claimants);
-                }
-            }
-            for (name, rules, owned) in update.ports {
-                match rules {
-                    Some(r) => committed.ports.insert(name.clone(), r),
-                    None => committed.ports.remove(&name),
-                };
-                match owned {
-                    Some(o) => committed.owned.insert(name, o),
-                    None => committed.owned.remove(&name),
-                };
+            // A family without a record (its last commit failed, or none yet) or with a
+            // new context gets a full sync of its own; the other family stays partial.
+            if fc.context.is_some() || self.families[family.index()].committed.is_none() {
+                full = true;
+                let result = self.full_family(desired.family(family));
+                outcome.add(result);
+            } else if !fc.service_ports.is_empty() {
+                let result = self.partial_family(family, fc);
+                outcome.add(result);
             }
         }
-        Ok(SyncStats { full: false, operations })
+        outcome.stats(full)
     }
 
     fn cleanup(&mut self) -> Result<(), Error> {
         for family in IpFamily::ALL {
-            self.commit(&[Transaction::delete_table(family, &self.table)])?;
+            self.commit(Transaction::delete_table(family, &self.table))?;
             self.families[family.index()] = FamilyState::default();
-            self.replace_next = true;
         }
         Ok(())
+    }
+}
+
+/// The result of a sync over both families: the operations committed, and the first
+/// failure (the other family's commit stands).
+#[derive(Default)]
+struct Outcome {
+    operations: usize,
+    error: Option<Error>,
+}
+
+impl Outcome {
+    fn add(&mut self, result: Result<usize, Error>) {
+        match result {
+            Ok(n) => self.operations += n,
+            Err(e) => {
+                self.error.get_or_insert(e);
+            }
+        }
+    }
+
+    fn stats(self, full: bool) -> Result<SyncStats, Error> {
+        match self.error {
+            Some(e) => Err(e),
+            None => Ok(SyncStats { full, operations: self.operations }),
+        }
+    }
+}
+
+impl<K: Commit> NftBackend<K> {
+    /// Replaces (or refreshes in place) one family's table with its desired rules.
+    fn full_family(&mut self, rules: &FamilyRules) -> Result<usize, Error> {
+        let family = rules.context.family;
+        let mut committed = Committed::new(rules.context.clone());
+        let mut gathered = Gathered::default();
+        // In name order: the first claimant of an element is the one the kernel holds,
+        // as in `PortPlan`.
+        for r in rules.service_ports.values() {
+            let objects = render::service_port(r, &rules.context);
+            for pick in &objects.picks {
+                committed.picks.entry(*pick).or_default().users += 1;
+            }
+            if let Some(owned) = owned_part(&objects) {
+                committed.owned.insert(r.name.clone(), owned);
+            }
+            gathered.own(objects.chains, objects.sets);
+            for ((set, key), data) in objects.elements {
+                match committed.claims.entry((set, key)) {
+                    Entry::Vacant(v) => {
+                        v.insert(Claimants::One(r.clone()));
+                        gathered.element(set, key, data);
+                    }
+                    Entry::Occupied(mut o) => o.get_mut().insert(r),
+                }
+            }
+            committed.ports.insert(r.name.clone(), r.clone());
+        }
+        let picks: BTreeSet<Pick> = committed.picks.keys().copied().collect();
+        let skeleton = render::skeleton(&rules.context, &picks);
+        // A set redefined in place would be refused, so a redefinition (an affinity
+        // timeout change arriving with a full sync) means a replace.
+        // The previous record is only needed for the names of stale objects: let it go
+        // before the transaction is built (peak memory). If the commit fails, the next
+        // full sync replaces anyway.
+        let state = &mut self.families[family.index()];
+        let previous = state.committed.take();
+        let stale = previous
+            .filter(|previous| !state.replace_next && !redefines_sets(previous, &committed))
+            .map(|previous| stale(&previous, &committed));
+        let tx = match stale {
+            None => Transaction::replace(family, &self.table, &skeleton, gathered),
+            Some((chains, sets)) => Transaction::refresh(family, &self.table, &skeleton, gathered, &chains, &sets),
+        };
+        let (operations, echoed) = self.commit(tx)?;
+        for (_, pick, handle) in echoed {
+            if let Some(rule) = committed.picks.get_mut(&pick) {
+                rule.handle = Some(handle);
+            }
+        }
+        self.families[family.index()].committed = Some(committed);
+        Ok(operations)
+    }
+
+    /// Applies one family's changed service ports against its committed record.
+    fn partial_family(&mut self, family: IpFamily, fc: &FamilyChanges) -> Result<usize, Error> {
+        let committed = self.families[family.index()].committed.as_ref().expect("checked by the caller");
+        let mut plan = PortPlan::new(committed);
+        for (name, change) in &fc.service_ports {
+            plan.port(name, change.new_rules());
+        }
+        let mut tx = Transaction::new(family, &self.table);
+        let mut update = plan.emit(&mut tx);
+        let (operations, echoed) = self.commit(tx)?;
+        for (_, pick, handle) in echoed {
+            if let Some(rule) = update.picks.get_mut(&pick) {
+                rule.handle = Some(handle);
+            }
+        }
+        let committed = self.families[family.index()].committed.as_mut().expect("checked by the caller");
+        committed.picks = update.picks;
+        for (key, claimants) in update.claims {
+            if claimants.is_empty() {
+                committed.claims.remove(&key);
+            } else {
+                committed.claims.insert(key, claimants);
+            }
+        }
+        for (name, rules, owned) in update.ports {
+            match rules {
+                Some(r) => committed.ports.insert(name.clone(), r),
+                None => committed.ports.remove(&name),
+            };
+            match owned {
+                Some(o) => committed.owned.insert(name, o),
+                None => committed.owned.remove(&name),
+            };
+        }
+        Ok(operations)
     }
 }
 

@@ -407,3 +407,65 @@ mod kernel_rules {
         assert_eq!(errno(model.commit(&[tx(vec![Op::DeleteTable])])).unwrap(), libc::ENOENT);
     }
 }
+
+/// One family's table cannot be written (the model refuses ip6 as a kernel without IPv6
+/// nf_tables would): the ip table is still written, full and partial, the failure names
+/// the family, and once ip6 can be written again the next sync brings it in.
+#[test]
+fn a_family_that_cannot_be_written_fails_alone() {
+    const DUAL_STACK: &str = "
+apiVersion: v1
+kind: Service
+metadata: {namespace: ns, name: web}
+spec:
+  clusterIPs: [172.30.0.10, \"fd00:10:96::10\"]
+  ipFamilies: [IPv4, IPv6]
+  ports: [{name: p, port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {namespace: ns, name: web-4, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports: [{name: p, port: 80}]
+endpoints: [{addresses: [10.0.1.1]}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {namespace: ns, name: web-6, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports: [{name: p, port: 80}]
+endpoints: [{addresses: [\"fd00:10::1\"]}]
+";
+    let mut engine = common::engine(common::node(), DUAL_STACK);
+    let mut model = Model::new();
+    model.refuse_family(IpFamily::V6, true);
+    let mut backend = NftBackend::with("kproxy", model);
+    let rendered = |engine: &Engine, family: IpFamily| {
+        let rules = engine.desired().family(family);
+        render::family(&rules.context, &rules.service_ports)
+    };
+
+    let err = backend.sync_full(engine.desired()).unwrap_err();
+    assert!(err.to_string().contains(" ip6 kproxy"), "the failure names the family: {err}");
+    assert!(backend.failed(IpFamily::V6) && !backend.failed(IpFamily::V4));
+    assert_eq!(backend.client().table(IpFamily::V4, "kproxy"), Some(rendered(&engine, IpFamily::V4)));
+    assert_eq!(backend.client().table(IpFamily::V6, "kproxy"), None);
+
+    // The IPv4 endpoint moves: the ip table follows though ip6 still fails.
+    let moved = ingest::slice_applied(&slice("ns", "web", 4, &[("p", 80, "TCP")], &[ep("10.0.1.2")]));
+    engine.apply(moved.event);
+    let plan = engine.plan();
+    let commits = backend.client().commits();
+    assert!(backend.sync_partial(&plan.changes, engine.desired()).is_err());
+    assert_eq!(backend.client().commits(), commits + 1, "the ip family committed alone");
+    assert_eq!(backend.client().table(IpFamily::V4, "kproxy"), Some(rendered(&engine, IpFamily::V4)));
+
+    // ip6 can be written again: the next sync brings it in, and ip stays as it is.
+    backend.client_mut().refuse_family(IpFamily::V6, false);
+    let plan = engine.plan();
+    backend.sync_partial(&plan.changes, engine.desired()).expect("both families");
+    assert!(!backend.failed(IpFamily::V6));
+    for family in IpFamily::ALL {
+        assert_eq!(backend.client().table(family, "kproxy"), Some(rendered(&engine, family)), "{family:?}");
+    }
+}

@@ -42,6 +42,9 @@ pub struct Model {
     next_handle: u64,
     commits: u64,
     last_handles: Vec<(usize, u64)>,
+    /// Families whose every operation is refused with `EAFNOSUPPORT`, as by a kernel
+    /// without that family's nf_tables: a fault for tests to inject.
+    refused: Vec<IpFamily>,
 }
 
 /// Why one operation failed: the errno and a detail.
@@ -64,6 +67,15 @@ impl Model {
         Some(Ruleset { chains, sets: table.sets.clone() })
     }
 
+    /// Refuses every operation on `family` from now on (`EAFNOSUPPORT`), or accepts them
+    /// again: a family that cannot be written, for failure-isolation tests.
+    pub fn refuse_family(&mut self, family: IpFamily, refuse: bool) {
+        self.refused.retain(|f| *f != family);
+        if refuse {
+            self.refused.push(family);
+        }
+    }
+
     /// How many batches were committed.
     pub fn commits(&self) -> u64 {
         self.commits
@@ -77,7 +89,12 @@ impl Model {
         let mut index = 0;
         for tx in txs {
             for op in &tx.ops {
-                if let Err((errno, detail)) = next.apply(tx.family, &tx.table, op, index) {
+                let applied = if self.refused.contains(&tx.family) {
+                    Err((libc::EAFNOSUPPORT, "the family is refused (an injected fault)".to_string()))
+                } else {
+                    next.apply(tx.family, &tx.table, op, index)
+                };
+                if let Err((errno, detail)) = applied {
                     let single = Transaction { family: tx.family, table: tx.table.clone(), ops: vec![op.clone()] };
                     return Err(Error::Transaction {
                         errno,
