@@ -38,12 +38,19 @@ struct Shape {
     affinity: bool,
     internal_local: bool,
     external_local: bool,
+    /// Maglev: none, or the hash (`source`, `connection`) with a small table (7 or 11
+    /// slots, so the element-level changes stay readable in a failure).
+    maglev: Option<(&'static str, u32)>,
 }
 
 const PORT_NAMES: [&str; 3] = ["a", "b", "c"];
 
 fn shape() -> impl Strategy<Value = Shape> {
-    proptest::collection::vec(any::<bool>(), 7).prop_map(|b| Shape {
+    let maglev = prop_oneof![
+        2 => Just(None),
+        1 => (prop_oneof![Just("source"), Just("connection")], prop_oneof![Just(7u32), Just(11)]).prop_map(Some),
+    ];
+    (proptest::collection::vec(any::<bool>(), 7), maglev).prop_map(|(b, maglev)| Shape {
         node_port: b[0],
         external_ip: b[1],
         load_balancer: b[2],
@@ -51,6 +58,7 @@ fn shape() -> impl Strategy<Value = Shape> {
         affinity: b[4],
         internal_local: b[5],
         external_local: b[6],
+        maglev,
     })
 }
 
@@ -112,6 +120,14 @@ fn service_of(svc: u8, ip: u8, ports: &[(u8, bool)], s: &Shape) -> core::Service
     if s.load_balancer {
         let ingress = addr(svc, "203.0.113.", "2001:db8:3::", svc);
         out = with_ingress(out, &[(ingress.as_str(), None)]);
+    }
+    if let Some((hash, size)) = s.maglev {
+        let annotations = [
+            ("kproxy.io/load-balancing", "maglev".to_string()),
+            ("kproxy.io/maglev-hash", hash.to_string()),
+            ("kproxy.io/maglev-table-size", size.to_string()),
+        ];
+        out.metadata.annotations = Some(annotations.into_iter().map(|(k, v)| (k.to_string(), v)).collect());
     }
     out
 }
