@@ -199,16 +199,17 @@ pub struct ProxyFlags {
     /// kproxy: how Services without the kproxy.io/load-balancing annotation pick an
     /// endpoint for a new connection: at random (upstream's way), or by Maglev hashing of
     /// the client address (the same endpoint through every node). Same on every node.
-    #[arg(long, value_parser = ["random", "maglev"], default_value = "random")]
-    pub load_balancing: String,
+    /// [default: random]
+    #[arg(long, value_parser = ["random", "maglev"])]
+    pub load_balancing: Option<String>,
     /// kproxy: the largest Maglev table a Service gets by its endpoint count (251, 1021,
-    /// 4093, 16381 or 65521 slots). Same on every node.
-    #[arg(long, default_value_t = proxy_core::maglev::DEFAULT_MAX_SIZE)]
-    pub maglev_max_table_size: u32,
+    /// 4093, 16381 or 65521 slots). Same on every node. [default: 16381]
+    #[arg(long)]
+    pub maglev_max_table_size: Option<u32>,
     /// kproxy: the seed of the kernel's jhash that picks a client's Maglev slot. Same on
-    /// every node.
-    #[arg(long, default_value_t = proxy_core::maglev::DEFAULT_SEED)]
-    pub maglev_seed: u32,
+    /// every node. [default: 1802531439 (0x6b70726f)]
+    #[arg(long)]
+    pub maglev_seed: Option<u32>,
 }
 
 /// kube-proxy's flag normalisation: `--hostname_override` is `--hostname-override`.

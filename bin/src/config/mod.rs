@@ -371,17 +371,19 @@ impl ProxyFlags {
     }
 
     /// kproxy's Maglev settings, from its own flags (they apply with `--config` too).
+    /// Flags not given take [`proxy_core::MaglevSettings`]'s defaults.
     fn maglev(&self) -> Result<proxy_core::MaglevSettings> {
+        let defaults = proxy_core::MaglevSettings::default();
         let classes = proxy_core::maglev::SIZE_CLASSES;
+        let max_table_size = self.maglev_max_table_size.unwrap_or(defaults.max_table_size);
         anyhow::ensure!(
-            classes.contains(&self.maglev_max_table_size),
-            "--maglev-max-table-size: {} is not one of {classes:?}",
-            self.maglev_max_table_size
+            classes.contains(&max_table_size),
+            "--maglev-max-table-size: {max_table_size} is not one of {classes:?}"
         );
         Ok(proxy_core::MaglevSettings {
-            by_default: self.load_balancing == "maglev",
-            max_table_size: self.maglev_max_table_size,
-            seed: self.maglev_seed,
+            by_default: self.load_balancing.as_deref() == Some("maglev"),
+            max_table_size,
+            seed: self.maglev_seed.unwrap_or(defaults.seed),
         })
     }
 

@@ -284,3 +284,24 @@ fn nodeport_keywords_expand_per_family() {
     let all = NodePortAddresses::parse(&["all".into()]);
     assert_eq!(all.expand(&ips).len(), 2);
 }
+
+/// kproxy's Maglev flags: defaults when not given (also for a `ProxyFlags` built in code,
+/// as `kproxy cleanup` builds one), kept beside `--config`, and a size off the classes is
+/// refused.
+#[test]
+fn maglev_flags_default_apply_with_config_and_are_checked() {
+    let defaults = proxy_core::MaglevSettings::default();
+    assert_eq!(ProxyFlags::default().resolve().unwrap().maglev, defaults);
+    assert_eq!(flags(&[]).resolve().unwrap().maglev, defaults);
+    let set = flags(&["--load-balancing=maglev", "--maglev-max-table-size=65521", "--maglev-seed=7"]);
+    let want = proxy_core::MaglevSettings { by_default: true, max_table_size: 65521, seed: 7 };
+    assert_eq!(set.resolve().unwrap().maglev, want);
+    let beside = with_file(
+        "apiVersion: kubeproxy.config.k8s.io/v1alpha1\nkind: KubeProxyConfiguration\n",
+        &["--load-balancing=maglev"],
+    )
+    .unwrap();
+    assert!(beside.maglev.by_default, "kproxy's own flags apply with --config");
+    let err = flags(&["--maglev-max-table-size=1000"]).resolve().unwrap_err();
+    assert!(err.to_string().contains("--maglev-max-table-size: 1000 is not one of"), "{err}");
+}
