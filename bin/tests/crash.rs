@@ -5,22 +5,29 @@
 //!
 //! Every nftables commit is one atomic batch, so a kill leaves the kernel with the last
 //! committed state; the next start's full sync replaces it.
+//!
+//! `KPROXY_CRASH_SERVICES=44000 cargo test -p kproxy --test crash -- --nocapture` runs it at
+//! 44k Services (minutes, in a debug build; docs/reliability.md has the figures).
 
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Daemon, in_sandbox, sh, wait_for};
 
-const SERVICES: usize = 1500;
+/// The cluster's size: 1,500 Services, or `KPROXY_CRASH_SERVICES` (44000 for the run in
+/// docs/reliability.md).
+fn services() -> usize {
+    std::env::var("KPROXY_CRASH_SERVICES").ok().and_then(|n| n.parse().ok()).unwrap_or(1500)
+}
 
-/// A cluster of `SERVICES` Services in generation `g`: every seventh (shifted by `g`) is
+/// A cluster of [`services()`] Services in generation `g`: every seventh (shifted by `g`) is
 /// missing, every third has endpoints that move with `g`, every fifth has ClientIP
 /// affinity (chains and sets of its own), every tenth is a NodePort, every fourth is UDP.
 fn cluster(g: usize) -> String {
     let mut out = String::new();
-    for i in (0..SERVICES).filter(|i| !(i + g).is_multiple_of(7)) {
+    for i in (0..services()).filter(|i| !(i + g).is_multiple_of(7)) {
         let (a, b) = (i / 250, i % 250);
         let proto = if i.is_multiple_of(4) { "UDP" } else { "TCP" };
         let kind = if i.is_multiple_of(10) { "NodePort" } else { "ClusterIP" };
@@ -121,17 +128,25 @@ fn kill_dash_nine_anywhere_then_a_start_converges_exactly() {
         std::fs::create_dir_all(&dir).unwrap();
         write(&dir, 0);
 
-        // Killed at points spread over a cold start: reading the manifests takes about
-        // 0.5 s in a debug build here, the first full sync (1,285 service ports, one
-        // batch) about 0.15 s after that.
-        for ms in [0, 100, 300, 500, 560, 620, 680, 750] {
-            kill_after(Daemon::start(&dir), ms);
+        // One cold start, timed to its first commit; then kills at points spread over a
+        // cold start (reading the manifests, then the first full sync), from scratch
+        // (no table) and over the tables a killed run left.
+        let start = Instant::now();
+        let daemon = Daemon::start(&dir);
+        wait_for("a first sync", Duration::from_secs(600), table_exists);
+        let cold = start.elapsed();
+        drop(daemon);
+        for (i, tenths) in [0, 2, 4, 6, 7, 8, 9, 10, 12].into_iter().enumerate() {
+            if i % 2 == 0 {
+                sh("nft delete table ip kproxy 2>/dev/null; nft delete table ip6 kproxy 2>/dev/null; true");
+            }
+            kill_after(Daemon::start(&dir), (cold * tenths / 10).as_millis() as u64);
         }
         // Killed during bursts of partial syncs: the manifests change every 40 ms.
         let mut g = 0;
         for ms in [90, 170, 330] {
             let daemon = Daemon::start(&dir);
-            wait_for("a table", Duration::from_secs(30), table_exists);
+            wait_for("a table", Duration::from_secs(600), table_exists);
             for _ in 0..ms / 40 {
                 g += 1;
                 write(&dir, g);
@@ -153,7 +168,9 @@ fn kill_dash_nine_anywhere_then_a_start_converges_exactly() {
 
         let _daemon = Daemon::start(&dir);
         let converged = || ["ip", "ip6"].map(|f| canonical(None, f)) == want.clone().map(Some);
-        wait_for("the restarted daemon converges to the reference", Duration::from_secs(30), converged);
+        let took =
+            wait_for("the restarted daemon converges to the reference", cold * 4 + Duration::from_secs(30), converged);
+        eprintln!("{} Services: cold start {cold:?}; converged {took:?} after the last start", services());
         let _ = std::fs::remove_dir_all(&root);
     });
 }
