@@ -3,9 +3,9 @@
 //! A full sync replaces each family's table atomically: `add table`, `delete table`,
 //! then everything, in one batch per family. Each family commits on its own, as
 //! upstream's per-family proxiers do: a family whose table cannot be written (a kernel
-//! without IPv6, a fault) fails alone, and the other family's rules still go in. A
-//! partial sync touches only the
-//! changed service ports. It diffs their rendered objects against those of an in-memory
+//! without IPv6, a fault) fails alone, and the other family's rules still go in.
+//!
+//! A partial sync touches only the changed service ports. It diffs their rendered objects against those of an in-memory
 //! record of what was committed, so it never lists the kernel. The record keeps the rules
 //! each port was rendered from (shared with the caller's desired state) and renders them
 //! again when needed, not the objects themselves. It is updated only after the kernel

@@ -44,7 +44,7 @@ pub(crate) struct PortPlan<'a> {
 struct Touched {
     held: Held,
     claims: Claimants,
-    rendered: Option<(ServicePortName, Option<Data>)>,
+    rendered: Option<(Arc<ServicePortRules>, Option<Data>)>,
 }
 
 /// What to record once a partial sync's transaction is committed.
@@ -108,11 +108,11 @@ impl<'a> PortPlan<'a> {
             match (new, after) {
                 (Some(rules), Some(data)) => {
                     touched.claims.insert(rules);
-                    touched.rendered = Some((name.clone(), data.clone()));
+                    touched.rendered = Some((rules.clone(), data.clone()));
                 }
                 _ => {
                     touched.claims.remove(name);
-                    if touched.rendered.as_ref().is_some_and(|(n, _)| n == name) {
+                    if touched.rendered.as_ref().is_some_and(|(r, _)| &r.name == name) {
                         touched.rendered = None;
                     }
                 }
@@ -184,7 +184,7 @@ impl<'a> PortPlan<'a> {
         let mut claims = Claims::default();
         for (key, Touched { held: before, claims: after, rendered }) in std::mem::take(&mut self.elements) {
             let now = after.first().map(|first| match &rendered {
-                Some((name, data)) if name == first => data.clone(),
+                Some((rules, data)) if &rules.name == first => data.clone(),
                 _ => self.data_after(&first.clone(), &key),
             });
             if now != before {
