@@ -23,7 +23,8 @@ use anyhow::{Context, Result};
 use clap::Args;
 use nft_client::netlink::monitor::{Monitor, Quiet};
 use proxy_core::manifest::Object;
-use proxy_core::{Desired, Event, IpFamily, Plan, Syncer};
+use proxy_core::{Backend, Desired, Event, IpFamily, Plan, Syncer};
+use relay_backend::RelayBackend;
 use tracing::{info, warn};
 
 use crate::cluster;
@@ -253,10 +254,12 @@ fn start(args: &RunArgs, s: Settings) -> Result<Daemon> {
     } else {
         manifest_watch::spawn(&args.manifests, s.poll, tx, Trigger::Source)?;
     }
+    let relay = start_relay(&s.config, &metrics)?;
     let periods = Periods { min_sync: s.min_sync_period, sync: s.sync_period, drift_watched: drift.running };
     Ok(Daemon {
         sync_loop: SyncLoop::new(Instant::now(), periods),
         syncer: Syncer::new(backend),
+        relay,
         engine,
         context_objects: Vec::new(),
         service_health: ServiceHealth::new(health.clone(), timeout),
@@ -273,6 +276,17 @@ fn start(args: &RunArgs, s: Settings) -> Result<Daemon> {
         metrics,
         rx,
     })
+}
+
+/// Starts the localhost NodePort relay when the configuration asks for it.
+fn start_relay(config: &Config, metrics: &Metrics) -> Result<Option<RelayBackend>> {
+    if !config.localhost_nodeports() {
+        return Ok(None);
+    }
+    let relay = RelayBackend::start(relay_backend::Limits::default())?;
+    let _ = metrics.relay.set(relay.stats().clone());
+    info!("serving NodePorts on 127.0.0.1 and ::1 (TCP and UDP) through the localhost relay");
+    Ok(Some(relay))
 }
 
 /// How long NodeCIDR mode waits for the Node's `spec.podCIDRs` before giving up, as
@@ -296,6 +310,9 @@ struct Daemon {
     config: Config,
     sync_loop: SyncLoop,
     syncer: Syncer<Dataplane>,
+    /// The localhost NodePort relay, beside the kernel backend (`--nodeport-addresses`
+    /// with `localhost`): fed the same plans, it never fails a sync.
+    relay: Option<RelayBackend>,
     engine: proxy_core::Engine,
     /// The Node and ServiceCIDRs, re-read with the interfaces' addresses before every sync
     /// (addresses come and go; kube-proxy re-reads them too).
@@ -443,6 +460,7 @@ impl Daemon {
         self.metrics.service_changes_pending.set(0);
         self.metrics.endpoint_changes_pending.set(0);
         let (result, drifted) = self.transact(&plan);
+        self.relay(&plan, full);
         self.sync_loop.synced(Instant::now(), result.is_ok(), full);
         self.health.publish(self.sync_loop.health());
         if drifted {
@@ -465,6 +483,17 @@ impl Daemon {
         }
         if let Some(port) = self.syncer.backend().nft().and_then(|nft| nft.client().port_id()) {
             self.drift.own_port.store(port, Ordering::Relaxed);
+        }
+    }
+
+    /// Hands the plan to the localhost relay, which binds in the background; listeners
+    /// that could not be opened earlier are logged and counted there, and retried here.
+    fn relay(&mut self, plan: &Plan, full: bool) {
+        let Some(relay) = self.relay.as_mut() else { return };
+        let desired = self.engine.desired();
+        let result = if full { relay.sync_full(desired) } else { relay.sync_partial(&plan.changes, desired) };
+        if let Err(e) = result {
+            warn!("localhost NodePorts: {e}");
         }
     }
 

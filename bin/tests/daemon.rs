@@ -188,22 +188,6 @@ fn get_ok(addr: &str, path: &str) -> bool {
 }
 
 /// The whole HTTP response, headers included.
-fn get_raw(addr: &str, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    response
-}
-
-fn get(addr: &str, path: &str) -> (u16, String) {
-    let response = get_raw(addr, path);
-    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (code, body)
-}
-
 /// While drift detection runs, the periodic syncs (every `--sync-period`) are partial, as
 /// in upstream's nftables mode: nothing changed, so they write nothing, and the only full
 /// sync is the first. (Drift itself is repaired at once: see above.)

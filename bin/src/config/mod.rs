@@ -15,7 +15,7 @@ pub mod v1alpha1;
 mod validate;
 pub mod watch;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -507,6 +507,20 @@ pub fn parse_duration(s: &str) -> Result<Duration> {
 }
 
 impl Config {
+    /// Whether NodePorts are served on `127.0.0.1` and `::1` by the relay
+    /// (`relay-backend`): in nftables mode, when `--nodeport-addresses` covers loopback
+    /// (`localhost`, `all`, or a loopback CIDR), unless the
+    /// `KubeProxyNFTablesLocalhostNodePorts` gate is explicitly off. Upstream also needs
+    /// the (alpha) gate on and serves TCP only; kproxy takes the address list as the
+    /// operator's intent and serves TCP and UDP (docs/localhost.md).
+    pub fn localhost_nodeports(&self) -> bool {
+        let loopback: [IpAddr; 2] = [Ipv4Addr::LOCALHOST.into(), Ipv6Addr::LOCALHOST.into()];
+        let covered =
+            self.nodeport.localhost || self.nodeport.cidrs.iter().any(|net| loopback.iter().any(|ip| net.contains(ip)));
+        let gate_off = self.file.feature_gates.get("KubeProxyNFTablesLocalhostNodePorts") == Some(&false);
+        self.proxy_mode == "nftables" && covered && !gate_off
+    }
+
     /// The v1alpha1 file with the effective periods, for `/configz` and
     /// `--write-config-to`.
     pub fn with_periods(&self, sync: Duration, min_sync: Duration) -> KubeProxyConfiguration {

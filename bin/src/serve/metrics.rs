@@ -71,6 +71,8 @@ pub struct Metrics {
     pub livez: Family<Labels, Counter>,
     pub drift_repairs: Counter,
     pub transaction_bytes: Gauge,
+    /// The localhost NodePort relay's counters, set when the daemon starts it.
+    pub relay: super::relay_metrics::RelayStats,
 }
 
 impl Metrics {
@@ -97,10 +99,14 @@ impl Metrics {
             livez: Family::default(),
             drift_repairs: Counter::default(),
             transaction_bytes: Gauge::default(),
+            relay: Default::default(),
         };
         let mut registry = Registry::default();
-        m.register_kube_proxys(registry.sub_registry_with_prefix("kubeproxy"));
+        let kube_proxy = registry.sub_registry_with_prefix("kubeproxy");
+        m.register_kube_proxys(kube_proxy);
+        kube_proxy.register_collector(Box::new(super::relay_metrics::Upstream(m.relay.clone())));
         let kproxy = registry.sub_registry_with_prefix("kproxy");
+        kproxy.register_collector(Box::new(super::relay_metrics::Own(m.relay.clone())));
         kproxy.register(
             "drift_repairs",
             "Full syncs run because someone else changed our tables",

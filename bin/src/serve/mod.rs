@@ -9,6 +9,7 @@
 
 pub mod health;
 pub mod metrics;
+pub mod relay_metrics;
 pub mod service_health;
 
 use std::io;

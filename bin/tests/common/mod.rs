@@ -338,6 +338,25 @@ impl Drop for Daemon {
     }
 }
 
+/// A plain HTTP GET over loopback (the daemon's metrics and health servers): the raw
+/// response.
+pub fn get_raw(addr: &str, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap();
+    response
+}
+
+/// A plain HTTP GET: status code and body.
+pub fn get(addr: &str, path: &str) -> (u16, String) {
+    let response = get_raw(addr, path);
+    let code = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
 /// Polls `ok` every 20 ms until it holds; panics after `limit`. Returns the time taken.
 #[track_caller]
 pub fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) -> Duration {
