@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::mpsc::Sender;
 
 use anyhow::{Context, Result};
@@ -65,18 +66,60 @@ async fn client(connection: &Connection) -> Result<Client> {
 
 /// Starts the watchers on their own thread. Updates go to `tx`, wrapped by `wrap`. The
 /// client is built before this returns, so a bad kubeconfig fails the start.
+///
+/// With the localhost relay's counters, its listeners that cannot open become Warning
+/// Events on their Services too.
 pub fn spawn<T: Send + 'static>(
     connection: &Connection,
     node_name: String,
+    relay: Option<Arc<relay_backend::Stats>>,
     tx: Sender<T>,
     wrap: fn(Update) -> T,
 ) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting tokio")?;
     let client = runtime.block_on(client(connection))?;
     std::thread::Builder::new().name("watch".into()).spawn(move || {
-        runtime.block_on(Watchers::new(client, node_name).run(|u| tx.send(wrap(u)).is_ok()));
+        let watchers = Watchers::new(client, node_name);
+        if let Some(stats) = relay {
+            let (client, recorder) = (watchers.client.clone(), watchers.recorder.clone());
+            runtime.spawn(relay_events(client, recorder, stats));
+        }
+        runtime.block_on(watchers.run(|u| tx.send(wrap(u)).is_ok()));
     })?;
     Ok(())
+}
+
+/// Turns the localhost relay's listeners that cannot open (most often: another process
+/// holds the port on 127.0.0.1) into Warning Events on their Services, once per failure.
+async fn relay_events(client: Client, recorder: Recorder, stats: Arc<relay_backend::Stats>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+        for failure in stats.take_failures() {
+            let svc = &failure.route.name.service;
+            // The Event needs the Service's uid, which the watchers do not keep. kproxy
+            // may list Services, not get them: a list of one, by name.
+            let api = Api::<Service>::namespaced(client.clone(), &svc.namespace);
+            let one = kube::api::ListParams::default().fields(&format!("metadata.name={}", svc.name));
+            let reference = match api.list(&one).await.map(|l| l.items.into_iter().next()) {
+                Ok(Some(s)) => s.object_ref(&()),
+                Ok(None) => continue,
+                Err(e) => {
+                    warn!("could not read Service {svc} for an Event: {e}");
+                    continue;
+                }
+            };
+            let event = KubeEvent {
+                type_: EventType::Warning,
+                reason: "LocalhostNodePortConflict".into(),
+                note: Some(format!("cannot serve NodePort {} on this node: {}", failure.listener, failure.error)),
+                action: "ServeLocalhostNodePort".into(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&event, &reference).await {
+                warn!("could not record an Event for Service {svc}: {e}");
+            }
+        }
+    }
 }
 
 /// One watch event, tagged with its resource. Each lives only until it is handled, so

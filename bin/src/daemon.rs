@@ -247,14 +247,15 @@ fn start(args: &RunArgs, s: Settings) -> Result<Daemon> {
     // The sources send their first read before anything is synced: nothing is programmed
     // until it completes (for the API, until Services, EndpointSlices and this Node have
     // been listed).
+    let relay = start_relay(&s.config, &metrics)?;
     if args.manifests.is_empty() {
         let connection =
             cluster::Connection { kubeconfig: s.config.kubeconfig.clone(), master: s.config.master.clone() };
-        cluster::spawn(&connection, crate::node::node_name(&s.config), tx, Trigger::Source)?;
+        let relay_stats = relay.as_ref().map(|r| r.stats().clone());
+        cluster::spawn(&connection, crate::node::node_name(&s.config), relay_stats, tx, Trigger::Source)?;
     } else {
         manifest_watch::spawn(&args.manifests, s.poll, tx, Trigger::Source)?;
     }
-    let relay = start_relay(&s.config, &metrics)?;
     let periods = Periods { min_sync: s.min_sync_period, sync: s.sync_period, drift_watched: drift.running };
     Ok(Daemon {
         sync_loop: SyncLoop::new(Instant::now(), periods),

@@ -111,10 +111,10 @@ metadata: {name: $NODE, labels: {topology.kubernetes.io/zone: zone-a}}
 spec: {podCIDR: 10.244.0.0/24, podCIDRs: [10.244.0.0/24]}
 EOF
 
-start_kproxy() {
+start_kproxy() { # [EXTRA_FLAG...]
     "$KPROXY" run --kubeconfig "$state/kproxy.kubeconfig" --hostname-override $NODE \
         --cluster-cidr 10.244.0.0/16 --healthz-bind-address 127.0.0.1:10256 \
-        --metrics-bind-address 127.0.0.1:10249 -v 2 >>"$state/kproxy.log" 2>&1 &
+        --metrics-bind-address 127.0.0.1:10249 -v 2 "$@" >>"$state/kproxy.log" 2>&1 &
     kproxy_pid=$!
 }
 healthy() { [[ $(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:10256/healthz) == 200 ]]; }
@@ -255,6 +255,29 @@ start=$(now_ms)
 slice 1
 wait_for 2 gone >/dev/null || fail "a change after the API server's return was not applied within 2 s"
 pass "a change after the API server's return reached the kernel in $(($(now_ms) - start)) ms"
+
+echo "== localhost NodePorts, with the port on 127.0.0.1 held by another process"
+socat TCP-LISTEN:$NODE_PORT,bind=127.0.0.1,fork,reuseaddr SYSTEM:"echo squatter" &
+squatter_pid=$!
+pids+=($squatter_pid)
+kill $kproxy_pid && wait $kproxy_pid 2>/dev/null || true
+start_kproxy --nodeport-addresses "$NODE_IP/32,localhost"
+wait_for 20 healthy >/dev/null || fail "kproxy with localhost NodePorts did not become healthy"
+conflict_events() {
+    kc get events.v1.events.k8s.io -o json \
+        | jq -r '.items[] | select(.regarding.name == "web" and .reason == "LocalhostNodePortConflict") | "\(.type) \(.reportingController) \(.note)"'
+}
+has_conflict_event() { [[ $(conflict_events) == "Warning kproxy "*"127.0.0.1:$NODE_PORT"* ]]; }
+ms=$(wait_for 10 has_conflict_event) || fail "no Warning Event for the taken localhost NodePort: '$(conflict_events)'"
+pass "a localhost NodePort held by another process gets a Warning Event on its Service (${ms} ms): $(conflict_events | head -1)"
+answered_by e2e-client $NODE_IP:$NODE_PORT 8 "pod1" || fail "the conflict disturbed the kernel's NodePort"
+pass "the conflict fails that listener alone: the NodePort on $NODE_IP still reaches pod1"
+kill $squatter_pid && wait $squatter_pid 2>/dev/null || true
+slice 1 2 3
+local_answer() { socat -T2 - "TCP:127.0.0.1:$NODE_PORT,connect-timeout=2" </dev/null 2>/dev/null || true; }
+served_locally() { [[ $(local_answer) == pod* ]]; }
+ms=$(wait_for 10 served_locally) || fail "127.0.0.1:$NODE_PORT not served after the port was freed: '$(local_answer)'"
+pass "once the port is free, the next sync serves 127.0.0.1:$NODE_PORT (${ms} ms)"
 
 echo "== kproxy restart under continuous traffic"
 slice 1 2

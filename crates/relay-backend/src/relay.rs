@@ -3,7 +3,7 @@
 //! accepting and copying never slow a rule sync, and a port conflict is a counted,
 //! reported failure of that one listener, never of the sync.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -74,7 +74,8 @@ impl Stats {
         self.applied.load(Ordering::Acquire)
     }
 
-    /// The failures since the last call (the daemon turns them into Warning Events).
+    /// The listeners that started failing since the last call, once each until they
+    /// open (the daemon turns them into Warning Events on their Services).
     pub fn take_failures(&self) -> Vec<BindFailure> {
         std::mem::take(&mut *self.failures.lock().unwrap_or_else(|e| e.into_inner()))
     }
@@ -168,6 +169,9 @@ impl Relay {
 async fn reconcile(mut rx: mpsc::UnboundedReceiver<BTreeMap<Listener, Route>>, stats: Arc<Stats>, limits: Limits) {
     let global = Arc::new(Semaphore::new(limits.connections));
     let mut open: BTreeMap<Listener, Open> = BTreeMap::new();
+    // Listeners whose last attempt failed: a failure is reported (for an Event) when it
+    // starts, not at every retry; every attempt is counted, as upstream counts them.
+    let mut failing: BTreeSet<Listener> = BTreeSet::new();
     while let Some(mut wanted) = rx.recv().await {
         while let Ok(newer) = rx.try_recv() {
             wanted = newer;
@@ -180,6 +184,7 @@ async fn reconcile(mut rx: mpsc::UnboundedReceiver<BTreeMap<Listener, Route>>, s
             }
             keep
         });
+        failing.retain(|l| wanted.contains_key(l));
         for (listener, route) in wanted {
             if let Some(o) = open.get(&listener) {
                 let mut picker = o.port.picker();
@@ -191,13 +196,16 @@ async fn reconcile(mut rx: mpsc::UnboundedReceiver<BTreeMap<Listener, Route>>, s
             match bind(listener, route.clone(), &stats, limits, &global).await {
                 Ok(o) => {
                     info!(%listener, service = %route.name, "serving localhost NodePort");
+                    failing.remove(&listener);
                     open.insert(listener, o);
                 }
                 Err(e) => {
-                    warn!(%listener, service = %route.name, error = %e, "cannot serve localhost NodePort");
                     stats.bind_failures[listener.family.index()].fetch_add(1, Ordering::Relaxed);
-                    let failure = BindFailure { listener, route, error: e.to_string() };
-                    stats.failures.lock().unwrap_or_else(|e| e.into_inner()).push(failure);
+                    if failing.insert(listener) {
+                        warn!(%listener, service = %route.name, error = %e, "cannot serve localhost NodePort");
+                        let failure = BindFailure { listener, route, error: e.to_string() };
+                        stats.failures.lock().unwrap_or_else(|e| e.into_inner()).push(failure);
+                    }
                 }
             }
         }
