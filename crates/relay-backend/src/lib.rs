@@ -15,7 +15,7 @@
 //! | [`pick`] | a connection's endpoint: random, ClientIP affinity, Maglev (clock injected) |
 //! | [`sessions`] | the UDP session table and its conntrack-like timeouts (pure) |
 //! | `relay` | the relay's own thread and runtime: opens, updates and closes listeners |
-//! | `tcp`, `udp` | relaying one connection or datagram session |
+//! | `tcp`, `splice`, `udp` | relaying one connection (with `splice(2)`) or datagram session |
 //! | `backend` | [`RelayBackend`], the `Backend` implementation |
 //!
 //! Relayed connections belong to the process: when kproxy stops or restarts, they end.
@@ -29,6 +29,7 @@ pub mod pick;
 pub mod plan;
 mod relay;
 pub mod sessions;
+mod splice;
 mod tcp;
 mod udp;
 

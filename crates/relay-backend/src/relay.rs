@@ -36,6 +36,36 @@ impl Default for Limits {
     }
 }
 
+impl Limits {
+    /// File descriptors one relayed TCP connection holds: its two sockets and a pipe
+    /// (two ends) per direction for `splice`.
+    pub const FDS_PER_CONNECTION: u64 = 6;
+    /// File descriptors left for everything else (netlink, the API, metrics, UDP).
+    pub const FDS_RESERVED: u64 = 1024;
+
+    /// The caps, with the total number of connections lowered to what `nofile` open
+    /// files allow.
+    pub fn fitted(self, nofile: u64) -> Limits {
+        let fit = nofile.saturating_sub(Self::FDS_RESERVED) / Self::FDS_PER_CONNECTION;
+        let connections = self.connections.min(usize::try_from(fit).unwrap_or(usize::MAX)).max(1);
+        if connections < self.connections {
+            warn!(connections, nofile, "the open-files limit caps localhost NodePort connections");
+        }
+        Limits { connections, ..self }
+    }
+}
+
+/// Raises the soft open-files limit to the hard one (the Go runtime does the same for
+/// kube-proxy) and returns it.
+fn raise_nofile() -> u64 {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return 1024 };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return hard;
+    }
+    soft
+}
+
 /// A listener that could not be opened (the port is taken by another process, most often).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BindFailure {
@@ -133,8 +163,10 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// Starts the relay's thread and runtime (two worker threads of its own).
+    /// Starts the relay's thread and runtime (two worker threads of its own), with the
+    /// connection cap fitted to the file descriptors the process may open.
     pub fn start(limits: Limits) -> Result<Relay, Error> {
+        let limits = limits.fitted(raise_nofile());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("kproxy-relay")
@@ -249,4 +281,17 @@ async fn bind(
         }
     }
     Ok(Open { port, stop })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connection_cap_fits_the_open_files_limit() {
+        let l = Limits::default();
+        assert_eq!(l.fitted(1 << 20).connections, l.connections, "plenty of files: the cap stands");
+        assert_eq!(l.fitted(1024 + 6 * 100).connections, 100);
+        assert_eq!(l.fitted(64).connections, 1, "never zero");
+    }
 }

@@ -1,12 +1,11 @@
-//! Relaying TCP: accept on the loopback NodePort, connect to the picked endpoint, copy
-//! both ways until either side closes or the listener goes away.
+//! Relaying TCP: accept on the loopback NodePort, connect to the picked endpoint, splice
+//! both ways until both sides close, either fails, or the listener goes away.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use tokio::io::copy_bidirectional_with_sizes;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tracing::debug;
@@ -15,8 +14,6 @@ use crate::relay::Port;
 
 /// How long connecting to an endpoint may take (upstream's relay: 5 s).
 const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
-/// The copy buffer per direction: big enough for a bulk flow to move 64 KiB per wakeup.
-const BUFFER: usize = 64 * 1024;
 
 /// Accepts connections until the port is shut down; each one is relayed on a task of its
 /// own, within the port's and the relay's connection caps (over a cap, the connection is
@@ -50,8 +47,8 @@ pub(crate) async fn serve(listener: TcpListener, port: Arc<Port>) {
     }
 }
 
-async fn relay(mut client: TcpStream, endpoint: SocketAddr, mut shutdown: watch::Receiver<bool>) {
-    let mut upstream = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(endpoint)).await {
+async fn relay(client: TcpStream, endpoint: SocketAddr, mut shutdown: watch::Receiver<bool>) {
+    let upstream = match tokio::time::timeout(DIAL_TIMEOUT, TcpStream::connect(endpoint)).await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => return debug!(%endpoint, error = %e, "connecting to the endpoint failed"),
         Err(_) => return debug!(%endpoint, "connecting to the endpoint timed out"),
@@ -60,7 +57,7 @@ async fn relay(mut client: TcpStream, endpoint: SocketAddr, mut shutdown: watch:
     let _ = client.set_nodelay(true);
     let _ = upstream.set_nodelay(true);
     tokio::select! {
-        r = copy_bidirectional_with_sizes(&mut client, &mut upstream, BUFFER, BUFFER) => {
+        r = crate::splice::both_ways(&client, &upstream) => {
             if let Err(e) = r {
                 debug!(%endpoint, error = %e, "relayed connection ended with an error");
             }
