@@ -155,6 +155,10 @@ fn sync(paths: &[PathBuf], flags: &ProxyFlags) -> Result<ExitCode> {
     let desired = engine.desired();
     let mut backend = Dataplane::new(&config);
     let stats = backend.sync_full(desired).context("applying the rules")?;
+    if config.localhost_nodeports() {
+        // The relay is a process of its own; a one-shot sync has none to leave behind.
+        eprintln!("note: NodePorts on 127.0.0.1 and ::1 are served by `kproxy run` (its relay), not by `kproxy sync`");
+    }
     if let Dataplane::Ipvs(_) = backend {
         // After the sync: the IPVS sysctls exist once the ip_vs module is in.
         let (_, warnings) = sysctls::ipvs(&sysctls::Roots::default(), config.ipvs_strict_arp);
