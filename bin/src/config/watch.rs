@@ -9,6 +9,9 @@ use std::sync::mpsc::{self, Sender};
 use anyhow::{Context, Result};
 use notify::{RecursiveMode, Watcher};
 
+/// How long the directory must be quiet before the file is read again.
+const SETTLE: std::time::Duration = std::time::Duration::from_millis(100);
+
 /// Watches `path`; sends `changed` once its content differs from what it is now.
 pub fn spawn<T: Send + 'static>(path: &Path, tx: Sender<T>, changed: T) -> Result<()> {
     let original = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
@@ -24,7 +27,11 @@ pub fn spawn<T: Send + 'static>(path: &Path, tx: Sender<T>, changed: T) -> Resul
     std::thread::Builder::new().name("config-watch".into()).spawn(move || {
         let _watcher = watcher;
         while events.recv().is_ok() {
-            // A missing file is mid-replacement; its new content decides.
+            // Let the writer finish first: a rewrite in place truncates the file, and
+            // its half-written content must not count as a change (it did, now and then,
+            // in this module's test). A missing file is mid-replacement; its new content
+            // decides.
+            while events.recv_timeout(SETTLE).is_ok() {}
             if std::fs::read(&path).is_ok_and(|now| now != original) {
                 let _ = tx.send(changed);
                 return;
