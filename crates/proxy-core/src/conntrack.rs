@@ -96,9 +96,12 @@ impl<'a> UdpFrontends<'a> {
     }
 
     /// Whether `flow` is stale. `node_ips` are the node's addresses: a flow to one of them
-    /// on a NodePort belongs to that NodePort.
+    /// on a NodePort belongs to that NodePort. Loopback is not one of them: unlike
+    /// iptables mode's `route_localnet`, the nftables and IPVS layouts never DNAT it, so a
+    /// flow to `127.0.0.1:<nodePort>` is the localhost relay's (or a local server's), and
+    /// deleting its entry at every sync would only churn conntrack.
     pub fn is_stale(&self, flow: &UdpFlow, node_ips: &[IpAddr]) -> bool {
-        let to_node = node_ips.contains(&flow.orig_dst.ip()) || flow.orig_dst.ip().is_loopback();
+        let to_node = node_ips.contains(&flow.orig_dst.ip()) && !flow.orig_dst.ip().is_loopback();
         let port = flow.orig_dst.port();
         let serving =
             self.addresses.get(&flow.orig_dst).or_else(|| if to_node { self.node_ports.get(&port) } else { None });

@@ -48,6 +48,10 @@ fn stale_udp_flows() {
         ("to the NodePort on the node, gone endpoint", flow("192.168.0.2:30053", "10.180.0.9"), true),
         ("to the NodePort on the node, current endpoint", flow("192.168.0.2:30053", "10.180.0.1"), false),
         ("to the NodePort port on another host", flow("192.168.7.7:30053", "10.180.0.9"), false),
+        // Loopback is never DNATed in nftables or IPVS mode: a flow to 127.0.0.1 on a
+        // NodePort is the localhost relay's (or any local server's) and is left alone.
+        ("to the NodePort on 127.0.0.1 (the localhost relay)", flow("127.0.0.1:30053", "127.0.0.1"), false),
+        ("to the NodePort on ::1 (the localhost relay)", flow("[::1]:30053", "::1"), false),
         ("to another port of the ClusterIP", flow("172.30.0.53:54", "10.180.0.9"), false),
         ("to a Service without endpoints (scale to zero, k#139628)", flow("172.30.0.54:53", "10.180.0.1"), true),
         ("to a TCP Service's address", flow("172.30.0.80:80", "10.180.0.9"), false),
