@@ -18,7 +18,8 @@ if [ -z "${KPROXY_BENCH_NODE:-}" ]; then
 fi
 
 pids=()
-trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; ip netns del pod 2>/dev/null || true' EXIT
+dir=$(mktemp -d)
+trap 'for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; ip netns del pod 2>/dev/null || true; rm -rf "$dir"' EXIT
 mount -t tmpfs tmpfs /run && mkdir -p /run/netns
 ip link set lo up
 # Thousands of short connections a second leave ports in TIME_WAIT on the side that closes
@@ -42,7 +43,6 @@ while True:
     c, _ = s.accept(); c.send(b"x"); c.close()
 ' & pids+=($!)
 
-dir=$(mktemp -d)
 cat > "$dir/cluster.yaml" <<'YAML'
 apiVersion: v1
 kind: Service

@@ -100,8 +100,9 @@ fn node() -> Node {
     node
 }
 
+/// Whether a TCP request from the node to `target` gets a pod's answer.
 fn answers(target: &str) -> bool {
-    matches!(request(None, target, target.contains(":300") && target.ends_with("53"), None), Reply::From { .. })
+    matches!(request(None, target, false, None), Reply::From { .. })
 }
 
 fn refused(target: &str) -> bool {
@@ -270,5 +271,35 @@ fn the_gate_explicitly_off_keeps_loopback_closed() {
         });
         assert!(refused("127.0.0.1:30080"));
         assert!(refused("[::1]:30080"));
+    });
+}
+
+/// Whether `pod` answered.
+fn from(reply: &Reply, pod: &str) -> bool {
+    matches!(reply, Reply::From { pod: p, .. } if p == pod)
+}
+
+/// A UDP session keeps its endpoint while the endpoint serves, and moves as soon as it
+/// leaves (within the relay's one-second sweep), as the kernel path's stale-flow cleanup
+/// moves a DNATed flow.
+#[test]
+fn a_udp_session_moves_when_its_endpoint_leaves() {
+    in_sandbox("a_udp_session_moves_when_its_endpoint_leaves", || {
+        let node = node();
+        let dns = |pods: &[usize]| CIDRS.to_string() + &service("dns", 53, "UDP", (53, 5353, 30053), "", pods);
+        let dir = write(&node, &dns(&[1]));
+        let _daemon = Daemon::start_with(&dir, LOCALHOST);
+        let same_flow = || udp_flow(None, "127.0.0.1:30053", "127.0.0.1:40053");
+        wait_for("the relay serves 127.0.0.1:30053", Duration::from_secs(10), || from(&same_flow(), "pod1"));
+        // pod2 joins: the session stays with pod1.
+        std::fs::write(dir.join("cluster.yaml"), dns(&[1, 2])).unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        for _ in 0..5 {
+            let r = same_flow();
+            assert!(from(&r, "pod1"), "the session left its endpoint: {r:?}");
+        }
+        // pod1 leaves: the same 5-tuple now reaches pod2.
+        std::fs::write(dir.join("cluster.yaml"), dns(&[2])).unwrap();
+        wait_for("the session moves to pod2", Duration::from_secs(5), || from(&same_flow(), "pod2"));
     });
 }
