@@ -64,8 +64,48 @@ fn tuple(parts: &[Tuple]) -> Option<(SocketAddr, SocketAddr, Protocol)> {
     Some((SocketAddr::new(src?, sport), SocketAddr::new(dst?, dport), proto?))
 }
 
-/// The UDP flow of one dumped entry, if it is one.
-fn udp_flow(attributes: &[ConntrackAttribute]) -> Option<UdpFlow> {
+/// One conntrack entry of a protocol with ports (TCP, UDP, SCTP): where the client sent,
+/// and where the reply comes from (the endpoint, when it was DNATed).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Flow {
+    /// The protocol.
+    pub protocol: Protocol,
+    /// The original direction's source: the client.
+    pub orig_src: SocketAddr,
+    /// The original direction's destination: what the client sent to.
+    pub orig_dst: SocketAddr,
+    /// The reply direction's source: the endpoint, or `orig_dst` if not DNATed.
+    pub reply_src: SocketAddr,
+}
+
+impl Flow {
+    /// Whether its destination was translated.
+    pub fn dnated(&self) -> bool {
+        self.reply_src != self.orig_dst
+    }
+
+    /// The protocol's name, lower case.
+    pub fn protocol_name(&self) -> String {
+        match self.protocol {
+            Protocol::Tcp => "tcp".into(),
+            Protocol::Udp => "udp".into(),
+            Protocol::Sctp => "sctp".into(),
+            other => format!("{other:?}").to_lowercase(),
+        }
+    }
+
+    /// The entry as stale UDP cleanup reads it, if it is UDP.
+    fn udp(&self) -> Option<UdpFlow> {
+        (self.protocol == Protocol::Udp).then_some(UdpFlow {
+            orig_src: self.orig_src,
+            orig_dst: self.orig_dst,
+            reply_src: self.reply_src.ip(),
+        })
+    }
+}
+
+/// The flow of one dumped entry, if it has both tuples.
+fn flow(attributes: &[ConntrackAttribute]) -> Option<Flow> {
     let (mut orig, mut reply) = (None, None);
     for a in attributes {
         match a {
@@ -74,12 +114,8 @@ fn udp_flow(attributes: &[ConntrackAttribute]) -> Option<UdpFlow> {
             _ => {}
         }
     }
-    match (orig?, reply?) {
-        ((orig_src, orig_dst, Protocol::Udp), (reply_src, _, _)) => {
-            Some(UdpFlow { orig_src, orig_dst, reply_src: reply_src.ip() })
-        }
-        _ => None,
-    }
+    let ((orig_src, orig_dst, protocol), (reply_src, _, _)) = (orig?, reply?);
+    Some(Flow { protocol, orig_src, orig_dst, reply_src })
 }
 
 /// What one receive of a dump held.
@@ -93,10 +129,10 @@ enum Received {
     Error(i32),
 }
 
-/// Reads the messages of one receive (decoded by `netlink-packet-netfilter`): UDP flows go
-/// to `flows`. Never panics: a message that does not decode ends the buffer's reading, as
+/// Reads the messages of one receive (decoded by `netlink-packet-netfilter`): flows go to
+/// `flows`. Never panics: a message that does not decode ends the buffer's reading, as
 /// the kernel never sends one.
-fn read_dump(buf: &[u8], flows: &mut Vec<UdpFlow>) -> Received {
+fn read_dump(buf: &[u8], flows: &mut Vec<Flow>) -> Received {
     let mut rest = buf;
     while !rest.is_empty() {
         let Ok(message) = NetlinkMessage::<NetfilterMessage>::deserialize(rest) else { break };
@@ -110,7 +146,7 @@ fn read_dump(buf: &[u8], flows: &mut Vec<UdpFlow>) -> Received {
             NetlinkPayload::InnerMessage(NetfilterMessage {
                 inner: NetfilterMessageInner::Conntrack(ConntrackMessage::New(attributes)),
                 ..
-            }) => flows.extend(udp_flow(&attributes)),
+            }) => flows.extend(flow(&attributes)),
             _ => {}
         }
         let len = (message.header.length as usize).next_multiple_of(4);
@@ -119,8 +155,8 @@ fn read_dump(buf: &[u8], flows: &mut Vec<UdpFlow>) -> Received {
     Received::More
 }
 
-/// Lists the UDP conntrack entries of one family.
-fn list_udp(sock: &mnl::Socket, family: IpFamily, seq: u32) -> io::Result<Vec<UdpFlow>> {
+/// Lists the conntrack entries of one family.
+fn list(sock: &mnl::Socket, family: IpFamily, seq: u32) -> io::Result<Vec<Flow>> {
     sock.send(&request(family, NLM_F_DUMP, seq, ConntrackMessage::Get(Vec::new())))?;
     let mut flows = Vec::new();
     let mut buf = vec![0u8; 1 << 16];
@@ -169,7 +205,7 @@ pub fn clear_stale(desired: &Desired, gone: &[GoneFrontends; 2], node_ips: &[IpA
         if frontends.is_empty() {
             continue;
         }
-        for flow in list_udp(&sock, family, seq)? {
+        for flow in list(&sock, family, seq)?.iter().filter_map(Flow::udp) {
             seq += 1;
             if frontends.is_stale(&flow, node_ips) {
                 delete(&sock, family, &flow, seq)?;
@@ -178,6 +214,17 @@ pub fn clear_stale(desired: &Desired, gone: &[GoneFrontends; 2], node_ips: &[IpA
         }
     }
     Ok(deleted)
+}
+
+/// The DNATed flows of a client in this network namespace: which endpoint each of its
+/// connections was actually sent to (`kproxy trace --conntrack`).
+pub fn dnated_from(client: IpAddr) -> io::Result<Vec<Flow>> {
+    let sock = mnl::Socket::new(mnl::Bus::Netfilter)?;
+    let family = if client.is_ipv4() { IpFamily::V4 } else { IpFamily::V6 };
+    let mut flows: Vec<Flow> =
+        list(&sock, family, 1)?.into_iter().filter(|f| f.orig_src.ip() == client && f.dnated()).collect();
+    flows.sort_by_key(|f| (f.orig_dst, f.orig_src.port()));
+    Ok(flows)
 }
 
 #[cfg(test)]
@@ -224,7 +271,15 @@ mod tests {
         buf.extend(bytes(NetlinkPayload::Done(DoneMessage::default())));
         let mut flows = Vec::new();
         assert_eq!(read_dump(&buf, &mut flows), Received::Done);
-        assert_eq!(flows, [flow()]);
+        let want = Flow {
+            protocol: Protocol::Udp,
+            orig_src: flow().orig_src,
+            orig_dst: flow().orig_dst,
+            reply_src: SocketAddr::new(flow().reply_src, flow().orig_dst.port()),
+        };
+        assert_eq!(flows, [want]);
+        assert!(want.dnated());
+        assert_eq!(want.udp(), Some(flow()));
         let mut error = ErrorMessage::default();
         error.code = std::num::NonZeroI32::new(-libc::EPERM);
         assert_eq!(read_dump(&bytes(NetlinkPayload::Error(error)), &mut flows), Received::Error(libc::EPERM));

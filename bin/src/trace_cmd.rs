@@ -1,4 +1,5 @@
-//! `kproxy trace`: proxy-core's packet tracer on the command line.
+//! `kproxy trace`: proxy-core's packet tracer on the command line, and with `--conntrack`
+//! where a client's existing flows were actually sent, from the kernel's conntrack table.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -15,8 +16,13 @@ use crate::manifests;
 #[derive(Args, Debug)]
 pub struct TraceArgs {
     /// Manifest files or directories.
-    #[arg(long, num_args = 1.., required = true)]
+    #[arg(long, num_args = 1.., required_unless_present = "conntrack")]
     manifests: Vec<PathBuf>,
+    /// Instead of tracing a new packet, list the client's (`--from`) existing flows in this
+    /// node's conntrack table that were DNATed, with the endpoint each one went to (only
+    /// those to `--to`, if given).
+    #[arg(long)]
+    conntrack: bool,
     /// The source: `pod:IP`, `node` (or `node:IP`), `external:IP`, or a bare IP (a node
     /// address is the node, an address the local-traffic detector claims is a pod, anything
     /// else is external).
@@ -24,8 +30,8 @@ pub struct TraceArgs {
     from: String,
     /// The destination, as `IP:PORT[/PROTO]` (`[IPv6]:PORT/PROTO`); the protocol is tcp,
     /// udp or sctp (default tcp).
-    #[arg(long)]
-    to: String,
+    #[arg(long, required_unless_present = "conntrack")]
+    to: Option<String>,
     #[command(flatten)]
     node: ProxyFlags,
 }
@@ -68,7 +74,31 @@ fn source(s: &str, ctx: &NodeContext, family: IpFamily) -> Result<Source> {
     })
 }
 
+/// `--conntrack`: the client's DNATed flows, one per line:
+/// `tcp 10.0.0.2:40000 -> 10.96.0.10:80 => 10.244.0.11:8080`.
+fn conntrack(args: &TraceArgs) -> Result<ExitCode> {
+    let bare = args.from.split_once(':').filter(|(k, _)| matches!(*k, "pod" | "node" | "external")).map(|(_, v)| v);
+    let text = bare.unwrap_or(&args.from);
+    let client: IpAddr = text.parse().with_context(|| format!("--from: expected the client's IP, got {text:?}"))?;
+    let to = args.to.as_deref().map(destination).transpose()?;
+    let flows = crate::conntrack::dnated_from(client).context("reading the conntrack table")?;
+    let wanted = |f: &&crate::conntrack::Flow| {
+        to.is_none_or(|(dst, proto)| f.orig_dst == dst && f.protocol_name() == proto.as_str().to_lowercase())
+    };
+    let flows: Vec<_> = flows.iter().filter(wanted).collect();
+    if flows.is_empty() {
+        println!("no DNATed flows from {client} in this node's conntrack table");
+    }
+    for f in flows {
+        println!("{} {} -> {} => {}", f.protocol_name(), f.orig_src, f.orig_dst, f.reply_src);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
 pub fn run(args: &TraceArgs) -> Result<ExitCode> {
+    if args.conntrack {
+        return conntrack(args);
+    }
     let config = args.node.resolve()?;
     let loaded = manifests::load(&args.manifests)?;
     let mut problems = loaded.problems;
@@ -76,7 +106,7 @@ pub fn run(args: &TraceArgs) -> Result<ExitCode> {
     for p in &problems {
         eprintln!("warning: skipped {p}");
     }
-    let (dst, protocol) = destination(&args.to)?;
+    let (dst, protocol) = destination(args.to.as_deref().unwrap_or_default())?;
     let source = source(&args.from, engine.node_context(), IpFamily::of(&dst.ip()))?;
     let packet = Packet { source, protocol, destination: dst.ip(), port: dst.port() };
     let result = trace(engine.desired(), &packet);

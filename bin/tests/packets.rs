@@ -282,6 +282,42 @@ fn stale_udp_flows_are_cleared() {
     });
 }
 
+/// `kproxy trace --conntrack`: a client's flows, read back from the node's conntrack
+/// table, name the endpoint each one was really DNATed to.
+#[test]
+fn trace_conntrack_names_the_endpoint_each_flow_went_to() {
+    in_sandbox("trace_conntrack_names_the_endpoint_each_flow_went_to", || {
+        let node = Node::new();
+        node.sync(CLUSTER, &[]);
+        let pod_ip = |pod: &str| PODS.iter().find(|(p, _)| *p == pod).map(|(_, ip)| ip.to_string()).unwrap();
+        let Reply::From { pod: udp_pod, .. } = udp_flow(Some("client"), "10.96.0.53:53", "10.200.0.2:40053") else {
+            panic!("no UDP answer")
+        };
+        let Reply::From { pod: tcp_pod, .. } =
+            request(Some("client"), "10.96.0.10:80", false, Some("10.200.0.2:40080"))
+        else {
+            panic!("no TCP answer")
+        };
+        let trace = |extra: &[&str]| {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_kproxy"))
+                .args(["trace", "--conntrack"])
+                .args(extra)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        let all = trace(&["--from", "10.200.0.2"]);
+        let udp_line = format!("udp 10.200.0.2:40053 -> 10.96.0.53:53 => {}:5353", pod_ip(&udp_pod));
+        let tcp_line = format!("tcp 10.200.0.2:40080 -> 10.96.0.10:80 => {}:8080", pod_ip(&tcp_pod));
+        assert!(all.lines().any(|l| l == udp_line) && all.lines().any(|l| l == tcp_line), "{all}");
+        let only_udp = trace(&["--from", "10.200.0.2", "--to", "10.96.0.53:53/udp"]);
+        assert_eq!(only_udp.trim(), udp_line);
+        let nobody = trace(&["--from", "external:10.200.0.3"]);
+        assert_eq!(nobody.trim(), "no DNATed flows from 10.200.0.3 in this node's conntrack table");
+    });
+}
+
 const EXTERNAL: &str = r#"
 apiVersion: v1
 kind: Service
