@@ -46,9 +46,13 @@ impl Backend for RelayBackend {
         self.send(true)
     }
 
+    /// Sends the listeners to the relay only when they changed, or when some failed to
+    /// open (each send retries them): most syncs change no NodePort.
     fn sync_partial(&mut self, changes: &Changes, desired: &Desired) -> Result<SyncStats, Error> {
-        self.listeners.partial(changes, desired);
-        self.send(false)
+        if self.listeners.partial(changes, desired) || self.relay.stats().failing() > 0 {
+            return self.send(false);
+        }
+        Ok(SyncStats::default())
     }
 
     fn cleanup(&mut self) -> Result<(), Error> {

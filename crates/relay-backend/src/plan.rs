@@ -127,26 +127,29 @@ impl Listeners {
         self.held = self.wanted.iter().map(|(l, r)| ((l.family, r.name.clone()), *l)).collect();
     }
 
-    /// Applies the changes of a partial sync. A listener stays with the service port that
-    /// holds it; another port asking for it (a conflict the API server prevents) gets it
-    /// at the next full sync, if it is first in name order.
-    pub fn partial(&mut self, changes: &Changes, desired: &Desired) {
+    /// Applies the changes of a partial sync; returns whether any listener or route
+    /// changed. A listener stays with the service port that holds it; another port asking
+    /// for it (a conflict the API server prevents) gets it at the next full sync, if it is
+    /// first in name order.
+    pub fn partial(&mut self, changes: &Changes, desired: &Desired) -> bool {
+        let mut changed = false;
         for family in IpFamily::ALL {
             let seed = desired.family(family).context.maglev_seed;
             for (name, change) in &changes.family(family).service_ports {
                 let key = (family, name.clone());
-                if let Some(old) = self.held.remove(&key) {
-                    self.wanted.remove(&old);
-                }
-                let Some((listener, route)) = change.new_rules().and_then(|r| listener(family, r, seed)) else {
-                    continue;
-                };
-                if self.wanted.get(&listener).is_none_or(|r| r.name == *name) {
+                let removed = self.held.remove(&key).and_then(|old| Some((old, self.wanted.remove(&old)?)));
+                let added = change
+                    .new_rules()
+                    .and_then(|r| listener(family, r, seed))
+                    .filter(|(l, _)| self.wanted.get(l).is_none_or(|r| r.name == *name));
+                changed |= removed != added;
+                if let Some((listener, route)) = added {
                     self.held.insert(key, listener);
                     self.wanted.insert(listener, route);
                 }
             }
         }
+        changed
     }
 
     /// Forgets everything.

@@ -84,7 +84,7 @@ pub struct Stats {
     bind_failures: [AtomicU64; 2],
     /// Connections and UDP sessions turned away by a cap.
     pub refused: AtomicU64,
-    applied: AtomicU64,
+    failing: AtomicUsize,
     failures: Mutex<Vec<BindFailure>>,
 }
 
@@ -99,9 +99,9 @@ impl Stats {
         self.bind_failures[family.index()].load(Ordering::Relaxed)
     }
 
-    /// How many plans the runtime has applied (tests wait for it).
-    pub fn applied(&self) -> u64 {
-        self.applied.load(Ordering::Acquire)
+    /// Listeners whose last attempt to open failed (as of the last plan applied).
+    pub fn failing(&self) -> usize {
+        self.failing.load(Ordering::Relaxed)
     }
 
     /// The listeners that started failing since the last call, once each until they
@@ -245,7 +245,7 @@ async fn reconcile(mut rx: mpsc::UnboundedReceiver<BTreeMap<Listener, Route>>, s
             let n = open.keys().filter(|l| l.family == family).count();
             stats.listeners[family.index()].store(n, Ordering::Relaxed);
         }
-        stats.applied.fetch_add(1, Ordering::Release);
+        stats.failing.store(failing.len(), Ordering::Relaxed);
     }
     for o in open.values() {
         let _ = o.stop.send(true);

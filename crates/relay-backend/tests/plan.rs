@@ -104,6 +104,10 @@ fn following_changes_gives_the_full_plan() {
         Box::new(|e| {
             apply(e, &service("web", 10, "TCP", 30080, "  externalTrafficPolicy: Local\n", &[(12, "node-b")]))
         }),
+        // Endpoints change elsewhere: still no local endpoint, no listener, nothing to send.
+        Box::new(|e| {
+            apply(e, &service("web", 10, "TCP", 30080, "  externalTrafficPolicy: Local\n", &[(13, "node-b")]))
+        }),
         Box::new(|e| apply(e, &service("web", 10, "TCP", 30080, "  externalTrafficPolicy: Local\n", &two))),
         Box::new(|e| delete(e, "dns")),
         // A NodePort handed from one Service to another.
@@ -116,7 +120,9 @@ fn following_changes_gives_the_full_plan() {
         if i == 0 {
             listeners.full(engine.desired());
         } else {
-            listeners.partial(&p.changes, engine.desired());
+            let before = listeners.wanted().clone();
+            let changed = listeners.partial(&p.changes, engine.desired());
+            assert_eq!(changed, before != *listeners.wanted(), "step {i}: partial says changed = {changed}");
         }
         assert_eq!(*listeners.wanted(), plan(engine.desired()), "after step {i}");
     }
