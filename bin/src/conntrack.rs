@@ -84,13 +84,13 @@ impl Flow {
         self.reply_src != self.orig_dst
     }
 
-    /// The protocol's name, lower case.
-    pub fn protocol_name(&self) -> String {
+    /// The protocol, if it is one a Service can have.
+    pub fn service_protocol(&self) -> Option<proxy_core::Protocol> {
         match self.protocol {
-            Protocol::Tcp => "tcp".into(),
-            Protocol::Udp => "udp".into(),
-            Protocol::Sctp => "sctp".into(),
-            other => format!("{other:?}").to_lowercase(),
+            Protocol::Tcp => Some(proxy_core::Protocol::Tcp),
+            Protocol::Udp => Some(proxy_core::Protocol::Udp),
+            Protocol::Sctp => Some(proxy_core::Protocol::Sctp),
+            _ => None,
         }
     }
 

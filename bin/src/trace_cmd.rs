@@ -82,15 +82,16 @@ fn conntrack(args: &TraceArgs) -> Result<ExitCode> {
     let client: IpAddr = text.parse().with_context(|| format!("--from: expected the client's IP, got {text:?}"))?;
     let to = args.to.as_deref().map(destination).transpose()?;
     let flows = crate::conntrack::dnated_from(client).context("reading the conntrack table")?;
-    let wanted = |f: &&crate::conntrack::Flow| {
-        to.is_none_or(|(dst, proto)| f.orig_dst == dst && f.protocol_name() == proto.as_str().to_lowercase())
-    };
-    let flows: Vec<_> = flows.iter().filter(wanted).collect();
+    let flows: Vec<_> = flows
+        .iter()
+        .filter_map(|f| Some((f, f.service_protocol()?)))
+        .filter(|(f, proto)| to.is_none_or(|to| (f.orig_dst, *proto) == to))
+        .collect();
     if flows.is_empty() {
         println!("no DNATed flows from {client} in this node's conntrack table");
     }
-    for f in flows {
-        println!("{} {} -> {} => {}", f.protocol_name(), f.orig_src, f.orig_dst, f.reply_src);
+    for (f, proto) in flows {
+        println!("{} {} -> {} => {}", proto.as_str(), f.orig_src, f.orig_dst, f.reply_src);
     }
     Ok(ExitCode::SUCCESS)
 }
