@@ -5,6 +5,10 @@
 #   benches/nft.sh                 # the sizes of issue 3
 #   benches/nft.sh 1000x2 5000x50  # chosen sizes
 #   benches/nft.sh 1000x10:maglev  # every Service with Maglev tables
+#   benches/nft.sh 10x100x400:maglev
+#                                  # SERVICESxENDPOINTSxPORTS: Services with 400 ports
+#   KPROXY_NFT_CHANGES=N benches/nft.sh ...
+#                                  # N partial syncs per kind of change (100)
 #   KPROXY_NFT_BASELINE=REV benches/nft.sh ...
 #                                  # also runs git revision REV's backend, size by size in
 #                                  # the same run, and prints both with their ratio
@@ -30,8 +34,9 @@ if [ -n "$baseline" ]; then
   base_bin=target/nft-baseline/target-$rev/release/examples/nft_sync
 fi
 
-run() { # BIN SERVICES ENDPOINTS [maglev] -> key=value line
-  unshare $ns -- "$1" "$2" "$3" 100 ${4:-}
+run() { # BIN SERVICES ENDPOINTS PORTS [maglev] -> key=value line
+  local ports=; [ "$4" != 1 ] && ports=ports=$4
+  unshare $ns -- "$1" "$2" "$3" "${KPROXY_NFT_CHANGES:-100}" ${5:-} $ports
 }
 row() { # LABEL LINE
   declare -A v=()
@@ -53,15 +58,17 @@ echo "|---|---|---|---|---|---|---|---|---|---|"
 for size in "${sizes[@]}"; do
   mode=; [ "${size%:maglev}" != "$size" ] && mode=maglev
   size=${size%:maglev}
-  s=${size%x*} e=${size#*x}
-  label="$s × $e${mode:+, Maglev}"
+  IFS=x read -r s e p <<<"$size"
+  p=${p:-1}
+  label="$s × $e"; [ "$p" != 1 ] && label="$label × $p ports"
+  label="$label${mode:+, Maglev}"
   echo "running $size $mode..." >&2
-  line=$(run "$bin" "$s" "$e" $mode)
+  line=$(run "$bin" "$s" "$e" "$p" $mode)
   if [ -z "$baseline" ]; then
     row "$label" "$line"
     continue
   fi
-  base=$(run "$base_bin" "$s" "$e" $mode)
+  base=$(run "$base_bin" "$s" "$e" "$p" $mode)
   row "$label, baseline $rev" "$base"
   row "$label, this tree" "$line"
   printf '| %s, baseline ÷ this | %s | | %s | %s | %s | | %s | | |\n' "$label" \

@@ -1,9 +1,9 @@
 //! Applies synthetic clusters to the kernel through `NftBackend` and times it: the bench
 //! behind `benches/nft.sh`, which runs it in a throwaway network namespace.
 //!
-//! `nft_sync SERVICES ENDPOINTS [CHANGES [maglev]]` prints one `key=value` line (with
-//! `maglev`, every Service picks endpoints by Maglev hashing; the line then also gives
-//! the table's elements):
+//! `nft_sync SERVICES ENDPOINTS [CHANGES [maglev] [ports=P]]` prints one `key=value` line
+//! (with `maglev`, every Service picks endpoints by Maglev hashing; with `ports=P`, every
+//! Service has P ports; the line also gives the elements):
 //! cold full sync, full resync of an existing table, one-endpoint-change and
 //! one-service-added partial syncs (median and p99 over CHANGES runs), transaction sizes,
 //! drift detection (a foreign commit to the table until the monitor reports it), and
@@ -13,7 +13,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use kproxy_benches::{engine_on, node_context, service, slices};
+use kproxy_benches::{engine_with_ports, node_context, service, slices, slices_with_ports};
 use nft_backend::NftBackend;
 use nft_client::netlink::monitor::Monitor;
 use nft_client::ruleset::Key;
@@ -91,12 +91,17 @@ fn drift_detection(backend: &NftBackend, table: &str, runs: usize) -> Vec<Durati
 fn main() {
     let raw: Vec<String> = std::env::args().skip(1).collect();
     let maglev = raw.iter().any(|a| a == "maglev");
-    let args: Vec<usize> = raw.iter().filter(|a| *a != "maglev").map(|a| a.parse().expect("numbers")).collect();
+    let ports: usize = raw.iter().find_map(|a| a.strip_prefix("ports=")).map_or(1, |p| p.parse().expect("ports=P"));
+    let args: Vec<usize> = raw
+        .iter()
+        .filter(|a| *a != "maglev" && !a.starts_with("ports="))
+        .map(|a| a.parse().expect("numbers"))
+        .collect();
     let (services, endpoints) = (args[0], args[1]);
     let changes = args.get(2).copied().unwrap_or(100);
     let mut node = node_context();
     node.maglev.by_default = maglev;
-    let mut e = engine_on(node, services, endpoints);
+    let mut e = engine_with_ports(node, services, endpoints, ports);
     let mut backend = NftBackend::new("kproxy-bench");
 
     // The kernel memory the cold sync adds (unreclaimable slab, machine-wide: run it on an
@@ -117,7 +122,7 @@ fn main() {
     let mut endpoint_change = Vec::new();
     let mut endpoint_change_bytes = 0;
     for i in 0..changes {
-        for slice in slices(target, endpoints.max(2), (i % 2 == 0) as u32) {
+        for slice in slices_with_ports(target, endpoints.max(2), (i % 2 == 0) as u32, ports) {
             e.apply(Event::SliceApplied(slice));
         }
         let start = Instant::now();

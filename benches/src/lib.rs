@@ -28,17 +28,30 @@ fn service_ref(i: usize) -> ObjectRef {
 
 /// Service `i`: ClusterIP 172.16.0.0/12 + i, one TCP port 80; every tenth is a NodePort.
 pub fn service(i: usize) -> Service {
+    service_with_ports(i, 1)
+}
+
+/// The name of a Service's port `k`: `http`, then `http-1`, `http-2`, …
+fn port_name(k: usize) -> Arc<str> {
+    if k == 0 { Arc::from("http") } else { Arc::from(format!("http-{k}")) }
+}
+
+/// Service `i` with `ports` TCP ports (80, 81, …, to target ports 8080, 8081, …): a
+/// Service with many ports, as cilium#32391's.
+pub fn service_with_ports(i: usize, ports: usize) -> Service {
     let ip = u32::from(Ipv4Addr::new(172, 16, 0, 0)) + i as u32;
-    let node_port = i.is_multiple_of(10).then(|| 30000 + (i / 10 % 2768) as u16);
+    let node_port = |k: usize| i.is_multiple_of(10).then(|| 30000 + ((i / 10 * ports + k) % 2768) as u16);
     Service {
-        kind: if node_port.is_some() { ServiceType::NodePort } else { ServiceType::ClusterIp },
-        ports: vec![ServicePort {
-            name: "http".into(),
-            protocol: Protocol::Tcp,
-            port: 80,
-            node_port,
-            target_port: None,
-        }],
+        kind: if i.is_multiple_of(10) { ServiceType::NodePort } else { ServiceType::ClusterIp },
+        ports: (0..ports)
+            .map(|k| ServicePort {
+                name: port_name(k),
+                protocol: Protocol::Tcp,
+                port: 80 + k as u16,
+                node_port: node_port(k),
+                target_port: None,
+            })
+            .collect(),
         ..Service::new(service_ref(i), vec![IpAddr::V4(Ipv4Addr::from(ip))])
     }
 }
@@ -47,6 +60,11 @@ pub fn service(i: usize) -> Service {
 /// EndpointSlice controller does). `generation` shifts the first endpoint's address, so
 /// alternating generations is a one-endpoint change.
 pub fn slices(i: usize, endpoints: usize, generation: u32) -> Vec<EndpointSlice> {
+    slices_with_ports(i, endpoints, generation, 1)
+}
+
+/// The EndpointSlices of service `i` with `ports` ports (see [`service_with_ports`]).
+pub fn slices_with_ports(i: usize, endpoints: usize, generation: u32, ports: usize) -> Vec<EndpointSlice> {
     let svc = service_ref(i);
     let base = u32::from(Ipv4Addr::new(10, 0, 0, 0)) + (i as u32) * 64;
     let all: Vec<Endpoint> = (0..endpoints)
@@ -70,7 +88,9 @@ pub fn slices(i: usize, endpoints: usize, generation: u32) -> Vec<EndpointSlice>
             id: ObjectRef::new(&*svc.namespace, format!("{}-{n}", svc.name)),
             service: svc.clone(),
             family: IpFamily::V4,
-            ports: vec![EndpointPort { name: "http".into(), protocol: Protocol::Tcp, port: 8080 }],
+            ports: (0..ports)
+                .map(|k| EndpointPort { name: port_name(k), protocol: Protocol::Tcp, port: 8080 + k as u16 })
+                .collect(),
             endpoints: chunk.to_vec(),
             trigger_time: None,
         })
@@ -97,10 +117,15 @@ pub fn engine(services: usize, endpoints: usize) -> Engine {
 
 /// The same cluster on a node of one's own (say, with Maglev on by default).
 pub fn engine_on(node: NodeContext, services: usize, endpoints: usize) -> Engine {
+    engine_with_ports(node, services, endpoints, 1)
+}
+
+/// The same cluster with `ports` ports per Service.
+pub fn engine_with_ports(node: NodeContext, services: usize, endpoints: usize, ports: usize) -> Engine {
     let mut engine = Engine::new(node);
     for i in 0..services {
-        engine.apply(Event::ServiceApplied(service(i)));
-        for slice in slices(i, endpoints, 0) {
+        engine.apply(Event::ServiceApplied(service_with_ports(i, ports)));
+        for slice in slices_with_ports(i, endpoints, 0, ports) {
             engine.apply(Event::SliceApplied(slice));
         }
     }
