@@ -37,13 +37,23 @@ fn endpoint(family: u8, i: u8) -> SocketAddr {
     }
 }
 
-/// A dual-stack UDP Service with the Maglev annotation and endpoints `ids`, in two
-/// EndpointSlices per family, listed in the given order (a node must not care).
+/// Two dual-stack UDP Services with the Maglev annotation and endpoints `ids`, in two
+/// EndpointSlices per family, listed in the given order (a node must not care). `dns`
+/// hashes the source and has a second port, `alt` (54 → 5354), on the same pods;
+/// `conn` hashes the connection.
 fn cluster(ids: &[u8]) -> String {
     let mut out = String::new();
     for (name, v4, v6, hash) in
         [("dns", SERVICE_V4, SERVICE_V6, "source"), ("conn", CONNECTION_V4, CONNECTION_V6, "connection")]
     {
+        let (ports, target_ports) = if name == "dns" {
+            (
+                "{name: dns, port: 53, protocol: UDP}, {name: alt, port: 54, protocol: UDP}",
+                "{name: dns, port: 5353, protocol: UDP}, {name: alt, port: 5354, protocol: UDP}",
+            )
+        } else {
+            ("{name: dns, port: 53, protocol: UDP}", "{name: dns, port: 5353, protocol: UDP}")
+        };
         out += &format!(
             "---
 apiVersion: v1
@@ -55,7 +65,7 @@ metadata:
 spec:
   clusterIPs: [{v4}, \"{v6}\"]
   ipFamilies: [IPv4, IPv6]
-  ports: [{{name: dns, port: 53, protocol: UDP}}]
+  ports: [{ports}]
 "
         );
         let halves = ids.split_at(ids.len() / 2);
@@ -71,7 +81,7 @@ apiVersion: discovery.k8s.io/v1
 kind: EndpointSlice
 metadata: {{namespace: default, name: {name}-v{family}-{n}, labels: {{kubernetes.io/service-name: {name}}}}}
 addressType: {kind}
-ports: [{{name: dns, port: 5353, protocol: UDP}}]
+ports: [{target_ports}]
 endpoints:
 {endpoints}"
                 );
@@ -120,12 +130,12 @@ impl Node {
     fn assignment(&self, family: u8) -> BTreeMap<IpAddr, SocketAddr> {
         let service = if family == 4 { SERVICE_V4 } else { SERVICE_V6 };
         let senders = clients(family).into_iter().map(|c| SocketAddr::new(c, 40000)).collect();
-        self.dnat(service.parse().unwrap(), senders).into_iter().map(|(c, ep)| (c.ip(), ep)).collect()
+        self.dnat(service.parse().unwrap(), 53, senders).into_iter().map(|(c, ep)| (c.ip(), ep)).collect()
     }
 
     /// Which endpoint each flow gets: conntrack is flushed, each sender (address and
     /// source port) sends one datagram to `service`, and conntrack says where it went.
-    fn dnat(&self, service: IpAddr, senders: Vec<SocketAddr>) -> BTreeMap<SocketAddr, SocketAddr> {
+    fn dnat(&self, service: IpAddr, port: u16, senders: Vec<SocketAddr>) -> BTreeMap<SocketAddr, SocketAddr> {
         sh(&format!("ip netns exec {} conntrack -F 2>/dev/null", self.0));
         let netns = std::fs::File::open(format!("/run/netns/{}", self.0)).unwrap();
         let count = senders.len();
@@ -139,12 +149,15 @@ impl Node {
                     s.set_freebind_v6(true).unwrap();
                 }
                 s.bind(&sender.into()).unwrap();
-                s.send_to(b"q", &SocketAddr::new(service, 53).into()).unwrap();
+                s.send_to(b"q", &SocketAddr::new(service, port).into()).unwrap();
             }
         })
         .join()
         .unwrap();
-        let table = sh(&format!("ip netns exec {} conntrack -L -p udp --orig-dst {service} 2>/dev/null", self.0));
+        let table = sh(&format!(
+            "ip netns exec {} conntrack -L -p udp --orig-dst {service} --orig-port-dst {port} 2>/dev/null",
+            self.0
+        ));
         let mut out = BTreeMap::new();
         for line in table.lines() {
             let field = |key: &str, nth: usize| line.split_whitespace().filter_map(|w| w.strip_prefix(key)).nth(nth);
@@ -163,7 +176,7 @@ impl Node {
         let (service, client) = if family == 4 { (CONNECTION_V4, "10.50.0.1") } else { (CONNECTION_V6, "fd00:50::1") };
         let client: IpAddr = client.parse().unwrap();
         let senders = (0..FLOWS).map(|i| SocketAddr::new(client, 20000 + i)).collect();
-        self.dnat(service.parse().unwrap(), senders).into_iter().map(|(s, ep)| (s.port(), ep)).collect()
+        self.dnat(service.parse().unwrap(), 53, senders).into_iter().map(|(s, ep)| (s.port(), ep)).collect()
     }
 }
 
@@ -244,6 +257,24 @@ fn maglev_sends_each_client_to_the_same_endpoint_on_every_node() {
             }
             let used: std::collections::BTreeSet<_> = on_a.values().collect();
             assert_eq!(used.len(), 10, "IPv{family}: one client's connections reach every endpoint");
+        }
+
+        // The Service's second port shares the table: each client reaches the same pod
+        // through both ports, on the second port's target port; the kernel holds one
+        // table per family for the two ports.
+        for family in [4, 6] {
+            let service: IpAddr = if family == 4 { SERVICE_V4 } else { SERVICE_V6 }.parse().unwrap();
+            let senders: Vec<SocketAddr> =
+                clients(family).into_iter().step_by(10).map(|c| SocketAddr::new(c, 40001)).collect();
+            let on_53 = a.assignment(family);
+            for (sender, ep) in a.dnat(service, 54, senders) {
+                assert_eq!(ep, SocketAddr::new(on_53[&sender.ip()].ip(), 5354), "IPv{family} {sender}");
+            }
+            let listing =
+                sh(&format!("ip netns exec node-a nft list table ip{} kproxy", if family == 4 { "" } else { "6" }));
+            let tables =
+                listing.lines().filter(|l| l.contains("map maglev-cluster-") && l.contains("default/dns/")).count();
+            assert_eq!(tables, 1, "IPv{family}: one table for both ports");
         }
 
         let before = a.assignment(4);

@@ -21,7 +21,7 @@ use nft_client::{Client, Commit, Error, netlink};
 use proxy_core::diff::FamilyChanges;
 use proxy_core::{Backend, Changes, Desired, FamilyRules, IpFamily, SyncStats};
 
-use crate::committed::{Claimants, Committed, owned_part};
+use crate::committed::{Claimants, Committed, TableRecord, owned_part};
 use crate::partial::PortPlan;
 use crate::render::{self, Pick};
 
@@ -116,13 +116,20 @@ impl<K: Commit> NftBackend<K> {
     }
 }
 
-/// Whether a set of `previous` has another definition in `next`.
+/// Whether a set of `previous` has another definition in `next`: an affinity set, or a
+/// shared Maglev table of another size.
 fn redefines_sets(previous: &Committed, next: &Committed) -> bool {
     let before: HashMap<&String, &Set> = previous.owned.values().flat_map(|p| p.sets.iter()).collect();
-    next.owned
+    let affinity = next
+        .owned
         .values()
         .flat_map(|p| p.sets.iter())
-        .any(|(name, set)| before.get(name).is_some_and(|b| !b.same_definition(set)))
+        .any(|(name, set)| before.get(name).is_some_and(|b| !b.same_definition(set)));
+    let tables = next
+        .tables
+        .iter()
+        .any(|(name, t)| previous.tables.get(name).is_some_and(|before| before.table.table.size != t.table.table.size));
+    affinity || tables
 }
 
 /// Chains and sets of `previous` that `next` no longer has: those of service ports, and
@@ -136,6 +143,12 @@ fn stale(previous: &Committed, next: &Committed) -> (Vec<String>, Vec<String>) {
         previous.owned.values().flat_map(|p| p.sets.keys()).filter(|s| !keep_sets.contains(s)).cloned().collect();
     let keep_maps: HashSet<SetName> = next.picks.keys().map(Pick::map).collect();
     sets.extend(previous.picks.keys().map(Pick::map).filter(|m| !keep_maps.contains(m)).map(|m| m.to_string()));
+    // A shared Maglev table is a chain and a map of one name.
+    let gone = previous.tables.keys().filter(|t| !next.tables.contains_key(*t));
+    for table in gone {
+        chains.push(table.clone());
+        sets.push(table.clone());
+    }
     chains.sort();
     chains.dedup();
     sets.sort();
@@ -242,6 +255,10 @@ impl<K: Commit> NftBackend<K> {
             for pick in &objects.picks {
                 committed.picks.entry(*pick).or_default().users += 1;
             }
+            for (name, table) in &objects.tables {
+                let record = committed.tables.entry(name.clone());
+                record.or_insert_with(|| TableRecord { table: table.clone(), users: 0 }).users += 1;
+            }
             if let Some(owned) = owned_part(&objects) {
                 committed.owned.insert(r.name.clone(), owned);
             }
@@ -258,7 +275,9 @@ impl<K: Commit> NftBackend<K> {
             committed.ports.insert(r.name.clone(), r.clone());
         }
         let picks: BTreeSet<Pick> = committed.picks.keys().copied().collect();
-        let skeleton = render::skeleton(&rules.context, &picks);
+        let mut skeleton = render::skeleton(&rules.context, &picks);
+        let tables = committed.tables.iter().map(|(name, r)| (name.clone(), r.table.clone())).collect();
+        render::shared_tables(&mut skeleton, &tables, rules.context.maglev_seed);
         // A set redefined in place would be refused, so a redefinition (an affinity
         // timeout change arriving with a full sync) means a replace.
         // The previous record is only needed for the names of stale objects: let it go
@@ -300,6 +319,7 @@ impl<K: Commit> NftBackend<K> {
         }
         let committed = self.families[family.index()].committed.as_mut().expect("checked by the caller");
         committed.picks = update.picks;
+        committed.tables = update.tables;
         for (key, claimants) in update.claims {
             if claimants.is_empty() {
                 committed.claims.remove(&key);

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use proxy_core::{FamilyContext, ServicePortName, ServicePortRules};
+use proxy_core::{FamilyContext, ServicePortName, ServicePortRules, SharedTable};
 
 use crate::render::{self, Pick, PortObjects};
 use nft_client::ruleset::{Data, Key, SetName};
@@ -99,6 +99,8 @@ pub(crate) struct Committed {
     pub(crate) claims: Claims,
     /// The `pick-…` rules in the kernel.
     pub(crate) picks: BTreeMap<Pick, PickRule>,
+    /// The shared Maglev tables in the kernel, by name.
+    pub(crate) tables: HashMap<String, TableRecord>,
 }
 
 impl Committed {
@@ -109,6 +111,7 @@ impl Committed {
             owned: HashMap::new(),
             claims: Claims::default(),
             picks: BTreeMap::new(),
+            tables: HashMap::new(),
         }
     }
 
@@ -125,6 +128,13 @@ pub(crate) fn owned_part(objects: &PortObjects) -> Option<PortObjects> {
         sets: objects.sets.clone(),
         ..Default::default()
     })
+}
+
+/// A shared Maglev table in the kernel: what it holds, and how many service ports use it.
+#[derive(Clone, Debug)]
+pub(crate) struct TableRecord {
+    pub(crate) table: Arc<SharedTable>,
+    pub(crate) users: usize,
 }
 
 /// A `pick-…` rule in the kernel.

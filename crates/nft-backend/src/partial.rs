@@ -2,12 +2,13 @@
 //! for some service ports to their new objects, and what to record once they are.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::sync::Arc;
 
-use proxy_core::{ServicePortName, ServicePortRules};
+use proxy_core::{ServicePortName, ServicePortRules, SharedTable};
 
-use crate::committed::{Claimants, Claims, Committed, Held, PickRule, owned_part};
-use crate::render::{self, Pick, PortObjects};
+use crate::committed::{Claimants, Claims, Committed, Held, PickRule, TableRecord, owned_part};
+use crate::render::{self, Pick, PortObjects, shared};
 use nft_client::ruleset::{Data, Key, SetName};
 use nft_client::tx::{Op, Transaction};
 
@@ -30,6 +31,11 @@ pub(crate) struct PortPlan<'a> {
     add_elements: BTreeMap<SetName, Vec<(Key, Option<Data>)>>,
     /// Per `pick-…` rule, how many more (or fewer) service ports need it.
     picks: BTreeMap<Pick, isize>,
+    /// Per shared Maglev table, how many more (or fewer) service ports use it, and what
+    /// it holds after the plan, if a changed port says.
+    tables: BTreeMap<String, (isize, Option<Arc<SharedTable>>)>,
+    /// Element operations on shared Maglev tables (each table is one map of its own).
+    table_elements: Vec<Op>,
     flush_removed: Vec<Op>,
     delete_chains: Vec<Op>,
     delete_sets: Vec<Op>,
@@ -51,6 +57,7 @@ struct Touched {
 pub(crate) struct Update {
     pub(crate) claims: Claims,
     pub(crate) picks: BTreeMap<Pick, PickRule>,
+    pub(crate) tables: HashMap<String, TableRecord>,
     /// Per changed service port: its rules and own chains and sets, if it remains.
     pub(crate) ports: Vec<(ServicePortName, Option<Arc<ServicePortRules>>, Option<PortObjects>)>,
 }
@@ -69,6 +76,8 @@ impl<'a> PortPlan<'a> {
             delete_elements: BTreeMap::new(),
             add_elements: BTreeMap::new(),
             picks: BTreeMap::new(),
+            tables: BTreeMap::new(),
+            table_elements: Vec::new(),
             flush_removed: Vec::new(),
             delete_chains: Vec::new(),
             delete_sets: Vec::new(),
@@ -159,6 +168,14 @@ impl<'a> PortPlan<'a> {
         for pick in &new.picks {
             *self.picks.entry(*pick).or_default() += 1;
         }
+        for name in old.tables.keys() {
+            self.tables.entry(name.clone()).or_default().0 -= 1;
+        }
+        for (name, table) in &new.tables {
+            let entry = self.tables.entry(name.clone()).or_default();
+            entry.0 += 1;
+            entry.1 = Some(table.clone());
+        }
         for chain_name in old.chains.keys().filter(|c| !new.chains.contains_key(*c)) {
             self.flush_removed.push(Op::FlushChain(chain_name.clone()));
             self.delete_chains.push(Op::DeleteChain(chain_name.clone()));
@@ -181,6 +198,7 @@ impl<'a> PortPlan<'a> {
     pub(crate) fn emit(mut self, tx: &mut Transaction) -> Update {
         let committed = self.committed;
         let picks = self.emit_picks(&committed.picks);
+        let tables = self.emit_tables(&committed.tables);
         let mut claims = Claims::default();
         for (key, Touched { held: before, claims: after, rendered }) in std::mem::take(&mut self.elements) {
             let now = after.first().map(|first| match &rendered {
@@ -208,6 +226,7 @@ impl<'a> PortPlan<'a> {
         for (set, elements) in self.add_elements {
             tx.push(Op::AddElements(set.to_string(), elements));
         }
+        tx.ops.extend(self.table_elements);
         tx.ops.extend(self.flush_removed);
         tx.ops.extend(self.delete_chains);
         tx.ops.extend(self.delete_sets);
@@ -219,7 +238,75 @@ impl<'a> PortPlan<'a> {
                 None => (name, None, None),
             })
             .collect();
-        Update { claims, picks, ports }
+        Update { claims, picks, tables, ports }
+    }
+
+    /// The shared Maglev tables: created when a first port uses one, removed after the
+    /// last; a changed table rewrites only the slots whose owner moved, unless its size
+    /// changed (then its map is defined again) — and its chain only if its rules did.
+    fn emit_tables(&mut self, committed: &HashMap<String, TableRecord>) -> HashMap<String, TableRecord> {
+        let seed = self.committed.context.maglev_seed;
+        let mut tables = committed.clone();
+        for (name, (delta, new)) in std::mem::take(&mut self.tables) {
+            let before = committed.get(&name);
+            let users =
+                before.map_or(0, |r| r.users).checked_add_signed(delta).expect("table users never go below zero");
+            let Some(table) = new.or_else(|| before.map(|r| r.table.clone())) else { continue };
+            match before {
+                _ if users == 0 => {
+                    tables.remove(&name);
+                    if before.is_some() {
+                        self.flush_removed.push(Op::FlushChain(name.clone()));
+                        self.delete_chains.push(Op::DeleteChain(name.clone()));
+                        self.delete_sets.push(Op::DeleteSet(name.clone()));
+                    }
+                    continue;
+                }
+                None => {
+                    self.add_sets.push(Op::AddSet(name.clone(), shared::map_definition(&table)));
+                    self.add_chains.push(Op::AddChain(name.clone(), None));
+                    self.rewrite
+                        .extend(shared::chain(&table, seed).rules.into_iter().map(|r| Op::AddRule(name.clone(), r)));
+                    self.table_elements.push(Op::AddElements(name.clone(), shared::elements(&table).collect()));
+                }
+                Some(old) if Arc::ptr_eq(&old.table, &table) || *old.table == *table => {}
+                Some(old) => self.change_table(&name, &old.table, &table, seed),
+            }
+            tables.insert(name, TableRecord { table, users });
+        }
+        tables
+    }
+
+    /// Takes a shared table in the kernel from `old` to `new`.
+    fn change_table(&mut self, name: &str, old: &SharedTable, new: &SharedTable, seed: u32) {
+        let rules = shared::chain(new, seed).rules;
+        if old.table.size != new.table.size {
+            // A new size is a new map definition: empty the chain that refers to the
+            // map, define the map again, refill both.
+            self.pre_flush.push(Op::FlushChain(name.to_string()));
+            self.redefine.push(Op::DeleteSet(name.to_string()));
+            self.add_sets.push(Op::AddSet(name.to_string(), shared::map_definition(new)));
+            self.rewrite.extend(rules.into_iter().map(|r| Op::AddRule(name.to_string(), r)));
+            self.table_elements.push(Op::AddElements(name.to_string(), shared::elements(new).collect()));
+            return;
+        }
+        if shared::chain(old, seed).rules != rules {
+            self.rewrite.push(Op::FlushChain(name.to_string()));
+            self.rewrite.extend(rules.into_iter().map(|r| Op::AddRule(name.to_string(), r)));
+        }
+        let moved: Vec<(u32, IpAddr)> = old
+            .owners()
+            .zip(new.owners())
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .map(|(slot, (_, b))| (slot as u32, b))
+            .collect();
+        if !moved.is_empty() {
+            let keys = moved.iter().map(|(slot, _)| Key::Slot(*slot)).collect();
+            self.table_elements.push(Op::DeleteElements(name.to_string(), keys));
+            let elements = moved.iter().map(|(slot, ip)| (Key::Slot(*slot), Some(Data::Addr(*ip)))).collect();
+            self.table_elements.push(Op::AddElements(name.to_string(), elements));
+        }
     }
 
     /// The `pick-…` rules: one is added when an endpoint count is used for the first time,
@@ -286,9 +373,11 @@ impl<'a> PortPlan<'a> {
                 }
                 _ => {
                     self.rewrite.push(Op::FlushChain(chain.to_string()));
-                    for (pick, rule) in picks.iter_mut().filter(|(p, _)| p.chain == chain) {
+                    for (_, rule) in picks.iter_mut().filter(|(p, _)| p.chain == chain) {
                         rule.handle = None;
-                        self.rewrite.push(Op::AddRule(chain.to_string(), pick.rule()));
+                    }
+                    for rule in render::pick_chain_rules(chain, picks.keys()) {
+                        self.rewrite.push(Op::AddRule(chain.to_string(), rule));
                     }
                 }
             }

@@ -29,6 +29,41 @@ fn apply_yaml(engine: &mut proxy_core::Engine, yaml: &str) {
     }
 }
 
+/// The fixture's Maglev Service ns8/mag: table size, hash, with its `dns` port (the first
+/// in name order, which names its tables) and its `metrics` port.
+fn maglev_service(size: &str, hash: &str, dns: bool, metrics: bool) -> String {
+    let mut ports = vec!["{name: http, port: 80, nodePort: 3004}"];
+    if dns {
+        ports.push("{name: dns, port: 53, protocol: UDP, nodePort: 3005}");
+    }
+    if metrics {
+        ports.push("{name: metrics, port: 9090, nodePort: 3006}");
+    }
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  namespace: ns8\n  name: mag\n  annotations: {{kproxy.io/load-balancing: maglev, \
+         kproxy.io/maglev-table-size: \"{size}\", kproxy.io/maglev-hash: {hash}}}\nspec:\n  type: NodePort\n  \
+         clusterIPs: [172.30.0.58, \"fd00:10:96::58\"]\n  externalTrafficPolicy: Local\n  healthCheckNodePort: 30008\n  \
+         ports: [{}]\n",
+        ports.join(", ")
+    )
+}
+
+/// The IPv4 slice of ns8/mag: these pods, the first on this node.
+fn maglev_slice(ips: &[&str], metrics: bool) -> String {
+    let endpoints: Vec<String> = ips
+        .iter()
+        .enumerate()
+        .map(|(i, ip)| format!("{{addresses: [{ip}], nodeName: {}}}", if i == 0 { "test-node" } else { "other-node" }))
+        .collect();
+    let metrics = if metrics { ", {name: metrics, port: 9100}" } else { "" };
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{namespace: ns8, name: mag-v4, labels: \
+         {{kubernetes.io/service-name: mag}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}, \
+         {{name: dns, port: 5353, protocol: UDP}}{metrics}]\nendpoints: [{}]\n",
+        endpoints.join(", ")
+    )
+}
+
 #[test]
 fn partial_syncs_equal_full_syncs() {
     in_netns("partial_syncs_equal_full_syncs", || {
@@ -134,6 +169,35 @@ fn partial_syncs_equal_full_syncs() {
                     e.apply(Event::ServiceDeleted(ObjectRef::new("ns7", "dual")));
                 }),
             ),
+            (
+                "Maglev: an endpoint added (the shared table's slots move)",
+                Box::new(|e| apply_yaml(e, &maglev_slice(&["10.180.0.9", "10.180.0.10", "10.180.0.13"], false))),
+            ),
+            (
+                "Maglev: a port added to the Service and its pods",
+                Box::new(|e| {
+                    apply_yaml(e, &maglev_service("7", "source", true, true));
+                    apply_yaml(e, &maglev_slice(&["10.180.0.9", "10.180.0.10", "10.180.0.13"], true));
+                }),
+            ),
+            (
+                "Maglev: the table size changed",
+                Box::new(|e| apply_yaml(e, &maglev_service("11", "source", true, true))),
+            ),
+            (
+                "Maglev: the port the tables are named after removed",
+                Box::new(|e| apply_yaml(e, &maglev_service("11", "source", false, true))),
+            ),
+            (
+                "Maglev: hashing the connection",
+                Box::new(|e| apply_yaml(e, &maglev_service("11", "connection", false, true))),
+            ),
+            (
+                "Maglev: the Service removed",
+                Box::new(|e| {
+                    e.apply(Event::ServiceDeleted(ObjectRef::new("ns8", "mag")));
+                }),
+            ),
         ];
         for (name, step) in steps {
             step(&mut engine);
@@ -148,6 +212,7 @@ fn partial_syncs_equal_full_syncs() {
             eprintln!("{name}: {} operations", stats.operations);
         }
         assert!(!list().contains("svc4"), "the removed service left objects behind");
+        assert!(!list().contains("ns8/mag/"), "the removed Maglev service left tables behind");
         assert!(!list().contains("affinity-"), "affinity sets of a service without endpoints remain");
     });
 }
@@ -211,6 +276,20 @@ fn endpoint_changes_and_new_services_write_only_elements() {
         );
         assert_eq!((service.rules, service.chains, service.sets), (0, 0, 0), "{service:?}");
         assert!(list().contains("172.30.0.48 . tcp . 80 . 0 : 10.180.8.1 . 80"), "{}", list());
+        // A Maglev Service's ports share one table per policy: a pod added moves slots in
+        // it, and a new port adds its frontends to it, as elements only.
+        let three = ["10.180.0.9", "10.180.0.10", "10.180.0.13"];
+        let pod = step("a Maglev pod added", &maglev_slice(&three, false));
+        assert_eq!((pod.rules, pod.chains, pod.sets), (0, 0, 0), "{pod:?}");
+        // Of 7 slots over 3 pods, the new pod takes 2 or 3: each a deletion and an
+        // addition, in the Cluster table only (the node's own pod did not change).
+        assert!(pod.elements <= 2 * 3 + 1, "only the moved slots and the hairpin pair: {pod:?}");
+        let both = format!("{}---\n{}", maglev_service("7", "source", true, true), maglev_slice(&three, true));
+        let port = step("a Maglev port added", &both);
+        assert_eq!((port.rules, port.chains, port.sets), (0, 0, 0), "{port:?}");
+        let listing = list();
+        let table = listing.lines().filter(|l| l.contains("map maglev-cluster-") && l.contains("ns8/mag")).count();
+        assert_eq!(table, 2, "one Cluster table per family for the Service's three ports: {listing}");
     });
 }
 

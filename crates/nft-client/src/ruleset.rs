@@ -188,6 +188,21 @@ pub enum Action {
         /// The endpoint map.
         map: String,
     },
+    /// `dnat ip to jhash ip saddr mod N seed S map @TABLE : KEY map @PORTS` (needs a
+    /// preceding [`Match::L4Proto`]): the address from a Maglev table of N slots that a
+    /// Service's ports share (slot → address), the port by frontend.
+    DnatTable {
+        /// How the slot is picked ([`Slot::SourceHash`]).
+        slot: Slot,
+        /// The number of slots.
+        modulus: u32,
+        /// The table: slot → endpoint address.
+        table: String,
+        /// How the frontend is found in `ports`.
+        key: FrontendKey,
+        /// The map from frontend to target port.
+        ports: String,
+    },
     /// `meta mark set meta mark | BIT`.
     MarkOr(u32),
     /// `meta mark set meta mark ^ BIT`.
@@ -247,10 +262,15 @@ impl Rule {
         });
         let in_action = match &self.action {
             Action::Vmap { map, .. } | Action::DnatMap { map, .. } => Some(map.as_str()),
+            Action::DnatTable { table, .. } => Some(table.as_str()),
             Action::UpdateSaddr(set) => Some(set.as_str()),
             _ => None,
         };
-        in_matches.chain(in_action)
+        let ports = match &self.action {
+            Action::DnatTable { ports, .. } => Some(ports.as_str()),
+            _ => None,
+        };
+        in_matches.chain(in_action).chain(ports)
     }
 }
 
@@ -334,6 +354,8 @@ pub enum KeyType {
     /// `typeof meta l4proto . th dport . numgen random mod N`: an endpoint slot of a NodePort
     /// with N endpoints.
     ProtoPortSlot(u32),
+    /// `typeof numgen random mod N`: a slot of a Maglev table of N slots.
+    Slot(u32),
 }
 
 /// A set or map key.
@@ -351,6 +373,8 @@ pub enum Key {
     AddrProtoPortSlot(IpAddr, Protocol, u16, u32),
     /// Protocol, port, endpoint slot.
     ProtoPortSlot(Protocol, u16, u32),
+    /// A slot of a Maglev table.
+    Slot(u32),
 }
 
 /// What the elements of a map hold.
@@ -360,6 +384,10 @@ pub enum DataType {
     Verdict,
     /// An endpoint: address and port (`ip daddr . th dport`).
     Endpoint,
+    /// An endpoint's address (`ip daddr`).
+    Addr,
+    /// An endpoint's port (`inet_service`).
+    Port,
 }
 
 /// The data of one map element.
@@ -369,6 +397,10 @@ pub enum Data {
     Verdict(Verdict),
     /// An endpoint.
     Endpoint(SocketAddr),
+    /// An endpoint's address.
+    Addr(IpAddr),
+    /// An endpoint's port.
+    Port(u16),
 }
 
 /// A set (no data) or a map.
@@ -400,6 +432,11 @@ impl Set {
     /// An empty map from endpoint slots to endpoints.
     pub fn endpoint_map(key: KeyType, comment: &str) -> Set {
         Set { data: Some(DataType::Endpoint), ..Set::plain(key, comment) }
+    }
+
+    /// An empty map of `key` to `data`.
+    pub fn map(key: KeyType, data: DataType, comment: &str) -> Set {
+        Set { data: Some(data), ..Set::plain(key, comment) }
     }
 
     /// Whether this is a map.

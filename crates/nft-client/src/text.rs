@@ -47,11 +47,14 @@ fn declaration(family: IpFamily, set: &Set) -> String {
         KeyType::AddrAddr => format!("type {addr} . {addr}"),
         KeyType::AddrProtoPortSlot(n) => format!("typeof {kw} daddr . meta l4proto . th dport . numgen random mod {n}"),
         KeyType::ProtoPortSlot(n) => format!("typeof meta l4proto . th dport . numgen random mod {n}"),
+        KeyType::Slot(n) => format!("typeof numgen random mod {n}"),
     };
     match set.data {
         None => key,
         Some(DataType::Verdict) => format!("{key} : verdict"),
         Some(DataType::Endpoint) => format!("{key} : {kw} daddr . th dport"),
+        Some(DataType::Addr) => format!("{key} : {kw} daddr"),
+        Some(DataType::Port) => format!("{key} : inet_service"),
     }
 }
 
@@ -91,6 +94,7 @@ pub fn key(k: &Key) -> String {
         Key::AddrAddr(a, b) => format!("{a} . {b}"),
         Key::AddrProtoPortSlot(ip, proto, port, slot) => format!("{ip} . {proto} . {port} . {slot}"),
         Key::ProtoPortSlot(proto, port, slot) => format!("{proto} . {port} . {slot}"),
+        Key::Slot(slot) => slot.to_string(),
     }
 }
 
@@ -99,6 +103,8 @@ pub fn data(d: &Data) -> String {
     match d {
         Data::Verdict(v) => verdict(v),
         Data::Endpoint(addr) => format!("{} . {}", addr.ip(), addr.port()),
+        Data::Addr(ip) => ip.to_string(),
+        Data::Port(port) => port.to_string(),
     }
 }
 
@@ -200,6 +206,16 @@ fn action(family: IpFamily, a: &Action) -> String {
             let key = frontend_key(family, *key);
             let port = if *with_port { " . th sport" } else { "" };
             format!("dnat {kw} to {key} . jhash {kw} saddr{port} mod {modulus} seed 0x{seed:x} map @{map}")
+        }
+        Action::DnatTable { slot, modulus, table, key, ports } => {
+            let hash = match slot {
+                Slot::SourceHash { seed, with_port } => {
+                    let port = if *with_port { " . th sport" } else { "" };
+                    format!("jhash {kw} saddr{port} mod {modulus} seed 0x{seed:x}")
+                }
+                Slot::Random => format!("numgen random mod {modulus}"),
+            };
+            format!("dnat {kw} to {hash} map @{table} : {} map @{ports}", frontend_key(family, *key))
         }
         Action::MarkOr(bit) => format!("meta mark set meta mark | 0x{bit:08x}"),
         Action::MarkXor(bit) => format!("meta mark set meta mark ^ 0x{bit:08x}"),

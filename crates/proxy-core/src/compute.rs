@@ -1,12 +1,12 @@
 //! `compute(&Snapshot, &NodeContext) -> Desired`: kube-proxy's decisions as a pure function.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use ipnet::IpNet;
 
 use crate::context::{FamilyContext, MaglevSettings, NodeContext};
-use crate::desired::{Desired, Firewall, ServicePortRules};
+use crate::desired::{Desired, Firewall, Maglev, Policy, ServicePortRules, SharedTable, Target};
 use crate::endpoints::{Candidate, Uses, categorize};
 use crate::maglev;
 use crate::model::{IpFamily, IpMode, LoadBalancing, Service, ServicePort, ServicePortName, TrafficPolicy};
@@ -95,7 +95,8 @@ fn service_ports<'a>(
             candidates.iter().filter(|c| c.endpoint.serving).map(|c| c.endpoint.ip).collect();
         serving.sort_unstable();
         serving.dedup();
-        let maglev = maglev_table(svc, &node.maglev, cat.cluster.len().max(cat.local.len()));
+        let maglev = maglev_table(svc, &node.maglev, cat.cluster.len().max(cat.local.len()))
+            .map(|table| Maglev { table, shared: [None, None] });
         out.push(ServicePortRules {
             name: ServicePortName { service: svc.id.clone(), port: port.name.clone(), protocol: port.protocol },
             cluster_ip,
@@ -117,6 +118,51 @@ fn service_ports<'a>(
         });
     }
     out[first..].sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    share_maglev_tables(&mut out[first..]);
+}
+
+/// Builds each Maglev table of a Service once: per policy, the ports whose endpoints are
+/// at the same distinct addresses, each port on one target port, share one table named
+/// after the first of them (`ports` is sorted by name). A port whose endpoints are not
+/// like that keeps a table of its own ([`Maglev::shared`] stays `None`).
+fn share_maglev_tables(ports: &mut [ServicePortRules]) {
+    for policy in Policy::ALL {
+        let mut groups: Vec<(maglev::Table, Vec<IpAddr>, Vec<usize>)> = Vec::new();
+        for (i, r) in ports.iter().enumerate() {
+            let Some(m) = &r.maglev else { continue };
+            let Some(addresses) = addresses(r.endpoints(policy)).filter(|_| one_target_port(r)) else { continue };
+            match groups.iter_mut().find(|(t, a, _)| *t == m.table && *a == addresses) {
+                Some((_, _, members)) => members.push(i),
+                None => groups.push((m.table, addresses, vec![i])),
+            }
+        }
+        for (table, addresses, members) in groups {
+            let mut protocols: Vec<_> = members.iter().map(|i| ports[*i].name.protocol).collect();
+            protocols.sort_unstable();
+            protocols.dedup();
+            let owner = ports[members[0]].name.clone();
+            let shared = Arc::new(SharedTable::new(owner, policy, table, protocols, addresses));
+            for i in members {
+                if let Some(m) = &mut ports[i].maglev {
+                    m.shared[policy.index()] = Some(shared.clone());
+                }
+            }
+        }
+    }
+}
+
+/// Whether every endpoint of a port, over both policies, is on one target port: the
+/// backend then finds the port by frontend, and the table needs only addresses.
+fn one_target_port(r: &ServicePortRules) -> bool {
+    let mut ports = r.cluster_endpoints.iter().chain(&r.local_endpoints).map(|t| t.addr.port());
+    let first = ports.next();
+    ports.all(|p| Some(p) == first)
+}
+
+/// The addresses of an endpoint list, if there are any and none appears twice.
+fn addresses(endpoints: &[Target]) -> Option<Vec<IpAddr>> {
+    let addrs: Vec<SocketAddr> = endpoints.iter().map(|t| t.addr).collect();
+    (!addrs.is_empty() && maglev::addresses_distinct(&addrs)).then(|| addrs.iter().map(|a| a.ip()).collect())
 }
 
 /// The Maglev table of a service port with `endpoints` endpoints, if it uses Maglev:

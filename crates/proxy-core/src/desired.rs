@@ -26,6 +26,91 @@ pub struct Target {
     pub local: bool,
 }
 
+/// How a Maglev service port picks its endpoints.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Maglev {
+    /// The table's size and what the kernel hashes.
+    pub table: crate::maglev::Table,
+    /// Per policy (indexed by [`Policy::index`]): the table this port shares with the
+    /// Service's other ports that reach the same pods. `None` when the policy has no
+    /// endpoints, or when they are not one address each on one target port (a named
+    /// target port that differs between pods): the port then needs a table of its own.
+    pub shared: [Option<Arc<SharedTable>>; 2],
+}
+
+impl Maglev {
+    /// The shared table of a policy, if any.
+    pub fn shared(&self, policy: Policy) -> Option<&Arc<SharedTable>> {
+        self.shared[policy.index()].as_ref()
+    }
+}
+
+/// A Maglev lookup table over endpoint addresses, built once per Service and policy and
+/// shared by every port of the Service whose endpoints are at the same addresses. A
+/// backend programs it once however many ports and frontends use it: a table per port
+/// multiplies memory and work by the port count (a Service with 400 ports once cost
+/// Cilium minutes, cilium#32391).
+#[derive(Clone, Debug)]
+pub struct SharedTable {
+    /// The first of the Service's ports (in name order) that uses it: a name that stays
+    /// while endpoints come and go.
+    pub owner: ServicePortName,
+    /// The endpoint list it was built from.
+    pub policy: Policy,
+    /// Its size and hash.
+    pub table: crate::maglev::Table,
+    /// The protocols of the ports that use it, sorted.
+    pub protocols: Vec<crate::Protocol>,
+    /// The endpoint addresses, sorted and distinct.
+    pub addresses: Vec<IpAddr>,
+    /// For each slot, the index in `addresses` of the endpoint that owns it
+    /// ([`crate::maglev::address_table`]).
+    pub slots: Vec<u32>,
+}
+
+impl SharedTable {
+    /// Builds the table of these addresses (sorted, distinct).
+    pub fn new(
+        owner: ServicePortName,
+        policy: Policy,
+        table: crate::maglev::Table,
+        protocols: Vec<crate::Protocol>,
+        addresses: Vec<IpAddr>,
+    ) -> SharedTable {
+        let slots = crate::maglev::address_table(&addresses, table.size);
+        SharedTable { owner, policy, table, protocols, addresses, slots }
+    }
+
+    /// The address that owns each slot, in slot order.
+    pub fn owners(&self) -> impl Iterator<Item = IpAddr> + '_ {
+        self.slots.iter().map(|i| self.addresses[*i as usize])
+    }
+
+    /// Whether the kernel objects that hold it are defined alike (everything but the
+    /// slots' owners), so that a change is a change of elements only.
+    pub fn same_definition(&self, other: &SharedTable) -> bool {
+        self.owner == other.owner
+            && self.policy == other.policy
+            && self.table == other.table
+            && self.protocols == other.protocols
+    }
+}
+
+/// The slots are a function of the rest: equality and hashing skip them.
+impl PartialEq for SharedTable {
+    fn eq(&self, other: &SharedTable) -> bool {
+        self.same_definition(other) && self.addresses == other.addresses
+    }
+}
+
+impl Eq for SharedTable {}
+
+impl std::hash::Hash for SharedTable {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (&self.owner, self.policy, self.table, &self.protocols, &self.addresses).hash(state);
+    }
+}
+
 /// What happens to traffic for a frontend that has no usable endpoints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum NoEndpoints {
@@ -37,12 +122,22 @@ pub enum NoEndpoints {
 }
 
 /// Which endpoint list a frontend's traffic is balanced over.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Policy {
     /// [`ServicePortRules::cluster_endpoints`].
     Cluster,
     /// [`ServicePortRules::local_endpoints`].
     Local,
+}
+
+impl Policy {
+    /// Both policies.
+    pub const ALL: [Policy; 2] = [Policy::Cluster, Policy::Local];
+
+    /// 0 for Cluster, 1 for Local: an index into per-policy arrays.
+    pub fn index(self) -> usize {
+        self as usize
+    }
 }
 
 /// Where a frontend's traffic goes.
@@ -82,10 +177,10 @@ pub struct ServicePortRules {
     pub firewall: Option<Firewall>,
     /// ClientIP affinity timeout in seconds.
     pub affinity_timeout: Option<u32>,
-    /// The Maglev table when new connections pick their endpoint by Maglev hashing of the
-    /// client ([`crate::maglev`]); `None` picks at random. Never set together with
+    /// Set when new connections pick their endpoint by Maglev hashing of the client
+    /// ([`crate::maglev`]); `None` picks at random. Never set together with
     /// [`Self::affinity_timeout`]: `sessionAffinity: ClientIP` wins.
-    pub maglev: Option<crate::maglev::Table>,
+    pub maglev: Option<Maglev>,
     /// `internalTrafficPolicy: Local`.
     pub internal_policy_local: bool,
     /// `externalTrafficPolicy: Local` on an externally accessible Service.

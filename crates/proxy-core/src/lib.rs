@@ -67,7 +67,7 @@ pub mod translate;
 pub use backend::{Backend, ModelBackend, SyncStats, Syncer};
 pub use compute::compute;
 pub use context::{FamilyContext, LocalDetectMode, LocalDetector, MaglevSettings, NodeContext, NodePortIps};
-pub use desired::{Desired, FamilyRules, NoEndpoints, Policy, Route, ServicePortRules, Target};
+pub use desired::{Desired, FamilyRules, Maglev, NoEndpoints, Policy, Route, ServicePortRules, SharedTable, Target};
 pub use diff::{Change, Changes, diff};
 pub use engine::{Engine, Plan};
 pub use error::{Error, ObjectKind, Problem};

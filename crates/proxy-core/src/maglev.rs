@@ -65,19 +65,44 @@ pub fn is_prime(n: u32) -> bool {
 /// `endpoints` must be sorted (ServicePortRules' endpoint lists are): the table is filled
 /// in their order, so the same set gives the same table everywhere. `size` must be prime
 /// for every endpoint's permutation to visit every slot.
+///
+/// Endpoints are named by their address alone when the addresses are distinct (nearly
+/// always), so the ports of a Service that reach the same pods on different ports get the
+/// same table: one table serves them all, and a client lands on the same pod through each
+/// port. Only a list that holds an address twice (two target ports of one pod) names
+/// endpoints by address and port.
 pub fn table(endpoints: &[SocketAddr], size: u32) -> Vec<u32> {
-    let n = endpoints.len();
+    if addresses_distinct(endpoints) {
+        fill(endpoints.iter().map(|ep| address_name(&ep.ip())).collect(), size)
+    } else {
+        fill(endpoints.iter().map(endpoint_name).collect(), size)
+    }
+}
+
+/// The lookup table of distinct, sorted endpoint addresses: what [`table`] gives for
+/// endpoints at these addresses, whatever their ports.
+pub fn address_table(addresses: &[IpAddr], size: u32) -> Vec<u32> {
+    fill(addresses.iter().map(address_name).collect(), size)
+}
+
+/// Whether no address appears twice in a sorted endpoint list.
+pub fn addresses_distinct(endpoints: &[SocketAddr]) -> bool {
+    endpoints.windows(2).all(|w| w[0].ip() != w[1].ip())
+}
+
+/// Fills a table of `size` slots for endpoints with these names (in order).
+fn fill(names: Vec<Vec<u8>>, size: u32) -> Vec<u32> {
+    let n = names.len();
     if n == 0 || size == 0 {
         return Vec::new();
     }
     let m = u64::from(size);
     // Each endpoint walks its own permutation of the slots: offset, offset + skip, …
-    let walks: Vec<(u64, u64)> = endpoints
+    let walks: Vec<(u64, u64)> = names
         .iter()
-        .map(|ep| {
-            let name = endpoint_name(ep);
-            let offset = u64::from(jhash(&name, OFFSET_SEED)) % m;
-            let skip = if size > 1 { u64::from(jhash(&name, SKIP_SEED)) % (m - 1) + 1 } else { 1 };
+        .map(|name| {
+            let offset = u64::from(jhash(name, OFFSET_SEED)) % m;
+            let skip = if size > 1 { u64::from(jhash(name, SKIP_SEED)) % (m - 1) + 1 } else { 1 };
             (offset, skip)
         })
         .collect();
@@ -106,13 +131,18 @@ pub fn table(endpoints: &[SocketAddr], size: u32) -> Vec<u32> {
     owner
 }
 
-/// The bytes that name an endpoint in the permutation hashes: its address, then its port
-/// in network order.
-fn endpoint_name(ep: &SocketAddr) -> Vec<u8> {
-    let mut name = match ep.ip() {
+/// The bytes that name an endpoint by address in the permutation hashes.
+fn address_name(ip: &IpAddr) -> Vec<u8> {
+    match ip {
         IpAddr::V4(ip) => ip.octets().to_vec(),
         IpAddr::V6(ip) => ip.octets().to_vec(),
-    };
+    }
+}
+
+/// The bytes that name an endpoint by address and port: its address, then its port in
+/// network order.
+fn endpoint_name(ep: &SocketAddr) -> Vec<u8> {
+    let mut name = address_name(&ep.ip());
     name.extend_from_slice(&ep.port().to_be_bytes());
     name
 }

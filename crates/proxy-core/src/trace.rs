@@ -244,8 +244,9 @@ impl Walk<'_> {
         // have: every endpoint is possible then.
         let picked = r
             .maglev
-            .filter(|t| t.hash == crate::maglev::Hash::Source)
-            .and_then(|t| maglev_pick(eps, t.size, self.ctx.maglev_seed, self.packet.source.ip));
+            .as_ref()
+            .filter(|m| m.table.hash == crate::maglev::Hash::Source)
+            .and_then(|m| maglev_pick(eps, m.table.size, self.ctx.maglev_seed, self.packet.source.ip));
         for ep in eps.iter().filter(|ep| picked.is_none_or(|p| p == ep.addr)) {
             // Hairpin: an endpoint reaching itself through the Service.
             if ep.addr.ip() == self.packet.source.ip {

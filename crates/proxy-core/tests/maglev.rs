@@ -68,10 +68,30 @@ fn the_same_endpoints_give_the_same_table() {
     let eps = endpoints(10);
     assert_eq!(table(&eps, 1021), table(&eps.clone(), 1021));
     // Known cells pin the permutation hashes: changing them would move every client of
-    // every cluster on upgrade.
+    // every cluster on upgrade. (They changed once, on 2026-12-08, when endpoints came to
+    // be named by address alone so that a Service's ports share one table.)
     let t = table(&eps, 251);
     let fingerprint: u64 = t.iter().enumerate().map(|(i, o)| (i as u64 + 1) * (*o as u64 + 1)).sum();
-    assert_eq!(fingerprint, 170_685, "the table for 10 endpoints changed");
+    assert_eq!(fingerprint, 178_271, "the table for 10 endpoints changed");
+}
+
+/// Endpoints at the same addresses give the same table whatever their ports, so the ports
+/// of a Service share one; a list that holds an address twice is told apart by port.
+#[test]
+fn the_table_depends_on_addresses_not_ports() {
+    let eps = endpoints(10);
+    let on_9090: Vec<SocketAddr> = eps.iter().map(|e| SocketAddr::new(e.ip(), 9090)).collect();
+    let addrs: Vec<IpAddr> = eps.iter().map(|e| e.ip()).collect();
+    assert_eq!(table(&eps, 1021), table(&on_9090, 1021));
+    assert_eq!(table(&eps, 1021), maglev::address_table(&addrs, 1021));
+    // One pod on two target ports: two endpoints, each with its share of the slots.
+    let mut twice = eps.clone();
+    twice.push(SocketAddr::new(eps[0].ip(), 9090));
+    twice.sort();
+    assert!(!maglev::addresses_distinct(&twice));
+    let t = table(&twice, 1021);
+    let owners: std::collections::BTreeSet<u32> = t.iter().copied().collect();
+    assert_eq!(owners.len(), 11, "both endpoints at one address own slots");
 }
 
 #[test]
@@ -235,7 +255,7 @@ fn cluster(annotations: &[(&str, &str)], affinity: bool, maglev_by_default: bool
 
 fn table_size(c: &mut Cluster) -> Option<u32> {
     let desired = c.sync();
-    desired.family(IpFamily::V4).service_ports.values().next().unwrap().maglev.map(|t| t.size)
+    desired.family(IpFamily::V4).service_ports.values().next().unwrap().maglev.as_ref().map(|m| m.table.size)
 }
 
 #[test]
@@ -307,4 +327,78 @@ fn the_tracer_cannot_name_one_endpoint_for_a_connection_hash() {
     };
     let Verdict::Endpoints(eps) = trace(&desired, &packet).verdict else { panic!("no endpoints") };
     assert_eq!(eps.len(), 10, "without a source port, every endpoint is possible");
+}
+
+/// The ports of a Service share one table per policy when their endpoints are at the same
+/// addresses, each port on one target port; otherwise a port keeps a table of its own.
+#[test]
+fn a_services_ports_share_one_table_when_they_reach_the_same_pods() {
+    type Ports<'a> = &'a [(&'a str, i32, &'a str)];
+    type Slices<'a> = Vec<(Ports<'a>, Vec<&'a str>)>;
+    // (case, the slices' ports and endpoints, port names expected to share one table)
+    let cases: [(&str, Slices, Vec<Vec<&str>>); 4] = [
+        (
+            "three ports, TCP and UDP, one slice",
+            vec![(
+                &[("http", 8080, "TCP"), ("metrics", 9090, "TCP"), ("dns", 5353, "UDP")],
+                vec!["10.180.0.1", "10.180.0.2"],
+            )],
+            vec![vec!["dns", "http", "metrics"]],
+        ),
+        (
+            "a port another pod lacks",
+            vec![
+                (&[("http", 8080, "TCP"), ("metrics", 9090, "TCP")], vec!["10.180.0.1"]),
+                (&[("http", 8080, "TCP")], vec!["10.180.0.2"]),
+            ],
+            vec![vec!["http"], vec!["metrics"]],
+        ),
+        (
+            "a named target port that differs between pods",
+            vec![
+                (&[("http", 8080, "TCP"), ("metrics", 9090, "TCP")], vec!["10.180.0.1"]),
+                (&[("http", 8081, "TCP"), ("metrics", 9090, "TCP")], vec!["10.180.0.2"]),
+            ],
+            vec![vec!["metrics"]],
+        ),
+        ("no endpoints", vec![], vec![]),
+    ];
+    for (case, slices, want) in cases {
+        let mut c = Cluster::new(upstream_node());
+        let mut svc = annotated(&[("kproxy.io/load-balancing", "maglev")], false);
+        svc.spec.as_mut().unwrap().ports =
+            Some(vec![port("http", 80, "TCP"), port("metrics", 9090, "TCP"), port("dns", 53, "UDP")]);
+        c.add_service(svc);
+        for (i, (ports, ips)) in slices.iter().enumerate() {
+            let eps: Vec<_> = ips.iter().map(|ip| ep(ip)).collect();
+            c.add_slice(slice("ns", "web", i as u32 + 1, ports, &eps));
+        }
+        let desired = c.sync().clone();
+        let rules: Vec<_> = desired.family(IpFamily::V4).service_ports.values().cloned().collect();
+        let mut groups: Vec<Vec<&str>> = Vec::new();
+        for r in &rules {
+            let Some(t) = r.maglev.as_ref().unwrap().shared(proxy_core::Policy::Cluster) else { continue };
+            let sharers: Vec<&str> = rules
+                .iter()
+                .filter(|o| {
+                    o.maglev
+                        .as_ref()
+                        .unwrap()
+                        .shared(proxy_core::Policy::Cluster)
+                        .is_some_and(|u| std::sync::Arc::ptr_eq(t, u))
+                })
+                .map(|o| &*o.name.port)
+                .collect();
+            assert_eq!(&*t.owner.port, sharers[0], "{case}: named after the first port that uses it");
+            assert_eq!(t.slots.len(), t.table.size as usize, "{case}");
+            if !groups.contains(&sharers) {
+                groups.push(sharers);
+            }
+        }
+        assert_eq!(groups, want, "{case}");
+        assert!(
+            rules.iter().all(|r| r.maglev.as_ref().unwrap().shared(proxy_core::Policy::Local).is_none()),
+            "{case}: Local policy is unused"
+        );
+    }
 }

@@ -98,9 +98,9 @@ pub fn listener(family: IpFamily, r: &ServicePortRules, seed: u32) -> Option<(Li
     if endpoints.is_empty() {
         return None;
     }
-    let pick = match (r.affinity_timeout, r.maglev) {
+    let pick = match (r.affinity_timeout, &r.maglev) {
         (Some(secs), _) => Pick::Affinity(Duration::from_secs(secs.into())),
-        (None, Some(table)) => Pick::Maglev { table, seed },
+        (None, Some(m)) => Pick::Maglev { table: m.table, seed },
         (None, None) => Pick::Random,
     };
     Some((Listener { family, protocol, port }, Route { name: r.name.clone(), endpoints, pick }))

@@ -32,6 +32,12 @@ pub(super) struct Frontends {
     pub(super) maglev_local: &'static str,
     pub(super) maglev_cluster_connection: &'static str,
     pub(super) maglev_local_connection: &'static str,
+    /// Verdict maps from frontends to the chains of the Maglev tables their Service's
+    /// ports share, per policy: the last rule of each `pick-…` chain looks them up.
+    pub(super) shared_cluster: &'static str,
+    pub(super) shared_local: &'static str,
+    /// The map from frontends of shared Maglev tables to their target port.
+    pub(super) target_ports: &'static str,
     pub(super) pick_cluster: &'static str,
     pub(super) pick_local: &'static str,
 }
@@ -51,6 +57,9 @@ pub(super) const ADDRESSES: Frontends = Frontends {
     maglev_local: "maglev-local-endpoints",
     maglev_cluster_connection: "maglev-conn-cluster-endpoints",
     maglev_local_connection: "maglev-conn-local-endpoints",
+    shared_cluster: "maglev-cluster-tables",
+    shared_local: "maglev-local-tables",
+    target_ports: "maglev-target-ports",
     pick_cluster: "pick-cluster-endpoint",
     pick_local: "pick-local-endpoint",
 };
@@ -70,6 +79,9 @@ pub(super) const NODEPORT_FRONTENDS: Frontends = Frontends {
     maglev_local: "maglev-nodeport-local-endpoints",
     maglev_cluster_connection: "maglev-conn-nodeport-cluster-endpoints",
     maglev_local_connection: "maglev-conn-nodeport-local-endpoints",
+    shared_cluster: "maglev-nodeport-cluster-tables",
+    shared_local: "maglev-nodeport-local-tables",
+    target_ports: "maglev-nodeport-target-ports",
     pick_cluster: "pick-nodeport-cluster-endpoint",
     pick_local: "pick-nodeport-local-endpoint",
 };
@@ -83,11 +95,49 @@ impl Frontends {
         }
     }
 
+    /// The verdict map of shared Maglev tables of a policy.
+    pub(super) fn shared(&'static self, policy: Policy) -> &'static &'static str {
+        match policy {
+            Policy::Cluster => &self.shared_cluster,
+            Policy::Local => &self.shared_local,
+        }
+    }
+
+    /// The key type of this kind's frontends.
+    pub(super) fn key_type(&self) -> KeyType {
+        match self.key {
+            FrontendKey::DaddrProtoPort => KeyType::AddrProtoPort,
+            FrontendKey::ProtoPort => KeyType::ProtoPort,
+        }
+    }
+
+    /// The rules of one of this kind's `pick-…` chains: one per pick in use, then the
+    /// lookup of frontends whose Service's ports share a Maglev table.
+    pub(super) fn pick_rules<'p>(&'static self, chain: &str, picks: impl IntoIterator<Item = &'p Pick>) -> Vec<Rule> {
+        let policy = if chain == self.pick_cluster { Policy::Cluster } else { Policy::Local };
+        let mut rules: Vec<Rule> = picks.into_iter().filter(|p| p.chain == chain).map(Pick::rule).collect();
+        rules.push(Rule::always(Action::Vmap { key: self.key, map: self.shared(policy).to_string() }));
+        rules
+    }
+
     pub(super) fn slot_key_type(&self, endpoints: u32) -> KeyType {
         match self.key {
             FrontendKey::DaddrProtoPort => KeyType::AddrProtoPortSlot(endpoints),
             FrontendKey::ProtoPort => KeyType::ProtoPortSlot(endpoints),
         }
+    }
+}
+
+/// The `pick-…` chains.
+pub(super) const PICK_CHAINS: [&str; 4] =
+    [ADDRESSES.pick_cluster, ADDRESSES.pick_local, NODEPORT_FRONTENDS.pick_cluster, NODEPORT_FRONTENDS.pick_local];
+
+/// The frontend kind whose `pick-…` chain this is.
+pub(super) fn pick_chain_kind(chain: &str) -> &'static Frontends {
+    if [NODEPORT_FRONTENDS.pick_cluster, NODEPORT_FRONTENDS.pick_local].contains(&chain) {
+        &NODEPORT_FRONTENDS
+    } else {
+        &ADDRESSES
     }
 }
 
@@ -108,10 +158,7 @@ pub struct Pick {
 impl Pick {
     /// The pick a rule of a `pick-…` chain serves, if it is one.
     pub fn of(chain: &str, rule: &Rule) -> Option<Pick> {
-        let chain = [&ADDRESSES, &NODEPORT_FRONTENDS]
-            .iter()
-            .flat_map(|f| [f.pick_cluster, f.pick_local])
-            .find(|c| *c == chain)?;
+        let chain = PICK_CHAINS.into_iter().find(|c| *c == chain)?;
         match (rule.matches.as_slice(), &rule.action) {
             ([Match::L4Proto(protocol)], Action::DnatMap { modulus, slot, .. }) => {
                 Some(Pick { chain, protocol: *protocol, endpoints: *modulus, slot: *slot })
@@ -121,8 +168,7 @@ impl Pick {
     }
 
     pub(super) fn frontends(&self) -> &'static Frontends {
-        let nodeport = [NODEPORT_FRONTENDS.pick_cluster, NODEPORT_FRONTENDS.pick_local].contains(&self.chain);
-        if nodeport { &NODEPORT_FRONTENDS } else { &ADDRESSES }
+        pick_chain_kind(self.chain)
     }
 
     /// The endpoint map the rule looks up: the one for this chain, slot kind and count.

@@ -1,13 +1,13 @@
 //! A service port without affinity, as data: its frontends in the dispatch sets, its
 //! endpoints in the endpoint maps for its endpoint count, or in the Maglev tables of its
-//! table size.
+//! table size, or (the usual Maglev case) in a table its Service's ports share.
 
 use nft_client::names::HAIRPIN_ENDPOINTS;
 use nft_client::ruleset::{Data, Key, SetName, Slot};
 use proxy_core::{Policy, ServicePortRules, maglev};
 
-use super::PortObjects;
 use super::layout::{ADDRESSES, Frontend, Frontends, Pick};
+use super::{PortObjects, goto_data, shared};
 
 /// A service port as data: frontends in the dispatch sets, endpoints in the endpoint maps
 /// (slot i is endpoint i) or the Maglev tables (slot i is the endpoint that owns it; the
@@ -18,23 +18,34 @@ pub(super) fn mapped_port(r: &ServicePortRules, seed: u32, out: &mut PortObjects
     // Each policy's slots: endpoint i, or the Maglev owner of slot i.
     let slots = |policy: Policy| -> Vec<Data> {
         let eps = r.endpoints(policy);
-        match r.maglev {
+        match &r.maglev {
             None => eps.iter().map(|ep| Data::Endpoint(ep.addr)).collect(),
-            Some(t) => {
+            // A shared table holds the slots (see `shared`).
+            Some(m) if m.shared(policy).is_some() => Vec::new(),
+            Some(m) => {
                 let addrs: Vec<_> = eps.iter().map(|ep| ep.addr).collect();
-                maglev::table(&addrs, t.size).into_iter().map(|i| Data::Endpoint(addrs[i as usize])).collect()
+                maglev::table(&addrs, m.table.size).into_iter().map(|i| Data::Endpoint(addrs[i as usize])).collect()
             }
         }
     };
-    let slot = match r.maglev {
+    let slot = match &r.maglev {
         None => Slot::Random,
-        Some(t) => Slot::SourceHash { seed, with_port: t.hash == maglev::Hash::Connection },
+        Some(m) => Slot::SourceHash { seed, with_port: m.table.hash == maglev::Hash::Connection },
     };
-    let tables = [Policy::Cluster, Policy::Local].map(slots);
+    let tables = Policy::ALL.map(slots);
     let mut add = |frontend: Frontend, set: &'static &'static str, policies: &[Policy]| {
         out.elements.insert((SetName::fixed(set), frontend.key()), None);
         for policy in policies {
-            let table = &tables[matches!(policy, Policy::Local) as usize];
+            if let Some(t) = r.maglev.as_ref().and_then(|m| m.shared(*policy)) {
+                let name = shared::name(t);
+                let kind = frontend.kind();
+                out.elements.insert((SetName::fixed(kind.shared(*policy)), frontend.key()), goto_data(&name));
+                let port = r.endpoints(*policy)[0].addr.port();
+                out.elements.insert((SetName::fixed(&kind.target_ports), frontend.key()), Some(Data::Port(port)));
+                out.tables.insert(name, t.clone());
+                continue;
+            }
+            let table = &tables[policy.index()];
             if table.is_empty() {
                 continue;
             }

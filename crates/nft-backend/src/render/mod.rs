@@ -29,6 +29,10 @@
 //! time or disappears for the last time; then the kernel validates a handful of shared
 //! chains, and binds the rule to a map that is new, so it has no elements to check.
 //!
+//! Maglev Services are the exception that proves the rule: a table of M slots, shared by
+//! every port and frontend of the Service, is a map and a chain of its own (`shared`), so
+//! that a Service with many ports costs M elements, not M per port and frontend.
+//!
 //! Service ports with ClientIP affinity keep upstream's chains (`service-…`,
 //! `endpoint-…`, one dynamic `affinity-…` set per endpoint): the affinity must point at
 //! an endpoint chain that goes away with the endpoint. So do `loadBalancerSourceRanges`
@@ -40,12 +44,14 @@
 //! | `layout` | the shared sets, maps and `pick-…` chains of the data layout, and their names |
 //! | `skeleton` | the fixed part of the table: base, dispatch and policy chains, shared sets |
 //! | `mapped` | a service port without affinity, as elements |
+//! | `shared` | the Maglev tables a Service's ports share: a chain and a map each |
 //! | `chained` | a service port with ClientIP affinity, as upstream's chains |
 //! | here | one service port's objects (either way, plus firewalls and no-endpoint verdicts), a whole family |
 
 mod chained;
 mod layout;
 mod mapped;
+pub(crate) mod shared;
 mod skeleton;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,9 +59,10 @@ use std::sync::Arc;
 
 use nft_client::names::{self, FIREWALL_IPS, NO_ENDPOINT_NODEPORTS, NO_ENDPOINT_SERVICES, REJECT_CHAIN};
 use nft_client::ruleset::{Action, Chain, Data, Key, Match, Rule, Ruleset, Set, SetName, Verdict};
-use proxy_core::{FamilyContext, NoEndpoints, ServicePortRules};
+use proxy_core::{FamilyContext, NoEndpoints, ServicePortRules, SharedTable};
 
 pub use layout::Pick;
+pub(crate) use shared::add as shared_tables;
 pub use skeleton::skeleton;
 
 use chained::chained_port;
@@ -79,6 +86,9 @@ pub struct PortObjects {
     pub elements: BTreeMap<(SetName, Key), Option<Data>>,
     /// The `pick-…` rules this port's endpoints are picked by.
     pub picks: BTreeSet<Pick>,
+    /// The Maglev tables this port shares with others of its Service, by name (each a
+    /// chain and a map, with the table's slots as elements; see `shared`).
+    pub tables: BTreeMap<String, Arc<SharedTable>>,
 }
 
 pub(super) fn ct_new_jump(chain: &str) -> Rule {
@@ -150,14 +160,24 @@ pub fn service_port(r: &ServicePortRules, ctx: &FamilyContext) -> PortObjects {
 pub fn family(ctx: &FamilyContext, ports: &BTreeMap<proxy_core::ServicePortName, Arc<ServicePortRules>>) -> Ruleset {
     let objects: Vec<PortObjects> = ports.values().map(|r| service_port(r, ctx)).collect();
     let picks = objects.iter().flat_map(|o| o.picks.iter().copied()).collect();
+    let tables: BTreeMap<String, Arc<SharedTable>> =
+        objects.iter().flat_map(|o| o.tables.iter().map(|(n, t)| (n.clone(), t.clone()))).collect();
     let mut ruleset = skeleton(ctx, &picks);
+    shared_tables(&mut ruleset, &tables, ctx.maglev_seed);
     for o in objects {
         merge(&mut ruleset, o);
     }
     ruleset
 }
 
-/// Adds one service port's objects to a ruleset (its `pick-…` rules are the skeleton's).
+/// The rules of a `pick-…` chain for the picks in use (a partial sync rewrites one
+/// whole when it cannot place a rule by handle).
+pub(crate) fn pick_chain_rules<'p>(chain: &str, picks: impl IntoIterator<Item = &'p Pick>) -> Vec<Rule> {
+    layout::pick_chain_kind(chain).pick_rules(chain, picks)
+}
+
+/// Adds one service port's objects to a ruleset (its `pick-…` rules are the skeleton's,
+/// its shared tables [`shared_tables`]'s).
 pub fn merge(ruleset: &mut Ruleset, objects: PortObjects) {
     ruleset.chains.extend(objects.chains);
     ruleset.sets.extend(objects.sets);

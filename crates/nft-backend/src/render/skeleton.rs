@@ -8,7 +8,7 @@ use nft_client::names::{
     NO_ENDPOINT_SERVICES, NODEPORT_IPS, REJECT_CHAIN, SERVICE_IPS, SERVICES,
 };
 use nft_client::ruleset::{
-    Action, AddrMatch, Chain, ChainType, FrontendKey, Hook, Key, KeyType, Match, Rule, Ruleset, Set, Verdict,
+    Action, AddrMatch, Chain, ChainType, DataType, FrontendKey, Hook, Key, KeyType, Match, Rule, Ruleset, Set, Verdict,
 };
 use proxy_core::{FamilyContext, NodePortIps};
 
@@ -138,8 +138,7 @@ fn dispatch_chains(ctx: &FamilyContext, picks: &BTreeSet<Pick>, chains: &mut BTr
         );
         add(f.local_policy, Chain::regular(local_policy_rules(ctx, f.pick_cluster, Some(f.pick_local))));
         for chain in [f.pick_cluster, f.pick_local] {
-            let rules = picks.iter().filter(|p| p.chain == chain).map(Pick::rule).collect();
-            add(chain, Chain::regular(rules));
+            add(chain, Chain::regular(f.pick_rules(chain, picks)));
         }
     }
 }
@@ -226,6 +225,15 @@ fn sets(ctx: &FamilyContext, picks: &BTreeSet<Pick>) -> BTreeMap<String, Set> {
     ];
     for (name, key, comment) in frontend_sets {
         sets.insert(name.to_string(), Set::plain(key, comment));
+    }
+    for f in [&ADDRESSES, &NODEPORT_FRONTENDS] {
+        let what = if f.key == FrontendKey::ProtoPort { "NodePorts" } else { "Frontends" };
+        for (map, policy) in [(f.shared_cluster, "Cluster"), (f.shared_local, "Local")] {
+            let comment = format!("{what} to the Maglev tables their Service's ports share ({policy} policy)");
+            sets.insert(map.to_string(), Set::vmap(f.key_type(), &comment));
+        }
+        let comment = format!("{what} of shared Maglev tables: their target port");
+        sets.insert(f.target_ports.to_string(), Set::map(f.key_type(), DataType::Port, &comment));
     }
     for pick in picks {
         sets.insert(pick.map().to_string(), pick.map_definition());

@@ -17,9 +17,7 @@ const REG_1: u32 = 1;
 const REG_2: u32 = 2;
 const REG_3: u32 = 3;
 const REG32_00: u32 = 8;
-const REG32_09: u32 = 17;
 const REG32_11: u32 = 19;
-const REG32_15: u32 = 23;
 /// `NFT_HASH_JENKINS`.
 const HASH_JENKINS: u32 = 0;
 
@@ -130,7 +128,12 @@ fn bitwise(mask: &[u8], xor: &[u8]) -> Expr {
 }
 
 fn lookup(set: &str, dreg: Option<u32>, inverted: bool) -> Expr {
-    let mut e = Expr::new(c"lookup").u32(sys::NFTNL_EXPR_LOOKUP_SREG, REG_1).str(sys::NFTNL_EXPR_LOOKUP_SET, set);
+    lookup_from(set, REG_1, dreg, inverted)
+}
+
+/// A lookup of the key in `sreg` on.
+fn lookup_from(set: &str, sreg: u32, dreg: Option<u32>, inverted: bool) -> Expr {
+    let mut e = Expr::new(c"lookup").u32(sys::NFTNL_EXPR_LOOKUP_SREG, sreg).str(sys::NFTNL_EXPR_LOOKUP_SET, set);
     if let Some(dreg) = dreg {
         e = e.u32(sys::NFTNL_EXPR_LOOKUP_DREG, dreg);
     }
@@ -265,7 +268,7 @@ fn matcher(family: IpFamily, m: &Match, out: &mut Vec<Expr>) {
             out.push(cmp(CMP_NEQ, &[0; 4]));
         }
         Match::KeyInSet(key, set) => {
-            frontend_key(family, *key, out);
+            frontend_key(family, *key, REG_1, out);
             out.push(lookup(set, None, false));
         }
         Match::SaddrDaddrInSet(set) => {
@@ -278,25 +281,64 @@ fn matcher(family: IpFamily, m: &Match, out: &mut Vec<Expr>) {
     }
 }
 
-/// Loads a frontend key into the registers from register 1 on, as nft lays out
-/// concatenations: the address fills `len` bytes, each further field takes the next 32-bit
-/// register. Returns the first register after the key.
-fn frontend_key(family: IpFamily, key: FrontendKey, out: &mut Vec<Expr>) -> u32 {
+/// Loads a frontend key into the registers from the 128-bit register `first` on, as nft
+/// lays out concatenations: the address fills `len` bytes, each further field takes the
+/// next 32-bit register. Returns the first register after the key.
+fn frontend_key(family: IpFamily, key: FrontendKey, first: u32, out: &mut Vec<Expr>) -> u32 {
+    let base = reg32(first);
     match key {
         FrontendKey::DaddrProtoPort => {
             let (offset, len) = addr_field(family, true);
-            let next = REG32_00 + len / 4;
-            out.push(payload(PAYLOAD_NETWORK, offset, len, REG_1));
+            let next = base + len / 4;
+            out.push(payload(PAYLOAD_NETWORK, offset, len, first));
             out.push(meta(META_L4PROTO, next));
             out.push(payload(PAYLOAD_TRANSPORT, 2, 2, next + 1));
             next + 2
         }
         FrontendKey::ProtoPort => {
-            out.push(meta(META_L4PROTO, REG_1));
-            out.push(payload(PAYLOAD_TRANSPORT, 2, 2, REG32_00 + 1));
-            REG32_00 + 2
+            out.push(meta(META_L4PROTO, first));
+            out.push(payload(PAYLOAD_TRANSPORT, 2, 2, base + 1));
+            base + 2
         }
     }
+}
+
+/// `jhash ip saddr [. th sport] mod modulus seed seed` into `dreg`, hashing from the
+/// 128-bit register `source` on (where nft puts it: the port in the 32-bit register after
+/// the address).
+fn source_hash(family: IpFamily, seed: u32, with_port: bool, modulus: u32, source: u32, dreg: u32) -> Vec<Expr> {
+    let (offset, len) = addr_field(family, false);
+    let mut out = vec![payload(PAYLOAD_NETWORK, offset, len, source)];
+    let len = if with_port {
+        out.push(payload(PAYLOAD_TRANSPORT, 0, 2, reg32(source) + len / 4));
+        len + 4
+    } else {
+        len
+    };
+    out.push(
+        Expr::new(c"hash")
+            .u32(sys::NFTNL_EXPR_HASH_TYPE, HASH_JENKINS)
+            .u32(sys::NFTNL_EXPR_HASH_SREG, source)
+            .u32(sys::NFTNL_EXPR_HASH_DREG, dreg)
+            .u32(sys::NFTNL_EXPR_HASH_LEN, len)
+            .u32(sys::NFTNL_EXPR_HASH_MODULUS, modulus)
+            .u32(sys::NFTNL_EXPR_HASH_SEED, seed)
+            .u32(sys::NFTNL_EXPR_HASH_OFFSET, 0),
+    );
+    out
+}
+
+/// The 32-bit register a register starts at (128-bit register n is 32-bit 4(n-1)).
+fn reg32(reg: u32) -> u32 {
+    if reg >= REG32_00 { reg } else { REG32_00 + (reg - REG_1) * 4 }
+}
+
+fn numgen(modulus: u32, dreg: u32) -> Expr {
+    Expr::new(c"numgen")
+        .u32(sys::NFTNL_EXPR_NG_DREG, dreg)
+        .u32(sys::NFTNL_EXPR_NG_MODULUS, modulus)
+        .u32(sys::NFTNL_EXPR_NG_TYPE, NG_RANDOM)
+        .u32(sys::NFTNL_EXPR_NG_OFFSET, 0)
 }
 
 /// `meta mark set meta mark & mask ^ xor`.
@@ -310,47 +352,38 @@ fn action(family: IpFamily, a: &Action, out: &mut Vec<Expr>) {
     match a {
         Action::Verdict(v) => out.push(verdict(v)),
         Action::Vmap { key, map } => {
-            frontend_key(family, *key, out);
+            frontend_key(family, *key, REG_1, out);
             out.push(lookup(map, Some(REG_VERDICT), false));
         }
         Action::DnatMap { key, slot: how, modulus, map } => {
-            let slot = frontend_key(family, *key, out);
+            let slot = frontend_key(family, *key, REG_1, out);
             match how {
-                Slot::Random => out.push(
-                    Expr::new(c"numgen")
-                        .u32(sys::NFTNL_EXPR_NG_DREG, slot)
-                        .u32(sys::NFTNL_EXPR_NG_MODULUS, *modulus)
-                        .u32(sys::NFTNL_EXPR_NG_TYPE, NG_RANDOM)
-                        .u32(sys::NFTNL_EXPR_NG_OFFSET, 0),
-                ),
+                Slot::Random => out.push(numgen(*modulus, slot)),
                 Slot::SourceHash { seed, with_port } => {
-                    // The source (and its port) go where nft puts them: past the key's
-                    // registers, the port in the 32-bit register after the address.
-                    let (offset, len) = addr_field(family, false);
-                    let (source, after) = if len == 4 { (REG_3, REG32_09) } else { (REG32_11, REG32_15) };
-                    out.push(payload(PAYLOAD_NETWORK, offset, len, source));
-                    let len = if *with_port {
-                        out.push(payload(PAYLOAD_TRANSPORT, 0, 2, after));
-                        len + 4
-                    } else {
-                        len
-                    };
-                    out.push(
-                        Expr::new(c"hash")
-                            .u32(sys::NFTNL_EXPR_HASH_TYPE, HASH_JENKINS)
-                            .u32(sys::NFTNL_EXPR_HASH_SREG, source)
-                            .u32(sys::NFTNL_EXPR_HASH_DREG, slot)
-                            .u32(sys::NFTNL_EXPR_HASH_LEN, len)
-                            .u32(sys::NFTNL_EXPR_HASH_MODULUS, *modulus)
-                            .u32(sys::NFTNL_EXPR_HASH_SEED, *seed)
-                            .u32(sys::NFTNL_EXPR_HASH_OFFSET, 0),
-                    );
+                    // The source goes past the key's registers: 128-bit register 3 for
+                    // IPv4, the 32-bit one after the key for IPv6.
+                    let source = if addr_field(family, false).1 == 4 { REG_3 } else { REG32_11 };
+                    out.extend(source_hash(family, *seed, *with_port, *modulus, source, slot));
                 }
             }
             out.push(lookup(map, Some(REG_1), false));
             // The map's data is the address, then the port in the next 32-bit register.
             let (_, len) = addr_field(family, true);
             out.push(nat_dnat(family, REG_1, REG32_00 + len / 4));
+        }
+        Action::DnatTable { slot: how, modulus, table, key, ports } => {
+            // As nft does: the slot in register 1, looked up to the address in register
+            // 1; the frontend key from register 2, looked up to the port in register 2.
+            match how {
+                Slot::Random => out.push(numgen(*modulus, REG_1)),
+                Slot::SourceHash { seed, with_port } => {
+                    out.extend(source_hash(family, *seed, *with_port, *modulus, REG_2, REG_1))
+                }
+            }
+            out.push(lookup(table, Some(REG_1), false));
+            frontend_key(family, *key, REG_2, out);
+            out.push(lookup_from(ports, REG_2, Some(REG_2), false));
+            out.push(nat_dnat(family, REG_1, REG_2));
         }
         Action::MarkOr(bit) => mark_set(!bit, *bit, out),
         Action::MarkXor(bit) => mark_set(u32::MAX, *bit, out),

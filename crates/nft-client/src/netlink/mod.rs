@@ -31,6 +31,8 @@ const NLM_F_ECHO: u16 = libc::NLM_F_ECHO as u16;
 
 // nft's data type ids (nftables' datatype.h), used so `nft list` names the key types.
 const TYPE_INTEGER: u32 = 4;
+/// nft's `BYTEORDER_HOST_ENDIAN`, recorded in a set's userdata.
+const BYTEORDER_HOST: u32 = 1;
 const TYPE_IPADDR: u32 = 7;
 const TYPE_IP6ADDR: u32 = 8;
 const TYPE_INET_PROTOCOL: u32 = 12;
@@ -76,12 +78,7 @@ fn cstring(s: &str) -> CString {
 /// The key bytes of an element, laid out as nft lays out (concatenated) keys: each field
 /// padded to 32 bits, addresses and ports in network order.
 pub(crate) fn key_bytes(key: &Key) -> Vec<u8> {
-    fn addr(ip: &IpAddr) -> Vec<u8> {
-        match ip {
-            IpAddr::V4(a) => a.octets().to_vec(),
-            IpAddr::V6(a) => a.octets().to_vec(),
-        }
-    }
+    let addr = addr_bytes;
     let proto = |p: proxy_core::Protocol| [p.number(), 0, 0, 0];
     let port = |p: u16| {
         let b = p.to_be_bytes();
@@ -97,18 +94,23 @@ pub(crate) fn key_bytes(key: &Key) -> Vec<u8> {
             [addr(ip), proto(*p).to_vec(), port(*n).to_vec(), slot.to_ne_bytes().to_vec()].concat()
         }
         Key::ProtoPortSlot(p, n, slot) => [proto(*p), port(*n), slot.to_ne_bytes()].concat(),
+        Key::Slot(slot) => slot.to_ne_bytes().to_vec(),
     }
 }
 
 /// The data bytes of a map element that maps to an endpoint: address, then the port in
 /// network order padded to 32 bits (the registers `dnat` reads).
 fn endpoint_bytes(addr: &std::net::SocketAddr) -> Vec<u8> {
-    let ip = match addr.ip() {
+    let port = addr.port().to_be_bytes();
+    [addr_bytes(&addr.ip()), vec![port[0], port[1], 0, 0]].concat()
+}
+
+/// An address in network order.
+fn addr_bytes(ip: &IpAddr) -> Vec<u8> {
+    match ip {
         IpAddr::V4(a) => a.octets().to_vec(),
         IpAddr::V6(a) => a.octets().to_vec(),
-    };
-    let port = addr.port().to_be_bytes();
-    [ip, vec![port[0], port[1], 0, 0]].concat()
+    }
 }
 
 fn key_type(family: IpFamily, key: KeyType) -> (u32, u32, u32) {
@@ -127,6 +129,8 @@ fn key_type(family: IpFamily, key: KeyType) -> (u32, u32, u32) {
             (concat(&[addr.0, TYPE_INET_PROTOCOL, TYPE_INET_SERVICE, TYPE_INTEGER]), addr.1 + 12, 0)
         }
         KeyType::ProtoPortSlot(_) => (concat(&[TYPE_INET_PROTOCOL, TYPE_INET_SERVICE, TYPE_INTEGER]), 12, 0),
+        // `numgen` leaves a host-order integer.
+        KeyType::Slot(_) => (TYPE_INTEGER, 4, BYTEORDER_HOST),
     }
 }
 
@@ -304,6 +308,20 @@ unsafe impl NlMsg for Wire<'_> {
                                 sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DATA_TYPE as u16, data_type);
                                 sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DATA_LEN as u16, addr_len + 4);
                             }
+                            Some(DataType::Addr) => {
+                                flags |= SET_MAP;
+                                let (addr_type, addr_len) = match self.tx.family {
+                                    IpFamily::V4 => (TYPE_IPADDR, 4),
+                                    IpFamily::V6 => (TYPE_IP6ADDR, 16),
+                                };
+                                sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DATA_TYPE as u16, addr_type);
+                                sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DATA_LEN as u16, addr_len);
+                            }
+                            Some(DataType::Port) => {
+                                flags |= SET_MAP;
+                                sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DATA_TYPE as u16, TYPE_INET_SERVICE);
+                                sys::nftnl_set_set_u32(s, sys::NFTNL_SET_DATA_LEN as u16, 2);
+                            }
                         }
                         if let Some(timeout) = set.timeout {
                             flags |= SET_TIMEOUT | SET_EVAL;
@@ -389,8 +407,13 @@ impl ElementList {
                 let e = sys::nftnl_set_elem_alloc();
                 let bytes = key_bytes(key);
                 sys::nftnl_set_elem_set(e, sys::NFTNL_SET_ELEM_KEY as u16, bytes.as_ptr().cast(), bytes.len() as u32);
-                if let Some(Data::Endpoint(addr)) = verdict {
-                    let bytes = endpoint_bytes(addr);
+                let data = match verdict {
+                    Some(Data::Endpoint(addr)) => Some(endpoint_bytes(addr)),
+                    Some(Data::Addr(ip)) => Some(addr_bytes(ip)),
+                    Some(Data::Port(port)) => Some(port.to_be_bytes().to_vec()),
+                    _ => None,
+                };
+                if let Some(bytes) = data {
                     sys::nftnl_set_elem_set(
                         e,
                         sys::NFTNL_SET_ELEM_DATA as u16,

@@ -25,6 +25,8 @@ const IP6_DADDR: u32 = 9;
 const TH_DPORT: u32 = 2;
 const META_L4PROTO: u32 = 16;
 const NG_RANDOM: u32 = 1;
+/// nft's `BYTEORDER_BIG_ENDIAN`.
+const BYTEORDER_BIG: u32 = 2;
 
 /// A growing type-length-value list.
 #[derive(Default)]
@@ -88,6 +90,7 @@ fn slot_key(family: IpFamily, key: KeyType) -> Option<Tlv> {
     match key {
         KeyType::AddrProtoPortSlot(n) => Some(concat(vec![daddr(family), l4proto(), th_dport(), numgen(n)])),
         KeyType::ProtoPortSlot(n) => Some(concat(vec![l4proto(), th_dport(), numgen(n)])),
+        KeyType::Slot(n) => Some(numgen(n)),
         _ => None,
     }
 }
@@ -96,13 +99,25 @@ fn slot_key(family: IpFamily, key: KeyType) -> Option<Tlv> {
 pub(super) fn set(family: IpFamily, set: &Set, key_byteorder: u32) -> Vec<u8> {
     let mut out = Tlv::default();
     out.u32(sys::NFTNL_UDATA_SET_KEYBYTEORDER, key_byteorder);
-    if set.is_map() {
-        out.u32(sys::NFTNL_UDATA_SET_DATABYTEORDER, 0);
+    match set.data {
+        None => {}
+        // Addresses and ports are in network order.
+        Some(DataType::Addr | DataType::Port) => {
+            out.u32(sys::NFTNL_UDATA_SET_DATABYTEORDER, BYTEORDER_BIG);
+        }
+        Some(_) => {
+            out.u32(sys::NFTNL_UDATA_SET_DATABYTEORDER, 0);
+        }
     }
     if let Some(key) = slot_key(family, set.key) {
         out.nest(sys::NFTNL_UDATA_SET_KEY_TYPEOF, key);
-        if set.data == Some(DataType::Endpoint) {
-            out.nest(sys::NFTNL_UDATA_SET_DATA_TYPEOF, concat(vec![daddr(family), th_dport()]));
+        let data = match set.data {
+            Some(DataType::Endpoint) => Some(concat(vec![daddr(family), th_dport()])),
+            Some(DataType::Addr) => Some(daddr(family)),
+            _ => None,
+        };
+        if let Some(data) = data {
+            out.nest(sys::NFTNL_UDATA_SET_DATA_TYPEOF, data);
             out.u32(sys::NFTNL_UDATA_SET_DATA_INTERVAL, 0);
         }
     }
