@@ -256,7 +256,12 @@ fn start(args: &RunArgs, s: Settings) -> Result<Daemon> {
     } else {
         manifest_watch::spawn(&args.manifests, s.poll, tx, Trigger::Source)?;
     }
-    let periods = Periods { min_sync: s.min_sync_period, sync: s.sync_period, drift_watched: drift.running };
+    let periods = Periods {
+        min_sync: s.min_sync_period,
+        sync: s.sync_period,
+        drift_watched: drift.running,
+        retry_full: backend.full_after_failure(),
+    };
     Ok(Daemon {
         sync_loop: SyncLoop::new(Instant::now(), periods),
         syncer: Syncer::new(backend),
@@ -470,16 +475,23 @@ impl Daemon {
         match result {
             Ok(stats) => self.after_sync(&plan, full, start, stats),
             Err(e) => {
-                // With nftables each family commits alone: only the one that failed counts.
+                // With nftables each family commits alone: only the one that failed counts,
+                // and the other's sync is recorded as the success it is.
                 let nft = self.syncer.backend().nft();
-                let failed: Vec<IpFamily> =
-                    IpFamily::ALL.into_iter().filter(|f| nft.is_none_or(|nft| nft.failed(*f))).collect();
+                let (failed, synced): (Vec<IpFamily>, Vec<IpFamily>) =
+                    IpFamily::ALL.into_iter().partition(|f| nft.is_none_or(|nft| nft.failed(*f)));
                 for family in failed {
                     self.metrics.sync_failures.get_or_create(&family_label(family)).inc();
                     observe_duration(&self.metrics, family, full, start.elapsed());
                 }
+                record_sync(&self.metrics, &plan, self.engine.desired(), start.elapsed(), full, &synced);
                 let retry = self.sync_loop.retry_at().map(|at| at.saturating_duration_since(Instant::now()));
-                warn!("sync failed, retrying in {retry:?} with a full sync: {e}");
+                let how = if self.syncer.backend().full_after_failure() {
+                    "a full sync"
+                } else {
+                    "the failed family in full"
+                };
+                warn!("sync failed, retrying in {retry:?} with {how}: {e}");
             }
         }
         if let Some(port) = self.syncer.backend().nft().and_then(|nft| nft.client().port_id()) {
@@ -513,7 +525,7 @@ impl Daemon {
 
     fn after_sync(&mut self, plan: &Plan, full: bool, start: Instant, stats: proxy_core::SyncStats) {
         let desired = self.engine.desired();
-        record_sync(&self.metrics, plan, desired, start.elapsed(), full);
+        record_sync(&self.metrics, plan, desired, start.elapsed(), full, &IpFamily::ALL);
         if let Some(nft) = self.syncer.backend().nft() {
             self.metrics.transaction_bytes.set(nft.client().last_transaction_bytes() as i64);
         }
@@ -576,9 +588,10 @@ fn observe_duration(metrics: &Metrics, family: IpFamily, full: bool, took: Durat
 
 /// Records a successful sync in kube-proxy's metrics, for each family (one transaction
 /// syncs both).
-fn record_sync(metrics: &Metrics, plan: &Plan, desired: &Desired, took: Duration, full: bool) {
+/// Records a sync of `families` (both, unless one failed).
+fn record_sync(metrics: &Metrics, plan: &Plan, desired: &Desired, took: Duration, full: bool, families: &[IpFamily]) {
     let now = unix_now();
-    for family in IpFamily::ALL {
+    for &family in families {
         let labels = family_label(family);
         observe_duration(metrics, family, full, took);
         metrics.last_sync_timestamp.get_or_create(&labels).set(now);
@@ -596,6 +609,9 @@ fn record_sync(metrics: &Metrics, plan: &Plan, desired: &Desired, took: Duration
     }
     for (service, triggers) in &plan.trigger_times {
         let family = service_family(desired, service);
+        if !families.contains(&family) {
+            continue;
+        }
         for trigger in triggers {
             let at = trigger.as_second() as f64 + f64::from(trigger.subsec_nanosecond()) / 1e9;
             metrics.network_programming_duration.get_or_create(&family_label(family)).observe((now - at).max(0.0));

@@ -106,4 +106,11 @@ impl Backend for Dataplane {
             Dataplane::Ipvs(b) => b.cleanup().map_err(DataplaneError::Ipvs),
         }
     }
+
+    fn full_after_failure(&self) -> bool {
+        match self {
+            Dataplane::Nft(b) => b.full_after_failure(),
+            Dataplane::Ipvs(b) => b.full_after_failure(),
+        }
+    }
 }

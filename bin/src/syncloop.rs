@@ -14,7 +14,7 @@
 //! - a sync runs at least every `--sync-period`; with drift detection on, upstream's
 //!   nftables mode makes these partial and rewrites the table only hourly;
 //! - a failed sync is retried with exponential backoff (1 s doubling, at most the sync
-//!   period), as a full sync.
+//!   period), as a full sync where the backend needs one ([`Periods::retry_full`]).
 //!
 //! Beyond upstream: a foreign change to our tables is repaired at once by a full sync,
 //! without waiting for the rate limit.
@@ -63,6 +63,10 @@ pub struct Periods {
     pub sync: Duration,
     /// Whether drift detection runs, so that periodic syncs may be partial.
     pub drift_watched: bool,
+    /// Whether a failed sync is retried as a full one. The nftables backend needs not:
+    /// each family commits alone, and a family whose last transaction failed gets a full
+    /// sync of its own while the other stays partial. IPVS, without transactions, does.
+    pub retry_full: bool,
 }
 
 /// kube-proxy's sync rate limit: bursts of up to two syncs, then one per
@@ -200,7 +204,7 @@ impl SyncLoop {
                 self.next_full = now + self.full_period();
             }
         } else {
-            self.full_due = true;
+            self.full_due |= self.periods.retry_full;
             self.retry_at = Some(now + self.backoff);
             self.backoff = (self.backoff * 2).min(self.periods.sync.max(FIRST_BACKOFF));
         }

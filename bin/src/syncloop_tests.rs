@@ -14,8 +14,11 @@ struct Run {
 
 impl Run {
     fn new(drift_watched: bool) -> Run {
+        Run::with(Periods { min_sync: S, sync: 30 * S, drift_watched, retry_full: true })
+    }
+
+    fn with(periods: Periods) -> Run {
         let t0 = Instant::now();
-        let periods = Periods { min_sync: S, sync: 30 * S, drift_watched };
         Run { l: SyncLoop::new(t0, periods), t0, now: t0 }
     }
 
@@ -111,6 +114,23 @@ fn a_failed_sync_is_retried_full_with_backoff() {
     r.at(at + 5 * S).input(Input::Changed);
     r.sync(false);
     r.waits_until(at + 6 * S);
+}
+
+/// With the nftables backend a failed family is synced in full by the backend itself: the
+/// retry stays partial (the healthy family is not rewritten), unless a full sync was due.
+#[test]
+fn a_failed_sync_is_retried_partial_when_the_backend_recovers_per_family() {
+    let mut r = Run::with(Periods { min_sync: S, sync: 30 * S, drift_watched: true, retry_full: false });
+    r.input(Input::Listed);
+    assert!(r.sync(false), "the first sync is full, and fails");
+    r.at(1 * S);
+    assert!(r.sync(true), "a failed full sync is retried full");
+    r.at(10 * S).input(Input::Changed);
+    assert!(!r.sync(false), "a partial sync fails");
+    r.waits_until(11 * S);
+    r.at(11 * S);
+    assert!(!r.sync(true), "the retry is partial");
+    assert_eq!(r.l.retry_at(), None);
 }
 
 #[test]

@@ -582,6 +582,13 @@ fn an_ip6_table_that_cannot_be_written_leaves_ipv4_working() {
         };
         wait_for("an IPv6 failure counted", Duration::from_secs(10), || failures("IPv6").is_some_and(|n| n >= 1.0));
         assert_eq!(failures("IPv4"), Some(0.0), "IPv4 never failed");
+        let last_sync = |family: &str| {
+            let (_, metrics) = get("127.0.0.1:10249", "/metrics");
+            let series = format!("kubeproxy_sync_proxy_rules_last_timestamp_seconds{{ip_family=\"{family}\"}} ");
+            metrics.lines().find_map(|l| l.strip_prefix(&series)).and_then(|v| v.trim().parse::<f64>().ok())
+        };
+        let ipv4_synced = last_sync("IPv4").expect("IPv4's syncs are recorded while IPv6 fails");
+        assert!(last_sync("IPv6").is_none_or(|t| t == 0.0), "IPv6 never synced");
 
         // IPv4 keeps following edits while IPv6 fails: pod2 leaves the Service.
         std::fs::write(dir.join("cluster.yaml"), WEB.replace("  - {addresses: [10.244.0.12], nodeName: node-a}\n", ""))
@@ -591,6 +598,7 @@ fn an_ip6_table_that_cannot_be_written_leaves_ipv4_working() {
             pods(&requests(6, Some("client"), "10.96.0.10:80", false)) == pod1
         });
         assert!(!sh("nft list table ip6 kproxy").contains("chain"), "the owned table is untouched");
+        assert!(last_sync("IPv4").unwrap() > ipv4_synced, "IPv4's last sync advanced with the edit");
 
         // The owner lets go: the next retry (backoff of a few seconds) writes the ip6 table.
         drop(stdin);

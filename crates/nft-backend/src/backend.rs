@@ -193,9 +193,11 @@ impl<K: Commit> Backend for NftBackend<K> {
         let mut full = false;
         for family in IpFamily::ALL {
             let fc = changes.family(family);
-            // A family without a record (its last commit failed, or none yet) or with a
-            // new context gets a full sync of its own; the other family stays partial.
-            if fc.context.is_some() || self.families[family.index()].committed.is_none() {
+            // A family without a record (none yet), whose last transaction failed (the
+            // changes it carried are lost to the record) or with a new context gets a full
+            // sync of its own; the other family stays partial.
+            let state = &self.families[family.index()];
+            if fc.context.is_some() || state.committed.is_none() || state.failed {
                 full = true;
                 let result = self.full_family(desired.family(family));
                 outcome.add(result);
@@ -213,6 +215,12 @@ impl<K: Commit> Backend for NftBackend<K> {
             self.families[family.index()] = FamilyState::default();
         }
         Ok(())
+    }
+
+    /// A family whose last transaction failed gets a full sync of its own at the next
+    /// partial sync; the other family stays partial.
+    fn full_after_failure(&self) -> bool {
+        false
     }
 }
 

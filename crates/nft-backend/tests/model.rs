@@ -484,4 +484,22 @@ endpoints: [{addresses: [\"fd00:10::1\"]}]
     for family in IpFamily::ALL {
         assert_eq!(backend.client().table(family, "kproxy"), Some(rendered(&engine, family)), "{family:?}");
     }
+
+    // A partial sync of ip6 fails: the change it carried is not lost. The retry, partial
+    // with nothing new, syncs ip6 in full and leaves ip alone.
+    backend.client_mut().refuse_family(IpFamily::V6, true);
+    let moved = ingest::slice_applied(&slice("ns", "web", 6, &[("p", 80, "TCP")], &[ep("fd00:10::2")]));
+    engine.apply(moved.event);
+    let plan = engine.plan();
+    assert!(backend.sync_partial(&plan.changes, engine.desired()).is_err());
+    assert!(backend.failed(IpFamily::V6));
+    backend.client_mut().refuse_family(IpFamily::V6, false);
+    let ip_before = backend.client().table(IpFamily::V4, "kproxy");
+    let commits = backend.client().commits();
+    let plan = engine.plan();
+    assert!(plan.changes.is_empty(), "the engine has nothing new to say");
+    backend.sync_partial(&plan.changes, engine.desired()).expect("the retry");
+    assert_eq!(backend.client().commits(), commits + 1, "one transaction: ip6 only");
+    assert_eq!(backend.client().table(IpFamily::V6, "kproxy"), Some(rendered(&engine, IpFamily::V6)));
+    assert_eq!(backend.client().table(IpFamily::V4, "kproxy"), ip_before);
 }

@@ -4,7 +4,9 @@
 //! ([`Backend::sync_full`]) or by applying [`Changes`] computed against the last state it
 //! applied ([`Backend::sync_partial`]). Each call must be atomic: all of it lands or none.
 //! [`Syncer`] adds upstream's recovery contract on top: after any failure the next sync is
-//! a full one, because a failed partial sync has consumed its changes.
+//! a full one, because a failed partial sync has consumed its changes. A backend that
+//! recovers by itself what failed (the nftables backend, family by family) says so
+//! ([`Backend::full_after_failure`]), and the retry is a partial sync instead.
 
 use crate::desired::Desired;
 use crate::diff::Changes;
@@ -34,6 +36,15 @@ pub trait Backend {
 
     /// Removes everything this backend ever created.
     fn cleanup(&mut self) -> Result<(), Self::Error>;
+
+    /// Whether a failed sync must be followed by a full one (the default). A backend that
+    /// keeps its own record of what each part of the dataplane holds, and brings a part
+    /// whose last sync failed back in full at its next partial sync, says `false`: the
+    /// retry is then a partial sync, even with no changes, and the healthy parts are not
+    /// rewritten.
+    fn full_after_failure(&self) -> bool {
+        true
+    }
 }
 
 /// Drives a backend with upstream's recovery contract.
@@ -41,12 +52,14 @@ pub trait Backend {
 pub struct Syncer<B> {
     backend: B,
     need_full: bool,
+    /// Whether the last sync failed: its retry goes to the backend even without changes.
+    failed: bool,
 }
 
 impl<B: Backend> Syncer<B> {
     /// A syncer whose first sync is full.
     pub fn new(backend: B) -> Syncer<B> {
-        Syncer { backend, need_full: true }
+        Syncer { backend, need_full: true, failed: false }
     }
 
     /// Makes the next sync a full one (periodic resync, drift repair).
@@ -60,16 +73,17 @@ impl<B: Backend> Syncer<B> {
     }
 
     /// Applies a plan: full if the plan or the syncer asks for it, partial otherwise, and
-    /// nothing at all for an empty partial plan.
+    /// nothing at all for an empty partial plan (unless the last sync failed).
     pub fn sync(&mut self, plan: &Plan, desired: &Desired) -> Result<SyncStats, B::Error> {
         let result = if self.need_full || plan.full {
             self.backend.sync_full(desired)
-        } else if plan.changes.is_empty() {
+        } else if plan.changes.is_empty() && !self.failed {
             Ok(SyncStats::default())
         } else {
             self.backend.sync_partial(&plan.changes, desired)
         };
-        self.need_full = result.is_err();
+        self.failed = result.is_err();
+        self.need_full = self.failed && self.backend.full_after_failure();
         result
     }
 

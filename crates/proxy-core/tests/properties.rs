@@ -310,3 +310,56 @@ fn plans_touch_only_changed_services() {
     apply_op(&mut engine, &Op::Slice { svc: 2, n: 0, endpoints: vec![(1, true, false, false)], ports: vec![(0, 1)] });
     assert!(engine.plan().changes.is_empty());
 }
+
+/// A backend that recovers what failed by itself (as the nftables backend does, family by
+/// family) is retried with a partial sync, even when nothing changed meanwhile.
+#[test]
+fn a_backend_that_recovers_per_part_is_retried_partial() {
+    /// The model, and whether its last sync failed.
+    struct Recovering(ModelBackend, bool);
+    impl proxy_core::Backend for Recovering {
+        type Error = <ModelBackend as proxy_core::Backend>::Error;
+        fn sync_full(&mut self, desired: &proxy_core::Desired) -> Result<proxy_core::SyncStats, Self::Error> {
+            let result = self.0.sync_full(desired);
+            self.1 = result.is_err();
+            result
+        }
+        fn sync_partial(
+            &mut self,
+            changes: &proxy_core::Changes,
+            desired: &proxy_core::Desired,
+        ) -> Result<proxy_core::SyncStats, Self::Error> {
+            // Recovers what failed: the model has no parts, so it takes the state whole.
+            if self.1 {
+                return self.sync_full(desired);
+            }
+            let result = self.0.sync_partial(changes, desired);
+            self.1 = result.is_err();
+            result
+        }
+        fn cleanup(&mut self) -> Result<(), Self::Error> {
+            self.0.cleanup()
+        }
+        fn full_after_failure(&self) -> bool {
+            false
+        }
+    }
+    let mut engine = Engine::new(upstream_node());
+    let mut syncer = Syncer::new(Recovering(ModelBackend::default(), false));
+    syncer.sync(&engine.plan(), engine.desired()).unwrap();
+    apply_op(
+        &mut engine,
+        &Op::Service { svc: 0, ip: 0, ports: vec![(0, false)], local_policy: (false, false), node_port: false },
+    );
+    syncer.backend_mut().0.fail_next = 1;
+    assert!(syncer.sync(&engine.plan(), engine.desired()).is_err());
+    assert!(!syncer.needs_full(), "no full sync is asked for");
+    let plan = engine.plan();
+    assert!(plan.changes.is_empty());
+    syncer.sync(&plan, engine.desired()).unwrap();
+    assert_eq!(syncer.backend().0.applied.as_ref(), Some(engine.desired()), "the retry reached the backend");
+    // Once it succeeded, an empty plan is nothing again.
+    let partials = syncer.backend().0.partial_syncs;
+    syncer.sync(&engine.plan(), engine.desired()).unwrap();
+    assert_eq!(syncer.backend().0.partial_syncs, partials);
+}
