@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs kproxy's whole test suite: lints, unit, table and property tests, kernel and packet
-# tests, examples, the IPVS and old-kernel tests in a Debian VM (testbed/vm/run.sh), the
-# e2e against a real kube-apiserver (built once by testbed/build.sh), and, as root, the
+# tests, a bounded fuzzing run (fuzz/run.sh), examples, the IPVS and old-kernel tests in a
+# Debian VM (testbed/vm/run.sh), the e2e against a real kube-apiserver (built once by testbed/build.sh), and, as root, the
 # node test: kproxy's image under a real kubelet and containerd (testbed/node/e2e.sh).
 # Installs what it needs first (scripts/deps.sh).
 set -euo pipefail
@@ -15,6 +15,8 @@ echo "== clippy"
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 echo "== tests"
 cargo test --workspace --all-features
+echo "== fuzz: each parser of outside input for 30 s with libFuzzer (fuzz/run.sh)"
+fuzz/run.sh 30
 echo "== embedding example"
 cargo run -q -p proxy-core --features manifests --example print_backend -- examples/cluster >/dev/null
 echo "== VM: IPVS and the nftables packet tests on Debian 12's kernel 6.1, in qemu (testbed/vm/)"

@@ -14,6 +14,11 @@ use netlink_packet_netfilter::{NetfilterHeader, NetfilterMessage, NetfilterMessa
 use proxy_core::conntrack::{GoneFrontends, UdpFlow, UdpFrontends};
 use proxy_core::{Desired, IpFamily};
 
+/// Message types below this are netlink's own (`NLMSG_MIN_TYPE`: noop, error, done).
+const NLMSG_MIN_TYPE: u16 = 0x10;
+/// The nfnetlink subsystem of conntrack messages (the high byte of their type).
+const NFNL_SUBSYS_CTNETLINK: u16 = 1;
+
 fn nfproto(family: IpFamily) -> NetfilterProtoFamily {
     match family {
         IpFamily::V4 => NetfilterProtoFamily::IPv4,
@@ -120,7 +125,7 @@ fn flow(attributes: &[ConntrackAttribute]) -> Option<Flow> {
 
 /// What one receive of a dump held.
 #[derive(Debug, PartialEq, Eq)]
-enum Received {
+pub(crate) enum Received {
     /// More messages follow.
     More,
     /// The dump ended.
@@ -131,10 +136,18 @@ enum Received {
 
 /// Reads the messages of one receive (decoded by `netlink-packet-netfilter`): flows go to
 /// `flows`. Never panics: a message that does not decode ends the buffer's reading, as
-/// the kernel never sends one.
-fn read_dump(buf: &[u8], flows: &mut Vec<Flow>) -> Received {
+/// the kernel never sends one. Only ctnetlink and netlink's own messages are decoded;
+/// others are skipped unread (the fuzzer found `netlink-packet-netfilter` 0.4 panicking
+/// on a malformed nf_tables set message, which a ctnetlink socket never carries).
+pub(crate) fn read_dump(buf: &[u8], flows: &mut Vec<Flow>) -> Received {
     let mut rest = buf;
     while !rest.is_empty() {
+        let Some(&[l0, l1, l2, l3, t0, t1]) = rest.get(..6) else { break };
+        let (length, kind) = (u32::from_ne_bytes([l0, l1, l2, l3]) as usize, u16::from_ne_bytes([t0, t1]));
+        if kind >= NLMSG_MIN_TYPE && kind >> 8 != NFNL_SUBSYS_CTNETLINK {
+            rest = rest.get(length.next_multiple_of(4).max(1)..).unwrap_or_default();
+            continue;
+        }
         let Ok(message) = NetlinkMessage::<NetfilterMessage>::deserialize(rest) else { break };
         match message.payload {
             NetlinkPayload::Done(_) => return Received::Done,
@@ -300,5 +313,23 @@ mod tests {
         let mut tiny = whole;
         tiny[..4].copy_from_slice(&3u32.to_ne_bytes());
         assert_eq!(read_dump(&tiny, &mut Vec::new()), Received::More);
+    }
+
+    /// The fuzzer's first crash (fuzz/run.sh, ctnetlink_dump): an nf_tables NEWSET message
+    /// with a malformed nested attribute made `netlink-packet-netfilter` panic. Messages of
+    /// other subsystems are now skipped unread, and the entries after them still count.
+    #[test]
+    fn messages_of_other_subsystems_are_skipped_unread() {
+        const CRASH: &str = "300000000b0a6800000801001c000280050001001100110000000200f0000000060a00101c00b5800500010000\
+                             00052b0609090909090909c3090b0909090909090909090909090909090909090909090909090909090909090909";
+        let crash: Vec<u8> =
+            (0..CRASH.len() / 2).map(|i| u8::from_str_radix(&CRASH[2 * i..2 * i + 2], 16).unwrap()).collect();
+        let mut flows = Vec::new();
+        assert_eq!(read_dump(&crash, &mut flows), Received::More);
+        assert!(flows.is_empty());
+        let mut then_entry = crash[..0x30].to_vec();
+        then_entry.extend(entry(&flow(), flow().reply_src));
+        assert_eq!(read_dump(&then_entry, &mut flows), Received::More);
+        assert_eq!(flows.len(), 1, "the entry after the foreign message is read");
     }
 }

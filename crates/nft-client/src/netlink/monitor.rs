@@ -150,37 +150,41 @@ impl Monitor {
                     _ => return Err(err),
                 }
             }
-            drift |= self.foreign_change(&buf[..n as usize], own_ports);
+            drift |= foreign_change(&buf[..n as usize], &self.table, own_ports);
         }
         Ok(drift)
     }
+}
 
-    /// Whether any message in `buf` changes our table and comes from another port.
-    fn foreign_change(&self, buf: &[u8], own_ports: &[u32]) -> bool {
-        let header = std::mem::size_of::<libc::nlmsghdr>();
-        let mut off = 0;
-        let mut found = false;
-        while off + header <= buf.len() {
-            // SAFETY: bounds checked; read_unaligned tolerates any offset.
-            let hdr: libc::nlmsghdr = unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
-            let len = hdr.nlmsg_len as usize;
-            if len < header || off + len > buf.len() {
-                break;
-            }
-            let subsys = hdr.nlmsg_type >> 8;
-            let msg = hdr.nlmsg_type & 0xff;
-            let body = &buf[off + header..off + len];
-            if subsys == SUBSYS_NFTABLES
-                && msg != libc::NFT_MSG_NEWGEN as u16
-                && !own_ports.contains(&hdr.nlmsg_pid)
-                && table_attr(body).is_some_and(|t| t == self.table.as_bytes())
-            {
-                found = true;
-            }
-            off += (len + 3) & !3;
+/// Whether any netlink message in `buf` (what one `recv` on a monitor socket returned) is
+/// a change to table `table` made by a netlink port not in `own_ports`. Generation
+/// messages and other subsystems do not count; a cut or malformed message ends the scan.
+/// Pure, so that it can be fuzzed: the bytes come from the kernel, but every program that
+/// writes nf_tables is heard.
+pub fn foreign_change(buf: &[u8], table: &str, own_ports: &[u32]) -> bool {
+    let header = std::mem::size_of::<libc::nlmsghdr>();
+    let mut off = 0;
+    let mut found = false;
+    while off + header <= buf.len() {
+        // SAFETY: bounds checked; read_unaligned tolerates any offset.
+        let hdr: libc::nlmsghdr = unsafe { std::ptr::read_unaligned(buf[off..].as_ptr().cast()) };
+        let len = hdr.nlmsg_len as usize;
+        if len < header || off + len > buf.len() {
+            break;
         }
-        found
+        let subsys = hdr.nlmsg_type >> 8;
+        let msg = hdr.nlmsg_type & 0xff;
+        let body = &buf[off + header..off + len];
+        if subsys == SUBSYS_NFTABLES
+            && msg != libc::NFT_MSG_NEWGEN as u16
+            && !own_ports.contains(&hdr.nlmsg_pid)
+            && table_attr(body).is_some_and(|t| t == table.as_bytes())
+        {
+            found = true;
+        }
+        off += (len + 3) & !3;
     }
+    found
 }
 
 /// The table-name attribute after the 4-byte `nfgenmsg`.
