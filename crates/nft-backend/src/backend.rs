@@ -327,7 +327,12 @@ impl<K: Commit> NftBackend<K> {
         }
         let committed = self.families[family.index()].committed.as_mut().expect("checked by the caller");
         committed.picks = update.picks;
-        committed.tables = update.tables;
+        for (name, record) in update.tables {
+            match record {
+                Some(r) => committed.tables.insert(name, r),
+                None => committed.tables.remove(&name),
+            };
+        }
         for (key, claimants) in update.claims {
             if claimants.is_empty() {
                 committed.claims.remove(&key);

@@ -57,7 +57,8 @@ struct Touched {
 pub(crate) struct Update {
     pub(crate) claims: Claims,
     pub(crate) picks: BTreeMap<Pick, PickRule>,
-    pub(crate) tables: HashMap<String, TableRecord>,
+    /// The shared Maglev tables this plan touched: their record after it (`None`: gone).
+    pub(crate) tables: Vec<(String, Option<TableRecord>)>,
     /// Per changed service port: its rules and own chains and sets, if it remains.
     pub(crate) ports: Vec<(ServicePortName, Option<Arc<ServicePortRules>>, Option<PortObjects>)>,
 }
@@ -244,9 +245,10 @@ impl<'a> PortPlan<'a> {
     /// The shared Maglev tables: created when a first port uses one, removed after the
     /// last; a changed table rewrites only the slots whose owner moved, unless its size
     /// changed (then its map is defined again) — and its chain only if its rules did.
-    fn emit_tables(&mut self, committed: &HashMap<String, TableRecord>) -> HashMap<String, TableRecord> {
+    /// Returns the touched tables' records, O(changes) like the rest of the plan.
+    fn emit_tables(&mut self, committed: &HashMap<String, TableRecord>) -> Vec<(String, Option<TableRecord>)> {
         let seed = self.committed.context.maglev_seed;
-        let mut tables = committed.clone();
+        let mut tables = Vec::new();
         for (name, (delta, new)) in std::mem::take(&mut self.tables) {
             let before = committed.get(&name);
             let users =
@@ -254,8 +256,8 @@ impl<'a> PortPlan<'a> {
             let Some(table) = new.or_else(|| before.map(|r| r.table.clone())) else { continue };
             match before {
                 _ if users == 0 => {
-                    tables.remove(&name);
                     if before.is_some() {
+                        tables.push((name.clone(), None));
                         self.flush_removed.push(Op::FlushChain(name.clone()));
                         self.delete_chains.push(Op::DeleteChain(name.clone()));
                         self.delete_sets.push(Op::DeleteSet(name.clone()));
@@ -272,7 +274,7 @@ impl<'a> PortPlan<'a> {
                 Some(old) if Arc::ptr_eq(&old.table, &table) || *old.table == *table => {}
                 Some(old) => self.change_table(&name, &old.table, &table, seed),
             }
-            tables.insert(name, TableRecord { table, users });
+            tables.push((name, Some(TableRecord { table, users })));
         }
         tables
     }
